@@ -1,0 +1,21 @@
+"""Perforated Backpropagation: Cascade-Correlation dendrites for any PyTorch model.
+
+    import perforate as pf
+    model = pf.perforate(net, pf.PerforationConfig())
+"""
+
+from .candidates import EpochReport
+from .config import PerforationConfig
+from .errors import ConfigError, LoadError, NonFiniteError, PerforateError, PhaseError, TargetError
+from .export import export
+from .layers import DendriteLayer, WrapperRegistry, default_registry
+from .model import PerforatedModel, perforate
+from .serialization import load
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError", "DendriteLayer", "EpochReport", "LoadError", "NonFiniteError",
+    "PerforateError", "PerforatedModel", "PerforationConfig", "PhaseError", "TargetError",
+    "WrapperRegistry", "__version__", "default_registry", "export", "load", "perforate",
+]

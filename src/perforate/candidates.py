@@ -1,0 +1,226 @@
+"""The candidate pool of one layer: K candidate dendrite sets trained by Cascade-Correlation.
+
+All K candidates of a layer are one wide layer (one call of the layer's operation). The neuron
+error ``Delta = dLoss/dz'`` is captured inside the user's own ``loss.backward()`` by `ErrorTap`,
+which in the same backward pass hands the candidates the gradient of ``-sum |S|`` (eq. 3.4) and
+adds the batch to the epoch's correlation sums, all on the device, with no host sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .config import PerforationConfig
+from .errors import NonFiniteError
+from .geometry import Geometry
+from .stats import CorrelationSums, accumulator_dtype
+
+
+@dataclass
+class EpochReport:
+    """What closing one dendrite epoch measured for one layer."""
+
+    epoch_corr: Tensor
+    """Best |corr| per neuron over this epoch's candidates ``[N]``."""
+    best_corr: Tensor
+    """Best |corr| per neuron over all epochs so far ``[N]`` (what an install would use)."""
+    improvement: float
+    """Largest per-neuron gain of `best_corr` this epoch (0 if none improved)."""
+
+
+@dataclass
+class Winners:
+    """Per neuron, the weights of the best candidate of the best epoch."""
+
+    weight: Tensor  # [N, *w]
+    bias: Tensor  # [N]
+    cascade: Tensor  # [D, N]
+    corr: Tensor  # [N] |corr|
+    sign: Tensor  # [N] sign of corr
+    output: Tensor | None  # [N] trained output weight (dendrite_learning="gd")
+
+
+class CandidatePool(nn.Module):
+    """K candidate sets for one layer with D installed dendrite sets.
+
+    ``c_k = g(U_k(x~) + sum_i E_k[:, i] * h_i)``; U ~ N(0, std²/fan_in), bias ~ N(0, std²),
+    cascade weights E start at 0 (algorithm.md, dendrite phase step 3).
+    """
+
+    def __init__(self, geometry: Geometry, num_dendrites: int, config: PerforationConfig,
+                 activation: nn.Module, generator: torch.Generator | None) -> None:
+        super().__init__()
+        self.geometry = geometry
+        self.config = config
+        self.activation = activation
+        ref = geometry.weight
+        k, n, d = config.candidates, geometry.num_neurons, num_dendrites
+        w_shape = geometry.neuron_weight_shape
+        w_std = config.candidate_weight_std / geometry.fan_in ** 0.5
+
+        def normal(*shape: int, std: float) -> Tensor:
+            # Drawn on the CPU so a seed gives the same candidates on every device.
+            t = torch.randn(*shape, generator=generator, dtype=torch.float32) * std
+            return t.to(device=ref.device, dtype=ref.dtype)
+
+        self.weight = nn.Parameter(normal(k, n, *w_shape, std=w_std))
+        self.bias = nn.Parameter(normal(k, n, std=config.candidate_bias_std))
+        self.cascade = nn.Parameter(torch.zeros(k, d, n, device=ref.device, dtype=ref.dtype))
+        self.gd = config.dendrite_learning == "gd"
+        if self.gd:
+            self.output = nn.Parameter(normal(k, n, std=config.gd_output_init_std))
+
+        dev = ref.device
+        acc = accumulator_dtype(dev)
+        self.sums = CorrelationSums(k, n, dev)
+        # Running (EMA) statistics: the error scale s_n, and means for centering="running"
+        # and for reporting. `seen` counts batches, so the first batch initialises the EMAs.
+        self.register_buffer("seen", torch.zeros((), dtype=acc, device=dev))
+        self.register_buffer("error_var", torch.zeros(n, dtype=acc, device=dev))
+        self.register_buffer("mean_e", torch.zeros(n, dtype=acc, device=dev))
+        self.register_buffer("mean_c", torch.zeros(k, n, dtype=acc, device=dev))
+        # Best candidate per neuron over closed epochs, and a copy of its weights.
+        self.register_buffer("best_corr", torch.zeros(n, dtype=acc, device=dev))
+        self.register_buffer("best_sign", torch.zeros(n, dtype=ref.dtype, device=dev))
+        self.register_buffer("best_weight", torch.zeros(n, *w_shape, dtype=ref.dtype, device=dev))
+        self.register_buffer("best_bias", torch.zeros(n, dtype=ref.dtype, device=dev))
+        self.register_buffer("best_cascade", torch.zeros(d, n, dtype=ref.dtype, device=dev))
+        self.register_buffer("best_output", torch.zeros(n, dtype=ref.dtype, device=dev))
+        self.register_buffer("epochs", torch.zeros((), dtype=torch.long, device=dev))
+
+    @property
+    def num_candidates(self) -> int:
+        return self.bias.shape[0]
+
+    def forward(self, x: Tensor, h: Tensor | None) -> Tensor:
+        """Candidate activations, stacked ``[K]`` (x must already be detached)."""
+        pre = self.geometry.stacked(x, self.weight, self.bias)
+        if h is not None:
+            pre = pre + self.geometry.mix(h, self.cascade)
+        return self.activation(pre)
+
+    def attach(self, z: Tensor, c: Tensor) -> Tensor:
+        """Return the layer output to use downstream: z itself (plus the candidates' output
+        term for dendrite_learning="gd"), routed through `ErrorTap` to observe its error."""
+        if self.gd:
+            z = z + self.geometry.combine(c, self.output)
+            return ErrorTap.apply(z, c.detach(), self)
+        return ErrorTap.apply(z, c, self)
+
+    @torch.no_grad()
+    def observe(self, c: Tensor, e: Tensor) -> Tensor | None:
+        """Add a batch to the statistics; return dLoss_cc/dc = -sigma (e - ē) / s (eq. 3.4).
+
+        ``c`` is the stacked candidate activation, ``e`` the neuron error dLoss/dz'.
+        """
+        geo, cfg = self.geometry, self.config
+        positions = e.numel() // geo.num_neurons
+        sc = geo.sum_stacked(c)
+        sce = geo.sum_stacked(c * geo.unsqueeze_set(e))
+        se = geo.sum_out(e)
+        se2 = geo.sum_out(e * e)
+        self.sums.add(positions, sc, geo.sum_stacked(c * c), se, se2, sce)
+
+        acc = self.error_var.dtype
+        mean_e_b = se.to(acc) / positions
+        mean_c_b = sc.to(acc) / positions
+        var_e_b = (se2.to(acc) / positions - mean_e_b * mean_e_b).clamp_min(0)
+        first = self.seen == 0
+        m = cfg.running_momentum
+        prev_mean_e = torch.where(first, mean_e_b, self.mean_e)
+        prev_mean_c = torch.where(first, mean_c_b, self.mean_c)
+        self.error_var.copy_(torch.where(first, var_e_b, m * self.error_var + (1 - m) * var_e_b))
+        self.mean_e.copy_(m * prev_mean_e + (1 - m) * mean_e_b)
+        self.mean_c.copy_(m * prev_mean_c + (1 - m) * mean_c_b)
+        self.seen += 1
+        if self.gd:
+            return None
+
+        if cfg.centering == "batch":
+            c_bar, e_bar = mean_c_b, mean_e_b
+        else:
+            c_bar, e_bar = prev_mean_c, prev_mean_e
+        # S[k, n] = sum_p (c - c̄)(e - ē) / s_n   (eq. 3.3), from the batch sums.
+        s_raw = sce.to(acc) - c_bar * se.to(acc) - e_bar * sc.to(acc) + positions * c_bar * e_bar
+        if cfg.normalize_error:
+            std = self.error_var.sqrt()
+            inv_s = torch.where(std > 0, 1.0 / std.clamp_min(1e-300), torch.zeros_like(std))
+        else:
+            inv_s = torch.ones_like(self.error_var)
+        scale = -(torch.sign(s_raw) * inv_s).to(c.dtype)  # [K, N]: -sigma / s_n
+        centred_e = e - geo.expand_out(e_bar.to(e.dtype))
+        return geo.expand(scale) * geo.unsqueeze_set(centred_e)
+
+    @torch.no_grad()
+    def correlations(self) -> Tensor:
+        """Signed Pearson correlation ``[K, N]`` over the epoch so far."""
+        return self.sums.pearson(self.config.min_candidate_variance)
+
+    @torch.no_grad()
+    def close_epoch(self, layer_name: str) -> EpochReport:
+        """Score the epoch, keep each neuron's best candidate weights, reset the sums."""
+        params_ok = all(bool(p.isfinite().all()) for p in self.parameters())
+        if not self.sums.is_finite() or not params_ok:
+            raise NonFiniteError(
+                f"layer {layer_name!r}: non-finite errors or candidate activations in the "
+                "dendrite phase (check the loss for inf/nan, or lower candidate_lr)")
+        corr = self.correlations()
+        abs_corr = corr.abs()
+        epoch_best, k_star = abs_corr.max(dim=0)
+        gain = epoch_best - self.best_corr
+        improved = gain > 0
+        n_idx = torch.arange(k_star.numel(), device=k_star.device)
+
+        def keep(best: Tensor, current: Tensor) -> None:
+            mask = improved.reshape(-1, *[1] * (best.dim() - 1))
+            best.copy_(torch.where(mask, current, best))
+
+        keep(self.best_corr, epoch_best)
+        keep(self.best_sign, torch.sign(corr[k_star, n_idx]).to(self.best_sign.dtype))
+        keep(self.best_weight, self.weight[k_star, n_idx])
+        keep(self.best_bias, self.bias[k_star, n_idx])
+        if self.cascade.shape[1]:
+            mask = improved.unsqueeze(0)
+            self.best_cascade.copy_(torch.where(mask, self.cascade[k_star, :, n_idx].T,
+                                                self.best_cascade))
+        if self.gd:
+            keep(self.best_output, self.output[k_star, n_idx])
+        self.sums.reset()
+        self.epochs += 1
+        return EpochReport(epoch_corr=epoch_best, best_corr=self.best_corr.clone(),
+                           improvement=float(gain.clamp_min(0).max()) if gain.numel() else 0.0)
+
+    def has_pending(self) -> bool:
+        """True if batches were seen since the last closed epoch."""
+        return bool(self.sums.count > 0)
+
+    def winners(self) -> Winners:
+        """The per-neuron winners of the closed epochs, ready to install."""
+        return Winners(weight=self.best_weight.clone(), bias=self.best_bias.clone(),
+                       cascade=self.best_cascade.clone(), corr=self.best_corr.clone(),
+                       sign=self.best_sign.clone(),
+                       output=self.best_output.clone() if self.gd else None)
+
+
+class ErrorTap(torch.autograd.Function):
+    """Identity on the layer output whose backward sees the neuron error dLoss/dz'.
+
+    The backward passes the error on unchanged and returns the candidates' Cascade-Correlation
+    gradient, so the user's single ``loss.backward()`` trains the candidates.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, c: Tensor, pool: CandidatePool) -> Tensor:  # type: ignore[override]
+        ctx.pool = pool
+        ctx.save_for_backward(c)
+        # A fresh tensor (not a view of z), so in-place ops downstream (ReLU(inplace=True)) work.
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:  # type: ignore[override]
+        (c,) = ctx.saved_tensors
+        grad_c = ctx.pool.observe(c, grad)
+        return grad, grad_c, None

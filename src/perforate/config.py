@@ -1,0 +1,189 @@
+"""`PerforationConfig`: every choice of the algorithm, as one validated, serialisable dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .activations import ACTIVATIONS
+from .errors import ConfigError
+
+#: A target selector: an exact qualified name, a name suffix, a regex, or a module type.
+Selector = str | type
+
+DENDRITE_LEARNING = ("cc", "gd")
+CENTERING = ("batch", "running")
+CANDIDATE_OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+OUTPUT_INIT = ("zero", "signed")
+
+
+@dataclass
+class PerforationConfig:
+    """How dendrites are added and trained (see ``shared/docs/algorithm.md``).
+
+    Defaults are the document's DEFAULTs. The paper's literal choices are
+    ``centering="running"`` and ``normalize_error=False``; its Figure 7 variants are
+    ``dendrite_learning="gd"``, ``perforated=False`` and head/backbone ``target_modules``.
+    """
+
+    target_modules: Sequence[Selector] | Selector | None = None
+    """Which layers get dendrites: names, suffixes, regexes or types. None = every Linear/ConvNd."""
+    exclude_modules: Sequence[Selector] | Selector | None = None
+    """Layers to leave alone, same selector forms as `target_modules`."""
+    candidates: int = 4
+    """K: candidate dendrite sets trained per layer in each dendrite phase."""
+    dendrite_activation: str = "tanh"
+    """g: the dendrite non-linearity (one of `perforate.activations.ACTIVATIONS`)."""
+    dendrite_learning: str = "cc"
+    """"cc" (Cascade-Correlation, the paper) or "gd" (candidates trained on the task loss)."""
+    perforated: bool = True
+    """True: no error flows back through dendrites (eq. 3.2). False: "CC no perforation"."""
+    centering: str = "batch"
+    """"batch": centre with the mini-batch's own means (DEFAULT); "running": EMA means (paper)."""
+    normalize_error: bool = True
+    """Divide S by a running std of each neuron's error, so plain SGD can learn candidates."""
+    candidate_optimizer: str = "adam"
+    """Optimizer of the candidates: adam, adamw, sgd or rmsprop."""
+    candidate_lr: float = 1e-2
+    """Learning rate of the candidate optimizer."""
+    seed: int | None = None
+    """Seed of candidate initialisation; None draws from torch's global generator."""
+
+    # Secondary knobs: documented DEFAULTs of the algorithm.
+    candidate_optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments of the candidate optimizer (betas, momentum, ...)."""
+    candidate_weight_std: float = 1.0
+    """Candidate weights ~ N(0, candidate_weight_std**2 / fan_in)."""
+    candidate_bias_std: float = 1.0
+    """Candidate biases ~ N(0, candidate_bias_std**2)."""
+    running_momentum: float = 0.99
+    """EMA momentum of running means (centering="running") and of the error std."""
+    min_candidate_variance: float = 1e-6
+    """A candidate whose epoch variance is below this has correlation 0 (can never win)."""
+    output_init: str = "zero"
+    """New output weight: "zero" (function unchanged at install) or "signed" (-sigma * eps)."""
+    output_init_eps: float = 1e-3
+    """Magnitude of the "signed" output-weight initialisation."""
+    gd_output_init_std: float = 1e-2
+    """dendrite_learning="gd": std of the candidates' trainable output weights."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first invalid field."""
+        _check_selectors("target_modules", self.target_modules)
+        _check_selectors("exclude_modules", self.exclude_modules)
+        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) \
+                or self.candidates < 1:
+            raise ConfigError(f"candidates must be an int >= 1, got {self.candidates!r}")
+        _check_choice("dendrite_activation", self.dendrite_activation, tuple(ACTIVATIONS))
+        _check_choice("dendrite_learning", self.dendrite_learning, DENDRITE_LEARNING)
+        _check_choice("centering", self.centering, CENTERING)
+        _check_choice("candidate_optimizer", self.candidate_optimizer, CANDIDATE_OPTIMIZERS)
+        _check_choice("output_init", self.output_init, OUTPUT_INIT)
+        for name in ("perforated", "normalize_error"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("candidate_lr", "candidate_weight_std", "candidate_bias_std",
+                     "output_init_eps", "gd_output_init_std", "min_candidate_variance"):
+            _check_number(name, getattr(self, name), positive=name == "candidate_lr")
+        if not (0.0 <= self.running_momentum < 1.0):
+            raise ConfigError(f"running_momentum must be in [0, 1), got {self.running_momentum!r}")
+        if self.seed is not None and (isinstance(self.seed, bool)
+                                      or not isinstance(self.seed, int)):
+            raise ConfigError(f"seed must be an int or None, got {self.seed!r}")
+        if not isinstance(self.candidate_optimizer_kwargs, dict):
+            raise ConfigError("candidate_optimizer_kwargs must be a dict, "
+                              f"got {type(self.candidate_optimizer_kwargs).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict; module types become ``"type:module.Class"`` strings."""
+        out = dataclasses.asdict(self)
+        for name in ("target_modules", "exclude_modules"):
+            out[name] = _selectors_to_json(getattr(self, name))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PerforationConfig:
+        """Inverse of `to_dict`. Unknown keys raise `ConfigError`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown PerforationConfig field(s): {', '.join(unknown)}")
+        data = dict(data)
+        for name in ("target_modules", "exclude_modules"):
+            if name in data:
+                data[name] = _selectors_from_json(data[name])
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> PerforationConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _check_number(name: str, value: Any, *, positive: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        kind = "a positive" if positive else "a non-negative"
+        raise ConfigError(f"{name} must be {kind} finite number, got {value!r}")
+
+
+def _as_list(selectors: Sequence[Selector] | Selector | None) -> list[Selector]:
+    if selectors is None:
+        return []
+    if isinstance(selectors, (str, type)):
+        return [selectors]
+    return list(selectors)
+
+
+def _check_selectors(name: str, selectors: Any) -> None:
+    if selectors is None:
+        return
+    if not isinstance(selectors, (str, type, list, tuple)):
+        raise ConfigError(f"{name} must be None, a str, a module type or a list of those; "
+                          f"got {type(selectors).__name__}")
+    items = _as_list(selectors)
+    if not items:
+        raise ConfigError(f"{name} is empty; use None to mean 'all'")
+    for item in items:
+        if isinstance(item, type):
+            if not issubclass(item, nn.Module):
+                raise ConfigError(f"{name}: {item!r} is not an nn.Module subclass")
+        elif not isinstance(item, str) or not item:
+            raise ConfigError(f"{name}: selectors must be non-empty str or module types; "
+                              f"got {item!r}")
+
+
+def _selectors_to_json(selectors: Any) -> list[str] | None:
+    if selectors is None:
+        return None
+    return [f"type:{s.__module__}.{s.__qualname__}" if isinstance(s, type) else s
+            for s in _as_list(selectors)]
+
+
+def _selectors_from_json(items: Any) -> list[Selector] | None:
+    if items is None:
+        return None
+    out: list[Selector] = []
+    for item in _as_list(items):
+        if isinstance(item, str) and item.startswith("type:"):
+            module_name, _, cls_name = item[5:].rpartition(".")
+            try:
+                out.append(getattr(importlib.import_module(module_name), cls_name))
+            except (ImportError, AttributeError) as exc:
+                raise ConfigError(f"cannot resolve module type {item[5:]!r}: {exc}") from exc
+        else:
+            out.append(item)
+    return out

@@ -1,0 +1,27 @@
+"""Exception types. Every error the library raises on bad input is one of these."""
+
+from __future__ import annotations
+
+
+class PerforateError(Exception):
+    """Base class of every error raised by `perforate`."""
+
+
+class ConfigError(PerforateError, ValueError):
+    """A configuration field has an invalid value."""
+
+
+class TargetError(PerforateError, ValueError):
+    """Target selection matched nothing, or matched a module that cannot be wrapped."""
+
+
+class PhaseError(PerforateError, RuntimeError):
+    """A phase transition was requested from the wrong phase."""
+
+
+class NonFiniteError(PerforateError, FloatingPointError):
+    """Non-finite errors or activations were seen while training dendrites."""
+
+
+class LoadError(PerforateError, ValueError):
+    """Saved weights or a checkpoint do not fit the network they are loaded into."""

@@ -1,0 +1,146 @@
+"""How a layer type lays out neurons, so that the dendrite math can be written once.
+
+A *stacked* tensor holds S sets of N neurons (S dendrite sets or S candidates), computed by one
+wide call of the layer's own operation:
+
+- Linear: the layer output is ``[..., N]``; a stacked tensor is ``[..., S, N]``.
+- ConvNd: the layer output is ``[B, N, *spatial]``; a stacked tensor is ``[B, S, N, *spatial]``.
+
+Per-set, per-neuron parameters have shape ``[S, N]`` and broadcast through `expand`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class Geometry:
+    """Layer-type specific tensor plumbing. Subclasses fill in the abstract pieces."""
+
+    #: Axis of the set dimension in a stacked tensor.
+    set_dim: int
+    #: Input rank of an unbatched call (``Linear([in])``, ``Conv2d([C, H, W])``).
+    unbatched_dim: int
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.layer = layer
+
+    @property
+    def weight(self) -> Tensor:
+        return self.layer.weight
+
+    @property
+    def num_neurons(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def neuron_weight_shape(self) -> tuple[int, ...]:
+        """Shape of one neuron's incoming weights (a row, or an output channel's kernel)."""
+        return tuple(self.weight.shape[1:])
+
+    @property
+    def fan_in(self) -> int:
+        return math.prod(self.neuron_weight_shape)
+
+    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Apply S sets of neurons (``weight [S, N, *w]``, ``bias [S, N]``) to ``x`` in one op."""
+        raise NotImplementedError
+
+    def expand(self, p: Tensor) -> Tensor:
+        """Make ``[S, N]`` broadcast against a stacked tensor."""
+        raise NotImplementedError
+
+    def expand_out(self, p: Tensor) -> Tensor:
+        """Make ``[N]`` broadcast against a layer output."""
+        raise NotImplementedError
+
+    def unsqueeze_set(self, t: Tensor) -> Tensor:
+        """Give a layer-output-shaped tensor a set axis of size 1."""
+        return t.unsqueeze(self.set_dim)
+
+    def sum_stacked(self, t: Tensor) -> Tensor:
+        """Sum a stacked tensor over sample positions: ``[S, N]``."""
+        raise NotImplementedError
+
+    def sum_out(self, t: Tensor) -> Tensor:
+        """Sum a layer-output-shaped tensor over sample positions: ``[N]``."""
+        raise NotImplementedError
+
+    def mix(self, h: Tensor, weight: Tensor) -> Tensor:
+        """Cascade term: ``out[k] = sum_i weight[k, i] * h[i]`` per neuron, stacked over k."""
+        raise NotImplementedError
+
+    def combine(self, h: Tensor, weight: Tensor) -> Tensor:
+        """Output term: ``sum_j weight[j] * h[j]`` per neuron, shaped like the layer output."""
+        return (self.expand(weight) * h).sum(self.set_dim)
+
+
+class LinearGeometry(Geometry):
+    set_dim = -2
+    unbatched_dim = 1
+
+    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        s, n = bias.shape
+        out = torch.nn.functional.linear(x, weight.reshape(s * n, -1), bias.reshape(s * n))
+        return out.unflatten(-1, (s, n))
+
+    def expand(self, p: Tensor) -> Tensor:
+        return p
+
+    def expand_out(self, p: Tensor) -> Tensor:
+        return p
+
+    def sum_stacked(self, t: Tensor) -> Tensor:
+        return t.sum(dim=tuple(range(t.dim() - 2)))
+
+    def sum_out(self, t: Tensor) -> Tensor:
+        return t.sum(dim=tuple(range(t.dim() - 1)))
+
+    def mix(self, h: Tensor, weight: Tensor) -> Tensor:
+        return torch.einsum("...dn,kdn->...kn", h, weight)
+
+
+class ConvGeometry(Geometry):
+    set_dim = 1
+
+    def __init__(self, layer: nn.modules.conv._ConvNd) -> None:
+        super().__init__(layer)
+        self.spatial = len(layer.kernel_size)
+        self.unbatched_dim = self.spatial + 1
+        self.groups = layer.groups
+
+    def _ones(self) -> list[int]:
+        return [1] * self.spatial
+
+    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        s, n = bias.shape
+        g = self.groups
+        if g == 1:
+            w, b = weight.reshape(s * n, *weight.shape[2:]), bias.reshape(s * n)
+        else:
+            # A grouped conv assigns output channels to groups in contiguous blocks, so the
+            # S sets are interleaved per group: [g, S, N/g] instead of [S, g, N/g].
+            w = weight.unflatten(1, (g, n // g)).transpose(0, 1).reshape(s * n, *weight.shape[2:])
+            b = bias.unflatten(1, (g, n // g)).transpose(0, 1).reshape(s * n)
+        out = self.layer._conv_forward(x, w, b)
+        if g == 1:
+            return out.unflatten(1, (s, n))
+        return out.unflatten(1, (g, s, n // g)).transpose(1, 2).flatten(2, 3)
+
+    def expand(self, p: Tensor) -> Tensor:
+        return p.reshape(*p.shape, *self._ones())
+
+    def expand_out(self, p: Tensor) -> Tensor:
+        return p.reshape(*p.shape, *self._ones())
+
+    def sum_stacked(self, t: Tensor) -> Tensor:
+        return t.sum(dim=(0, *range(3, t.dim())))
+
+    def sum_out(self, t: Tensor) -> Tensor:
+        return t.sum(dim=(0, *range(2, t.dim())))
+
+    def mix(self, h: Tensor, weight: Tensor) -> Tensor:
+        return torch.einsum("bdn...,kdn->bkn...", h, weight)

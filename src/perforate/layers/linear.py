@@ -1,0 +1,12 @@
+"""Dendrites for `nn.Linear` (any leading dims, neurons on the last axis)."""
+
+from __future__ import annotations
+
+from ..geometry import LinearGeometry
+from .base import DendriteLayer
+
+
+class Linear(DendriteLayer):
+    """`nn.Linear` with dendrites; the original layer is ``base_layer``."""
+
+    geometry_cls = LinearGeometry

@@ -1,0 +1,254 @@
+"""`PerforatedModel`: a user's network with dendrite layers injected, and its two phases."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .candidates import EpochReport
+from .config import PerforationConfig
+from .errors import PhaseError
+from .layers import DendriteLayer, WrapperRegistry, default_registry
+from .targeting import select_targets
+
+logger = logging.getLogger(__name__)
+
+NEURON, DENDRITE = "neuron", "dendrite"
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def _tracked_norms(net: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    for name, m in net.named_modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats \
+                and m.running_mean is not None:
+            yield name, m
+
+
+class PerforatedModel(nn.Module):
+    """Holds the user's network as ``net``; targeted layers are replaced by `DendriteLayer`s.
+
+    Neuron phase: ordinary training (perforated: no error flows through dendrites).
+    Dendrite phase: the network is frozen and each layer's candidates learn by
+    Cascade-Correlation from the same ``loss.backward()``; step `candidate_optimizer()`.
+    """
+
+    def __init__(self, net: nn.Module, config: PerforationConfig,
+                 registry: WrapperRegistry | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.registry = registry or default_registry()
+        for name in select_targets(net, config, self.registry):
+            base = net.get_submodule(name)
+            wrapper = self.registry.lookup(base)(base, config)  # type: ignore[misc]
+            _set_submodule(net, name, wrapper)
+        self.net = net
+        self._phase = NEURON
+        self._requires_grad: dict[str, bool] = {}
+        self._norm_state: dict[str, tuple[float | None, Tensor]] = {}
+        self._optimizer: torch.optim.Optimizer | None = None
+        logger.info("perforated %d layer(s): %s", len(self.dendrite_layers()),
+                    ", ".join(self.dendrite_layers()))
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.net(*args, **kwargs)
+
+    # -------------------------------------------------------------------------------- queries
+    @property
+    def phase(self) -> str:
+        """"neuron" or "dendrite"."""
+        return self._phase
+
+    def dendrite_layers(self) -> dict[str, DendriteLayer]:
+        """{qualified name in ``net``: wrapper}; each wrapper keeps its ``.base_layer``."""
+        return {n: m for n, m in self.net.named_modules() if isinstance(m, DendriteLayer)}
+
+    @property
+    def num_dendrites(self) -> int:
+        """Dendrite sets installed (the same on every wrapped layer)."""
+        layers = self.dendrite_layers()
+        return next(iter(layers.values())).num_dendrites if layers else 0
+
+    def structure(self) -> dict[str, int]:
+        """{layer name: dendrite sets}: what a load needs to rebuild the model."""
+        return {n: m.num_dendrites for n, m in self.dendrite_layers().items()}
+
+    def count_parameters(self) -> int:
+        """Deployable parameters: the network plus dendrite sets, cascade and output weights
+        (no candidates, no bookkeeping copies); shared parameters count once."""
+        layers = self.dendrite_layers().values()
+        skip = {id(m.output_weight) for m in layers}
+        for m in layers:
+            if m.candidates is not None:
+                skip |= {id(p) for p in m.candidates.parameters()}
+        seen: dict[int, int] = {}
+        for p in self.net.parameters():
+            if id(p) not in skip:
+                seen[id(p)] = p.numel()
+        return sum(seen.values()) + sum(m.dendrite_parameter_count() for m in layers)
+
+    # ------------------------------------------------------------------------ dendrite phase
+    def _require(self, phase: str, action: str) -> None:
+        if self._phase != phase:
+            raise PhaseError(f"{action} needs the {phase} phase; the model is in the "
+                             f"{self._phase} phase")
+
+    def begin_dendrite_phase(self) -> None:
+        """Freeze the network and attach K fresh candidate sets to every wrapped layer."""
+        self._require(NEURON, "begin_dendrite_phase()")
+        self._requires_grad = {n: p.requires_grad for n, p in self.net.named_parameters()}
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        # Normalisation layers keep their running statistics (momentum 0 leaves them as is).
+        self._norm_state = {}
+        for name, m in _tracked_norms(self.net):
+            self._norm_state[name] = (m.momentum, m.num_batches_tracked.clone())
+            m.momentum = 0.0
+        generator = None
+        if self.config.seed is not None:
+            seed = self.config.seed + 1_000_003 * self.num_dendrites
+            generator = torch.Generator().manual_seed(seed)
+        params = []
+        for layer in self.dendrite_layers().values():
+            params += list(layer.begin_candidates(generator).parameters())
+        self._optimizer = self._make_optimizer(params)
+        self._phase = DENDRITE
+        logger.info("dendrite phase %d: %d candidate(s) per layer", self.num_dendrites + 1,
+                    self.config.candidates)
+
+    def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+               "rmsprop": torch.optim.RMSprop}[self.config.candidate_optimizer]
+        return cls(params, lr=self.config.candidate_lr, **self.config.candidate_optimizer_kwargs)
+
+    def candidate_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer that trains this dendrite phase's candidates (step it per batch)."""
+        self._require(DENDRITE, "candidate_optimizer()")
+        return self._optimizer  # type: ignore[return-value]  # set by begin_dendrite_phase
+
+    def candidate_correlations(self) -> dict[str, Tensor]:
+        """{layer: |Pearson| ``[K, N]``} of each candidate with its neuron's error, this epoch."""
+        self._require(DENDRITE, "candidate_correlations()")
+        return {n: m.candidates.correlations().abs()  # type: ignore[union-attr]
+                for n, m in self.dendrite_layers().items()}
+
+    def end_epoch(self) -> dict[str, EpochReport]:
+        """Close the epoch's statistics: keep each neuron's best candidate so far, reset sums.
+
+        Raises `NonFiniteError` if non-finite errors or activations were seen.
+        """
+        self._require(DENDRITE, "end_epoch()")
+        return {n: m.candidates.close_epoch(n)  # type: ignore[union-attr]
+                for n, m in self.dendrite_layers().items()}
+
+    def end_dendrite_phase(self) -> dict[str, dict[str, float]]:
+        """Install the best candidate per neuron as a new frozen dendrite set; unfreeze.
+
+        Returns per layer: neurons and the mean / median / min / max best |corr| installed.
+        """
+        self._require(DENDRITE, "end_dendrite_phase()")
+        layers = self.dendrite_layers()
+        for name, layer in layers.items():
+            pool = layer.candidates
+            if pool.has_pending():  # type: ignore[union-attr]
+                pool.close_epoch(name)
+            if int(pool.epochs) == 0:  # type: ignore[union-attr]
+                raise PhaseError(f"layer {name!r}: no dendrite-phase batch was seen; train the "
+                                 "candidates (forward + backward) before ending the phase")
+        stats = {}
+        for name, layer in layers.items():
+            corr = layer.end_candidates().corr.tolist()
+            stats[name] = {"neurons": float(len(corr)), "mean_corr": statistics.fmean(corr),
+                           "median_corr": statistics.median(corr), "min_corr": min(corr),
+                           "max_corr": max(corr)}
+        self._leave_dendrite_phase()
+        logger.info("installed dendrite set %d", self.num_dendrites)
+        return stats
+
+    def _leave_dendrite_phase(self) -> None:
+        for name, p in self.net.named_parameters():
+            p.requires_grad_(self._requires_grad.get(name, True))
+        for name, (momentum, tracked) in self._norm_state.items():
+            m = self.net.get_submodule(name)
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+        self._requires_grad, self._norm_state, self._optimizer = {}, {}, None
+        self._phase = NEURON
+
+    def remove_last_dendrites(self) -> None:
+        """Undo the newest dendrite set on every layer (the final revert of the cycle)."""
+        self._require(NEURON, "remove_last_dendrites()")
+        if self.num_dendrites == 0:
+            raise PhaseError("remove_last_dendrites(): no dendrite set is installed")
+        for layer in self.dendrite_layers().values():
+            layer.remove_last()
+
+    def resize_dendrites(self, structure: dict[str, int]) -> None:
+        """Allocate empty dendrite sets so that saved weights of `structure` can be loaded."""
+        self._require(NEURON, "resize_dendrites()")
+        layers = self.dendrite_layers()
+        for name, d in structure.items():
+            layers[name].resize(d)
+
+    # ------------------------------------------------------------------ checkpoint (exact)
+    def training_state(self) -> dict[str, Any]:
+        """Everything to resume exactly, in either phase (candidates, their optimizer, freeze
+        flags): a dict of tensors and plain values for ``torch.save``."""
+        return {"structure": self.structure(), "phase": self._phase,
+                "state_dict": self.state_dict(),
+                "optimizer": self._optimizer.state_dict() if self._optimizer else None,
+                "requires_grad": dict(self._requires_grad),
+                "norm_state": {k: (m, t) for k, (m, t) in self._norm_state.items()}}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Inverse of `training_state` on a model perforated with the same config."""
+        if self._phase == DENDRITE:
+            self._leave_dendrite_phase()
+            for layer in self.dendrite_layers().values():
+                layer.candidates = None
+        from .serialization import check_structure
+
+        check_structure(self, state["structure"])
+        self.resize_dendrites(state["structure"])
+        if state["phase"] == DENDRITE:
+            self.begin_dendrite_phase()
+        self.load_state_dict(state["state_dict"])
+        if state["phase"] == DENDRITE:
+            self.candidate_optimizer().load_state_dict(state["optimizer"])
+            self._requires_grad = dict(state["requires_grad"])
+            self._norm_state = {k: (m, t) for k, (m, t) in state["norm_state"].items()}
+
+    # ----------------------------------------------------------------------------- leaving
+    def unload(self) -> nn.Module:
+        """Return the original network with every wrapper replaced by its ``base_layer``."""
+        if self._phase == DENDRITE:
+            self._leave_dendrite_phase()
+        for name, layer in self.dendrite_layers().items():
+            _set_submodule(self.net, name, layer.base_layer)
+        return self.net
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config JSON + safetensors weights (no pickle) of the deployable model."""
+        from .serialization import save_pretrained
+
+        return save_pretrained(self, directory)
+
+
+def perforate(net: nn.Module, config: PerforationConfig | None = None, *,
+              registry: WrapperRegistry | None = None) -> PerforatedModel:
+    """Wrap the targeted layers of `net` (in place) and return a `PerforatedModel` holding it."""
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"perforate() needs an nn.Module, got {type(net).__name__}")
+    if config is not None and not isinstance(config, PerforationConfig):
+        raise TypeError(f"config must be a PerforationConfig, got {type(config).__name__}")
+    return PerforatedModel(net, config or PerforationConfig(), registry)

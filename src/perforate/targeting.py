@@ -1,0 +1,104 @@
+"""Choose which modules get dendrites: by exact name, name suffix, regex or module type."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from torch import nn
+
+from .config import PerforationConfig, Selector
+from .errors import TargetError
+from .layers import DendriteLayer, WrapperRegistry
+
+
+def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
+    if isinstance(selector, type):
+        return isinstance(module, selector)
+    if name == selector or name.endswith("." + selector):
+        return True
+    try:
+        return re.fullmatch(selector, name) is not None
+    except re.error:
+        return False
+
+
+def _as_list(selectors: Iterable[Selector] | Selector | None) -> list[Selector]:
+    if selectors is None:
+        return []
+    if isinstance(selectors, (str, type)):
+        return [selectors]
+    return list(selectors)
+
+
+def wrappable_modules(net: nn.Module, registry: WrapperRegistry) -> dict[str, nn.Module]:
+    """Every named module a wrapper exists for, in definition order."""
+    parents = {id(child): parent for parent in net.modules() for child in parent.children()}
+    out = {}
+    for name, module in net.named_modules():
+        if not name or registry.lookup(module) is None:
+            continue
+        # MultiheadAttention reads out_proj.weight directly instead of calling it.
+        if isinstance(parents.get(id(module)), nn.MultiheadAttention):
+            continue
+        out[name] = module
+    return out
+
+
+def _resolve(net: nn.Module, selectors: list[Selector], wrappable: dict[str, nn.Module],
+             field: str) -> set[str]:
+    named = [(n, m) for n, m in net.named_modules() if n]
+    chosen: set[str] = set()
+    for sel in selectors:
+        hits = [n for n, m in named if _matches(sel, n, m)]
+        picked = set()
+        for name in hits:
+            if name in wrappable:
+                picked.add(name)
+            else:  # a container selects every wrappable module inside it
+                picked.update(w for w in wrappable if w.startswith(name + "."))
+        if not picked:
+            shown = getattr(sel, "__name__", sel)
+            what = (f"matched {', '.join(repr(h) for h in hits[:5])}, which contain no wrappable "
+                    "layer" if hits else "matched no module")
+            raise TargetError(f"{field} entry {shown!r} {what}; wrappable modules are: "
+                              f"{_listing(wrappable)}")
+        chosen |= picked
+    return chosen
+
+
+def _listing(wrappable: dict[str, nn.Module]) -> str:
+    items = [f"{n} ({type(m).__name__})" for n, m in wrappable.items()]
+    if len(items) > 20:
+        items = [*items[:20], f"... {len(items) - 20} more"]
+    return ", ".join(items) or "(none)"
+
+
+def select_targets(net: nn.Module, config: PerforationConfig,
+                   registry: WrapperRegistry) -> list[str]:
+    """Qualified names of the modules to wrap, in definition order. Raises `TargetError`."""
+    if any(isinstance(m, DendriteLayer) for m in net.modules()):
+        raise TargetError("the network already contains dendrite layers (perforated twice?)")
+    wrappable = wrappable_modules(net, registry)
+    if not wrappable:
+        kinds = ", ".join(t.__name__ for t in registry.default_types())
+        raise TargetError(f"{type(net).__name__} has nothing to wrap: no {kinds} module found")
+    targets = _as_list(config.target_modules)
+    if targets:
+        chosen = _resolve(net, targets, wrappable, "target_modules")
+    else:
+        defaults = registry.default_types()
+        chosen = {n for n, m in wrappable.items() if type(m) in defaults}
+    excludes = _as_list(config.exclude_modules)
+    if excludes:
+        chosen -= _resolve(net, excludes, wrappable, "exclude_modules")
+    if not chosen:
+        raise TargetError("target and exclude selection left no module to wrap; wrappable "
+                          f"modules are: {_listing(wrappable)}")
+    for name in chosen:
+        module = wrappable[name]
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.parameter.UninitializedParameter):
+            raise TargetError(f"module {name!r} ({type(module).__name__}) is lazy and not yet "
+                              "initialised: run one forward pass before perforate()")
+    return [n for n in wrappable if n in chosen]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import statistics
 from collections.abc import Iterator
@@ -203,12 +204,12 @@ class PerforatedModel(nn.Module):
     # ------------------------------------------------------------------ checkpoint (exact)
     def training_state(self) -> dict[str, Any]:
         """Everything to resume exactly, in either phase (candidates, their optimizer, freeze
-        flags): a dict of tensors and plain values for ``torch.save``."""
-        return {"structure": self.structure(), "phase": self._phase,
+        flags): an independent copy (tensors and plain values) for ``torch.save``."""
+        return copy.deepcopy({"structure": self.structure(), "phase": self._phase,
                 "state_dict": self.state_dict(),
                 "optimizer": self._optimizer.state_dict() if self._optimizer else None,
                 "requires_grad": dict(self._requires_grad),
-                "norm_state": {k: (m, t) for k, (m, t) in self._norm_state.items()}}
+                "norm_state": {k: (m, t) for k, (m, t) in self._norm_state.items()}})
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """Inverse of `training_state` on a model perforated with the same config."""

@@ -116,7 +116,9 @@ def load(directory: str | Path, net: nn.Module, *, registry: Any = None,
     for alias, name in meta.get("aliases", {}).items():
         tensors[alias] = tensors[name]
     expected = model.net.state_dict()
-    for key, value in expected.items():
+    # Report the network's own weights before the dendrites' (they explain a mismatch better).
+    dendrite_keys = ("output_weight", "dendrite_weight", "dendrite_bias", "cascade_weight")
+    for key, value in sorted(expected.items(), key=lambda kv: kv[0].endswith(dendrite_keys)):
         if key not in tensors:
             raise LoadError(f"saved weights lack {key!r}: the network differs from the saved one")
         if tuple(tensors[key].shape) != tuple(value.shape):

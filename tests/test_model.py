@@ -1,0 +1,85 @@
+"""PerforatedModel phases, errors, unload, exact training-state round trip."""
+
+import pytest
+import torch
+from conftest import SmallCNN, mlp, train_candidates
+from torch import nn
+
+import perforate as pf
+
+
+def _data(n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(torch.randn(8, 5), torch.randint(0, 3, (8,))) for _ in range(n)]
+
+
+def test_phase_errors_are_clear() -> None:
+    model = pf.perforate(mlp())
+    assert model.phase == "neuron"
+    with pytest.raises(pf.PhaseError, match="end_dendrite_phase.*neuron phase"):
+        model.end_dendrite_phase()
+    with pytest.raises(pf.PhaseError, match="candidate_optimizer"):
+        model.candidate_optimizer()
+    with pytest.raises(pf.PhaseError, match="end_epoch"):
+        model.end_epoch()
+    with pytest.raises(pf.PhaseError, match="no dendrite set"):
+        model.remove_last_dendrites()
+    model.begin_dendrite_phase()
+    assert model.phase == "dendrite"
+    with pytest.raises(pf.PhaseError, match="begin_dendrite_phase.*dendrite phase"):
+        model.begin_dendrite_phase()
+    with pytest.raises(pf.PhaseError, match="no dendrite-phase batch"):
+        model.end_dendrite_phase()
+    with pytest.raises(pf.PhaseError, match="remove_last_dendrites"):
+        model.remove_last_dendrites()
+    with pytest.raises(pf.PhaseError, match="export"):
+        pf.export(model)
+
+
+def test_unload_returns_the_original_modules() -> None:
+    net = SmallCNN()
+    originals = {n: m for n, m in net.named_children()}
+    model = pf.perforate(net)
+    x = torch.randn(2, 2, 8, 8)
+    ref = model(x)
+    base = model.unload()
+    assert base is net
+    assert {n: m for n, m in base.named_children()} == originals
+    assert torch.equal(base(x), ref)
+
+
+def test_training_state_round_trip_in_the_dendrite_phase() -> None:
+    cfg = pf.PerforationConfig(candidates=2, seed=3)
+    model = pf.perforate(mlp(), cfg)
+    data = _data()
+    model.begin_dendrite_phase()
+    train_candidates(model, data, nn.functional.cross_entropy)
+    model.end_dendrite_phase()
+    model.begin_dendrite_phase()
+    train_candidates(model, data, nn.functional.cross_entropy)
+    state = model.training_state()
+
+    other = pf.perforate(mlp(), cfg)
+    other.load_training_state(state)
+    assert other.phase == "dendrite" and other.num_dendrites == 1
+    for m in (model, other):  # one more identical epoch on both
+        train_candidates(m, data, nn.functional.cross_entropy)
+        m.end_dendrite_phase()
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), other.state_dict().items(),
+                                strict=True):
+        assert k == k2 and torch.equal(v, v2), k
+    assert all(p.requires_grad for p in other.parameters())
+
+
+def test_load_training_state_rejects_other_structure() -> None:
+    model = pf.perforate(mlp(), pf.PerforationConfig(target_modules=["0"]))
+    other = pf.perforate(mlp(), pf.PerforationConfig(target_modules=["2"]))
+    with pytest.raises(pf.LoadError, match="'2'"):
+        other.load_training_state(model.training_state())
+
+
+def test_logs_instead_of_printing(caplog: pytest.LogCaptureFixture, capsys) -> None:
+    with caplog.at_level("INFO", logger="perforate"):
+        model = pf.perforate(mlp())
+        model.begin_dendrite_phase()
+    assert "perforated 3 layer(s)" in caplog.text
+    assert capsys.readouterr().out == ""

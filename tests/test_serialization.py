@@ -1,0 +1,80 @@
+"""save_pretrained / pf.load: exact round trip in a fresh process, clear errors."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import mlp, train_candidates
+from torch import nn
+
+import perforate as pf
+
+
+def _trained(tmp_path: Path) -> tuple[pf.PerforatedModel, torch.Tensor]:
+    model = pf.perforate(mlp(), pf.PerforationConfig(candidates=2, seed=0,
+                                                     exclude_modules=["4"]))
+    data = [(torch.randn(8, 5), torch.randint(0, 3, (8,))) for _ in range(2)]
+    for _ in range(2):
+        model.begin_dendrite_phase()
+        train_candidates(model, data, nn.functional.cross_entropy)
+        model.end_dendrite_phase()
+        with torch.no_grad():
+            for layer in model.dendrite_layers().values():
+                layer.output_weight.normal_()
+    return model, torch.randn(6, 5)
+
+
+def test_round_trip_in_a_fresh_process(tmp_path: Path) -> None:
+    model, x = _trained(tmp_path)
+    model.save_pretrained(tmp_path / "m")
+    torch.save(x, tmp_path / "x.pt")
+    meta = json.loads((tmp_path / "m" / "perforate_config.json").read_text())
+    assert meta["layers"] == {"0": {"type": "Linear", "num_dendrites": 2},
+                              "2": {"type": "Linear", "num_dendrites": 2}}
+    assert meta["config"]["exclude_modules"] == ["4"]
+    script = textwrap.dedent(f"""
+        import torch, perforate as pf
+        from torch import nn
+        torch.manual_seed(123)  # a different init: everything must come from the file
+        net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4), nn.ReLU(),
+                            nn.Linear(4, 3))
+        model = pf.load(r"{tmp_path / 'm'}", net)
+        x = torch.load(r"{tmp_path / 'x.pt'}")
+        torch.save(model(x).detach(), r"{tmp_path / 'y.pt'}")
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert torch.equal(torch.load(tmp_path / "y.pt"), model(x).detach())
+    assert not any(p.suffix in {".pt", ".pkl", ".bin"} for p in (tmp_path / "m").iterdir())
+
+
+def test_tied_weights_survive(tmp_path: Path) -> None:
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    net[1].weight = net[0].weight
+    model = pf.perforate(net, pf.PerforationConfig(target_modules=["0"]))
+    model.save_pretrained(tmp_path)
+    fresh = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    fresh[1].weight = fresh[0].weight
+    loaded = pf.load(tmp_path, fresh)
+    x = torch.randn(3, 4)
+    assert torch.equal(loaded(x), model(x))
+    assert loaded.net[1].weight is loaded.net[0].base_layer.weight
+
+
+def test_load_into_a_different_network_names_the_mismatch(tmp_path: Path) -> None:
+    model, _ = _trained(tmp_path)
+    model.save_pretrained(tmp_path)
+    wider = nn.Sequential(nn.Linear(5, 9), nn.Tanh(), nn.Linear(9, 4), nn.ReLU(), nn.Linear(4, 3))
+    with pytest.raises(pf.LoadError, match=r"'0.base_layer.weight'.*\(7, 5\).*\(9, 5\)"):
+        pf.load(tmp_path, wider)
+    other = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    with pytest.raises(pf.LoadError, match="'4'"):
+        pf.load(tmp_path, other)
+    with pytest.raises(pf.LoadError, match="no perforate_config.json"):
+        pf.load(tmp_path / "missing", mlp())
+    (tmp_path / "perforate_config.json").write_text("{broken")
+    with pytest.raises(pf.LoadError, match="not valid JSON"):
+        pf.load(tmp_path, mlp())

@@ -1,0 +1,73 @@
+import pytest
+from conftest import SmallCNN, mlp
+from torch import nn
+
+import perforate as pf
+from perforate.layers import default_registry
+from perforate.targeting import select_targets
+
+
+def targets(net: nn.Module, **kw: object) -> list[str]:
+    return select_targets(net, pf.PerforationConfig(**kw), default_registry())
+
+
+def test_default_wraps_every_linear_and_conv() -> None:
+    assert targets(SmallCNN()) == ["conv1", "conv2", "fc1", "fc2"]
+    net = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Conv3d(3, 2, 1), nn.LayerNorm(4))
+    assert targets(net) == ["0", "1"]
+
+
+def test_selectors_by_name_suffix_regex_type_and_container() -> None:
+    net = nn.Sequential()
+    net.add_module("backbone", nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3)))
+    net.add_module("head", nn.Linear(3, 1))
+    assert targets(net, target_modules=["head"]) == ["head"]
+    assert targets(net, target_modules="backbone.2") == ["backbone.2"]
+    assert targets(net, target_modules=["2"]) == ["backbone.2"]  # suffix
+    assert targets(net, target_modules=[r"backbone\.\d"]) == ["backbone.0", "backbone.2"]
+    assert targets(net, target_modules=["backbone"]) == ["backbone.0", "backbone.2"]
+    assert targets(net, target_modules=[nn.Linear]) == ["backbone.0", "backbone.2", "head"]
+    assert targets(net, exclude_modules=["head"]) == ["backbone.0", "backbone.2"]
+    assert targets(net, exclude_modules=["backbone"]) == ["head"]
+
+
+def test_target_matching_nothing_lists_what_exists() -> None:
+    with pytest.raises(pf.TargetError, match=r"'fc9'.*matched no module.*fc1 \(Linear\)"):
+        targets(SmallCNN(), target_modules=["fc9"])
+    with pytest.raises(pf.TargetError, match="exclude_modules"):
+        targets(SmallCNN(), exclude_modules=["nope"])
+
+
+def test_nothing_to_wrap_and_everything_excluded() -> None:
+    with pytest.raises(pf.TargetError, match="nothing to wrap"):
+        pf.perforate(nn.Sequential(nn.ReLU(), nn.LayerNorm(3)))
+    with pytest.raises(pf.TargetError, match="left no module"):
+        targets(mlp(), exclude_modules=[nn.Linear])
+
+
+def test_container_without_wrappable_layers_is_an_error() -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU()))
+    with pytest.raises(pf.TargetError, match="contain no wrappable"):
+        targets(net, target_modules=["1"])
+
+
+def test_multihead_attention_out_proj_is_left_alone() -> None:
+    net = nn.Sequential(nn.Linear(4, 4))
+    net.add_module("attn", nn.MultiheadAttention(4, 2))
+    assert targets(net, target_modules=[nn.Linear]) == ["0"]
+
+
+def test_lazy_and_twice_perforated_modules_are_rejected() -> None:
+    with pytest.raises(pf.TargetError, match="lazy"):
+        pf.perforate(nn.Sequential(nn.LazyLinear(3)), pf.PerforationConfig(
+            target_modules=[nn.LazyLinear]))
+    model = pf.perforate(mlp())
+    with pytest.raises(pf.TargetError, match="already"):
+        pf.perforate(model.net)
+
+
+def test_bad_argument_types() -> None:
+    with pytest.raises(TypeError, match="nn.Module"):
+        pf.perforate("not a net")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="PerforationConfig"):
+        pf.perforate(mlp(), {"candidates": 2})  # type: ignore[arg-type]

@@ -5,10 +5,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import SmallCNN, train_candidates
 from torch import nn
 
 import perforate as pf
+from conftest import SmallCNN, train_candidates
 
 
 def test_dendrite_phase_freezes_network_and_trains_candidates() -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SmallCNN, train_candidates
 from torch import nn
 
 import perforate as pf
+from conftest import SmallCNN, train_candidates
 from perforate.layers import DendriteLayer
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import SmallCNN, mlp, train_candidates
 from torch import nn
 
 import perforate as pf
+from conftest import SmallCNN, mlp, train_candidates
 
 
 def grads(net: nn.Module) -> dict[str, torch.Tensor]:

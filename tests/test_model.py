@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import SmallCNN, mlp, train_candidates
 from torch import nn
 
 import perforate as pf
+from conftest import SmallCNN, mlp, train_candidates
 
 
 def _data(n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -15,7 +15,7 @@ def _data(n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def test_phase_errors_are_clear() -> None:
     model = pf.perforate(mlp())
     assert model.phase == "neuron"
-    with pytest.raises(pf.PhaseError, match="end_dendrite_phase.*neuron phase"):
+    with pytest.raises(pf.PhaseError, match=r"end_dendrite_phase.*neuron phase"):
         model.end_dendrite_phase()
     with pytest.raises(pf.PhaseError, match="candidate_optimizer"):
         model.candidate_optimizer()
@@ -25,7 +25,7 @@ def test_phase_errors_are_clear() -> None:
         model.remove_last_dendrites()
     model.begin_dendrite_phase()
     assert model.phase == "dendrite"
-    with pytest.raises(pf.PhaseError, match="begin_dendrite_phase.*dendrite phase"):
+    with pytest.raises(pf.PhaseError, match=r"begin_dendrite_phase.*dendrite phase"):
         model.begin_dendrite_phase()
     with pytest.raises(pf.PhaseError, match="no dendrite-phase batch"):
         model.end_dendrite_phase()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import mlp, train_candidates
 from torch import nn
 
 import perforate as pf
+from conftest import mlp, train_candidates
 
 
 def _trained(tmp_path: Path) -> tuple[pf.PerforatedModel, torch.Tensor]:
@@ -71,9 +71,9 @@ def test_load_into_a_different_network_names_the_mismatch(tmp_path: Path) -> Non
     with pytest.raises(pf.LoadError, match=r"'0.base_layer.weight'.*\(7, 5\).*\(9, 5\)"):
         pf.load(tmp_path, wider)
     other = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
-    with pytest.raises(pf.LoadError, match="'4'"):
+    with pytest.raises(pf.LoadError, match=r"'4'"):
         pf.load(tmp_path, other)
-    with pytest.raises(pf.LoadError, match="no perforate_config.json"):
+    with pytest.raises(pf.LoadError, match=r"no perforate_config\.json"):
         pf.load(tmp_path / "missing", mlp())
     (tmp_path / "perforate_config.json").write_text("{broken")
     with pytest.raises(pf.LoadError, match="not valid JSON"):

@@ -1,8 +1,8 @@
 import pytest
-from conftest import SmallCNN, mlp
 from torch import nn
 
 import perforate as pf
+from conftest import SmallCNN, mlp
 from perforate.layers import default_registry
 from perforate.targeting import select_targets
 
@@ -67,7 +67,7 @@ def test_lazy_and_twice_perforated_modules_are_rejected() -> None:
 
 
 def test_bad_argument_types() -> None:
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         pf.perforate("not a net")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="PerforationConfig"):
         pf.perforate(mlp(), {"candidates": 2})  # type: ignore[arg-type]

@@ -118,7 +118,7 @@ def test_epoch_correlation_is_exact_pearson_over_all_batches() -> None:
     for _ in range(3):
         x, t = torch.randn(20, 4), torch.randn(20, 2)
         out = model(x)
-        cs.append(pool(x, None).detach())
+        cs.append(pool(x, []).detach())
         es.append(2 * (out.detach() - t))
         ((out - t) ** 2).sum().backward()  # no optimizer step: candidates stay fixed
     corr = model.candidate_correlations()["0"]
@@ -156,7 +156,7 @@ def test_running_centering_uses_previous_batches_means() -> None:
     for i, (x, t) in enumerate(batches):
         pool.weight.grad = None
         out = model(x)
-        c = pool(x, None).detach()[:, 0, 0]
+        c = pool(x, []).detach()[:, 0, 0]
         e = 2 * (out.detach() - t)[:, 0]
         ((out - t) ** 2).sum().backward()
         c_means.append(c.mean())
@@ -211,3 +211,19 @@ def test_seed_makes_candidates_reproducible() -> None:
     assert pool.weight.std().item() == pytest.approx(400**-0.5, rel=0.02)
     assert pool.bias.std().item() == pytest.approx(1.0, rel=0.05)
     assert torch.equal(pool.cascade, torch.zeros(4, 0, 300))
+
+
+def test_inplace_activation_after_a_wrapped_layer_gives_the_same_gradients() -> None:
+    grads = []
+    for inplace in (False, True):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=inplace), nn.Linear(6, 2))
+        model = pf.perforate(net, pf.PerforationConfig(seed=0))
+        model.begin_dendrite_phase()
+        x, y = torch.randn(9, 4), torch.randint(0, 2, (9,))
+        nn.functional.cross_entropy(model(x), y).backward()
+        grads.append([m.candidates.weight.grad.clone()
+                      for m in model.dendrite_layers().values()])
+    for a, b in zip(*grads, strict=True):
+        assert a.abs().sum() > 0
+        assert torch.equal(a, b)

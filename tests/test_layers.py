@@ -162,8 +162,8 @@ def test_second_dendrite_receives_first_through_cascade() -> None:
     h1 = torch.tanh(x @ layer.dendrite_weight[0].T + layer.dendrite_bias[0])
     h2 = torch.tanh(x @ layer.dendrite_weight[1].T + layer.dendrite_bias[1]
                     + layer.cascade_weight[1, 0] * h1)
-    torch.testing.assert_close(h[:, 0], h1)
-    torch.testing.assert_close(h[:, 1], h2)
+    torch.testing.assert_close(h[0], h1)
+    torch.testing.assert_close(h[1], h2)
     with torch.no_grad():
         layer.output_weight.copy_(torch.tensor([[0.5] * 4, [-2.0] * 4]))
     torch.testing.assert_close(layer(x), layer.base_layer(x) + 0.5 * h1 - 2.0 * h2)

@@ -19,3 +19,10 @@ __all__ = [
     "PerforateError", "PerforatedModel", "PerforationConfig", "PhaseError", "TargetError",
     "WrapperRegistry", "__version__", "default_registry", "export", "load", "perforate",
 ]
+
+from . import metrics
+from .fit import fit, predict
+from .schedule import Schedule
+from .tracker import Decision, Tracker, resume
+
+__all__ += ["Decision", "Schedule", "Tracker", "fit", "metrics", "predict", "resume"]

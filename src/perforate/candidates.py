@@ -95,11 +95,12 @@ class CandidatePool(nn.Module):
     def num_candidates(self) -> int:
         return self.bias.shape[0]
 
-    def forward(self, x: Tensor, h: Tensor | None) -> Tensor:
-        """Candidate activations, stacked ``[K]`` (x must already be detached)."""
-        pre = self.geometry.stacked(x, self.weight, self.bias)
-        if h is not None:
-            pre = pre + self.geometry.mix(h, self.cascade)
+    def forward(self, x: Tensor, hs: list[Tensor]) -> Tensor:
+        """Candidate activations, stacked ``[K]``; x and the dendrite outputs hs detached."""
+        geo = self.geometry
+        pre = geo.stacked(x, self.weight, self.bias)
+        for i, h in enumerate(hs):  # cascade inputs: E[k, i] * h_i
+            pre = torch.addcmul(pre, geo.expand(self.cascade[:, i]), geo.unsqueeze_set(h))
         return self.activation(pre)
 
     def attach(self, z: Tensor, c: Tensor) -> Tensor:
@@ -216,8 +217,11 @@ class ErrorTap(torch.autograd.Function):
     def forward(ctx, z: Tensor, c: Tensor, pool: CandidatePool) -> Tensor:  # type: ignore[override]
         ctx.pool = pool
         ctx.save_for_backward(c)
-        # A fresh tensor (not a view of z), so in-place ops downstream (ReLU(inplace=True)) work.
-        return z.clone()
+        # z is a fresh output that only this layer holds: declaring it "dirty" returns it
+        # without a copy and without making it a view, so that in-place ops downstream
+        # (ReLU(inplace=True)) still work. Its values are not changed.
+        ctx.mark_dirty(z)
+        return z
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:  # type: ignore[override]

@@ -56,10 +56,10 @@ class DendriteLinearExport(_FusedDendrites):
         for j in range(self.num_dendrites):
             u = y[..., (j + 1) * n:(j + 2) * n]
             for i in range(j):
-                u = u + self.cascade_weight[j, i] * hs[i]
+                u = torch.addcmul(u, self.cascade_weight[j, i], hs[i])
             h = self.activation(u)
             hs.append(h)
-            out = out + self.output_weight[j] * h
+            out = torch.addcmul(out, self.output_weight[j], h)
         return out
 
 
@@ -110,10 +110,10 @@ class DendriteConvExport(_FusedDendrites):
         for j in range(self.num_dendrites):
             u = y[:, j + 1]
             for i in range(j):
-                u = u + self.cascade_weight[j, i] * hs[i]
+                u = torch.addcmul(u, self.cascade_weight[j, i], hs[i])
             h = self.activation(u)
             hs.append(h)
-            out = out + self.output_weight[j] * h
+            out = torch.addcmul(out, self.output_weight[j], h)
         if unbatched:
             out = out.squeeze(0)
         return out

@@ -69,10 +69,6 @@ class Geometry:
         """Sum a layer-output-shaped tensor over sample positions: ``[N]``."""
         raise NotImplementedError
 
-    def mix(self, h: Tensor, weight: Tensor) -> Tensor:
-        """Cascade term: ``out[k] = sum_i weight[k, i] * h[i]`` per neuron, stacked over k."""
-        raise NotImplementedError
-
     def combine(self, h: Tensor, weight: Tensor) -> Tensor:
         """Output term: ``sum_j weight[j] * h[j]`` per neuron, shaped like the layer output."""
         return (self.expand(weight) * h).sum(self.set_dim)
@@ -99,8 +95,6 @@ class LinearGeometry(Geometry):
     def sum_out(self, t: Tensor) -> Tensor:
         return t.sum(dim=tuple(range(t.dim() - 1)))
 
-    def mix(self, h: Tensor, weight: Tensor) -> Tensor:
-        return torch.einsum("...dn,kdn->...kn", h, weight)
 
 
 class ConvGeometry(Geometry):
@@ -141,6 +135,3 @@ class ConvGeometry(Geometry):
 
     def sum_out(self, t: Tensor) -> Tensor:
         return t.sum(dim=(0, *range(2, t.dim())))
-
-    def mix(self, h: Tensor, weight: Tensor) -> Tensor:
-        return torch.einsum("bdn...,kdn->bkn...", h, weight)

@@ -75,26 +75,32 @@ class DendriteLayer(nn.Module):
         if self.num_dendrites == 0 and pool is None:
             return z
         x_free = x.detach()
-        h = None
+        hs: list[Tensor] = []
         if self.num_dendrites:
-            h = self.dendrite_outputs(x_free if self.config.perforated else x)
-            z = z + self.geometry.combine(h, self.output_weight)
+            hs = self.dendrite_outputs(x_free if self.config.perforated else x)
+            a = self.output_weight
+            for j, h in enumerate(hs):
+                z = torch.addcmul(z, self.geometry.expand_out(a[j]), h)
         if pool is not None:
-            c = pool(x_free, None if h is None else h.detach())
+            c = pool(x_free, [h.detach() for h in hs])
             z = pool.attach(z, c)
         return z
 
-    def dendrite_outputs(self, x: Tensor) -> Tensor:
-        """Outputs h of the installed dendrite sets, stacked ``[D]`` (cascade applied)."""
+    def dendrite_outputs(self, x: Tensor) -> list[Tensor]:
+        """Outputs h_1..h_D of the installed dendrite sets, each shaped like the layer output.
+
+        All D sets' pre-activations come from one wide call of the layer's operation; the
+        cascade then adds ``C_j[:, i] * h_i`` for i < j.
+        """
         geo = self.geometry
         pre = geo.stacked(x, self.dendrite_weight, self.dendrite_bias)
         hs: list[Tensor] = []
         for j in range(self.num_dendrites):
             u = pre.select(geo.set_dim, j)
             for i, h_i in enumerate(hs):
-                u = u + geo.expand_out(self.cascade_weight[j, i]) * h_i
+                u = torch.addcmul(u, geo.expand_out(self.cascade_weight[j, i]), h_i)
             hs.append(self.activation(u))
-        return torch.stack(hs, dim=geo.set_dim)
+        return hs
 
     # ------------------------------------------------------------------------ dendrite phase
     def begin_candidates(self, generator: torch.Generator | None) -> CandidatePool:

@@ -1,0 +1,195 @@
+"""Cost of an epoch per phase on the PyTorch MNIST-example CNN, and exported inference speed.
+
+Prints a table and writes ``bench/results/epoch_cost.json``. Ratios are to the plain neuron
+phase (D = 0) beside the floors of the issue: (3 + D) / 3 for a neuron phase with D dendrite
+sets (the dendrites add D forwards, no backward) and (2 + 2K) / 3 for a dendrite phase with K
+candidates (frozen forward + input-gradient backward, and K candidate forwards + backwards).
+
+    python bench/epoch_cost.py [--samples 4096] [--batch 64] [--repeats 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import perforate as pf
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+class MnistNet(nn.Module):
+    """The PyTorch MNIST example network (conv 32, conv 64, maxpool, fc 9216→128, fc→10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        x = self.dropout1(torch.max_pool2d(x, 2)).flatten(1)
+        x = self.dropout2(torch.relu(self.fc1(x)))
+        return self.fc2(x)
+
+
+def load_data(samples: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    images = FASHION / "train-images-idx3-ubyte.gz"
+    if images.exists():
+        with gzip.open(images) as f:
+            x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:samples]
+        with gzip.open(FASHION / "train-labels-idx1-ubyte.gz") as f:
+            y = np.frombuffer(f.read(), np.uint8, offset=8)[:samples]
+        x = (torch.from_numpy(x.astype(np.float32)) / 255 - 0.2860) / 0.3530
+        return x, torch.from_numpy(y.astype(np.int64)), "fashion-mnist"
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(samples, 1, 28, 28, generator=g),
+            torch.randint(0, 10, (samples,), generator=g), "random")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_with(dendrites: int, device: torch.device, candidates: int = 4) -> pf.PerforatedModel:
+    torch.manual_seed(0)
+    model = pf.perforate(MnistNet(), pf.PerforationConfig(candidates=candidates, seed=0))
+    for layer in model.dendrite_layers().values():
+        layer.resize(dendrites)
+        with torch.no_grad():
+            for t in (layer.dendrite_weight, layer.dendrite_bias, layer.cascade_weight):
+                t.normal_(0, 0.05)
+            layer.output_weight.normal_(0, 0.01)
+    return model.to(device)
+
+
+def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              batch: int, device: torch.device) -> float:
+    """Seconds for one pass over (x, y) with the user's loop (data already on the device)."""
+    sync(device)
+    start = time.perf_counter()
+    for i in range(0, len(x), batch):
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x[i:i + batch]), y[i:i + batch]).backward()
+        opt.step()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def time_phase(dendrites: int, candidates: int | None, x: torch.Tensor, y: torch.Tensor,
+               args: argparse.Namespace, device: torch.device) -> float:
+    model = model_with(dendrites, device, candidates or 4)
+    model.train()
+    if candidates is None:
+        opt = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    else:
+        model.begin_dendrite_phase()
+        opt = model.candidate_optimizer()
+    run_epoch(model, opt, x[: args.batch * 3], y[: args.batch * 3], args.batch, device)  # warm up
+    times = []
+    for _ in range(args.repeats):
+        times.append(run_epoch(model, opt, x, y, args.batch, device))
+        if candidates is not None:
+            model.end_epoch()
+    return statistics.median(times)
+
+
+def throughput(net: nn.Module, x: torch.Tensor, batch: int, device: torch.device,
+               repeats: int) -> float:
+    """Inputs per second of batched eval-mode inference."""
+    net.eval()
+    with torch.inference_mode():
+        net(x[:batch])
+        best = float("inf")
+        for _ in range(repeats):
+            sync(device)
+            start = time.perf_counter()
+            for i in range(0, len(x), batch):
+                net(x[i:i + batch])
+            sync(device)
+            best = min(best, time.perf_counter() - start)
+    return len(x) / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=4096, help="images per timed epoch")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs (median)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
+                                              "epoch_cost.json"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    x, y, source = load_data(args.samples)
+    x, y = x.to(device), y.to(device)
+
+    rows = []
+    base = time_phase(0, None, x, y, args, device)
+    for d in (0, 1, 2, 3):
+        t = base if d == 0 else time_phase(d, None, x, y, args, device)
+        rows.append({"phase": "neuron", "D": d, "K": None, "seconds": t, "ratio": t / base,
+                     "floor": (3 + d) / 3})
+    for k in (1, 4):
+        t = time_phase(0, k, x, y, args, device)
+        rows.append({"phase": "dendrite", "D": 0, "K": k, "seconds": t, "ratio": t / base,
+                     "floor": (2 + 2 * k) / 3})
+    for r in rows:
+        r["ratio_to_floor"] = r["ratio"] / r["floor"]
+        r["target_met"] = r["ratio_to_floor"] <= 1.1
+
+    infer = []
+    plain = MnistNet().to(device)
+    plain_tp = throughput(plain, x, 256, device, args.repeats)
+    infer.append({"model": "plain net", "D": 0, "inputs_per_s": plain_tp, "ratio": 1.0})
+    for d in (1, 3):
+        exported = pf.export(model_with(d, device))
+        tp = throughput(exported, x, 256, device, args.repeats)
+        infer.append({"model": "pf.export", "D": d, "inputs_per_s": tp, "ratio": tp / plain_tp,
+                      "floor": 1 / (1 + d)})
+        wrapped = model_with(d, device)
+        tp = throughput(wrapped, x, 256, device, args.repeats)
+        infer.append({"model": "perforated (unexported)", "D": d, "inputs_per_s": tp,
+                      "ratio": tp / plain_tp, "floor": 1 / (1 + d)})
+
+    print(f"MNIST-example CNN, {args.samples} {source} images/epoch, batch {args.batch}, "
+          f"{device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'phase':9} {'D':>2} {'K':>2} {'s/epoch':>9} {'ratio':>7} {'floor':>7} "
+          f"{'ratio/floor':>11} target<=1.1")
+    for r in rows:
+        print(f"{r['phase']:9} {r['D']:>2} {r['K'] or '-':>2} {r['seconds']:9.3f} "
+              f"{r['ratio']:7.3f} {r['floor']:7.3f} {r['ratio_to_floor']:11.3f} "
+              f"{'yes' if r['target_met'] else 'NO'}")
+    print(f"\n{'inference (batch 256)':26} {'D':>2} {'inputs/s':>10} {'vs plain':>9}")
+    for r in infer:
+        print(f"{r['model']:26} {r['D']:>2} {r['inputs_per_s']:10.0f} {r['ratio']:9.3f}")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "benchmark": "epoch_cost", "data": source, "samples": args.samples, "batch": args.batch,
+        "repeats": args.repeats, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "epochs": rows, "inference": infer}, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

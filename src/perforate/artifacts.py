@@ -1,0 +1,116 @@
+"""Files a training run leaves behind, each written atomically (temp file + ``os.replace``).
+
+``history.csv`` (one row per epoch), ``architectures.csv`` (one row per neuron cycle: the
+paper's "best test scores" table), ``summary.json``, ``training.png`` and ``checkpoint/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+#: Fixed columns of ``history.csv`` (extra scores passed to ``Tracker.step`` follow them).
+HISTORY_COLUMNS = ("epoch", "phase", "cycle", "dendrites", "params", "train", "val", "test",
+                   "lr", "corr", "seconds", "event")
+#: Fixed columns of ``architectures.csv`` (``<extra>_at_best_val`` columns follow them).
+ARCHITECTURE_COLUMNS = ("cycle", "dendrites", "params", "epochs", "dendrite_epochs",
+                        "best_epoch", "best_val", "test_at_best_val", "train_at_best_val",
+                        "improved", "kept", "seconds")
+
+HISTORY_FILE = "history.csv"
+ARCHITECTURES_FILE = "architectures.csv"
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "training.png"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *,
+                 fsync: bool = False) -> Path:
+    """Call ``write(f)`` on a temp file next to `path`, then rename it over `path`.
+
+    A reader (or a run killed at any instant) sees either the old file or the new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    return value
+
+
+def write_csv(path: str | Path, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> Path:
+    """Write `rows` under `columns` (missing values and None as empty cells, bools as 0/1)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in columns])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts of strings (for tests and analysis)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write `data` as indented JSON (non-finite floats become null)."""
+    return atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
+
+
+def write_run_artifacts(tracker: Any, out_dir: str | Path, *, plot: bool = True) -> Path:
+    """Write history, architectures, summary (and the plot) of `tracker` into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    extras = list(tracker.extra_names)
+    write_csv(out / HISTORY_FILE, tracker.history, [*HISTORY_COLUMNS, *extras])
+    write_csv(out / ARCHITECTURES_FILE, tracker.architectures,
+              [*ARCHITECTURE_COLUMNS, *(f"{e}_at_best_val" for e in extras)])
+    write_json(out / SUMMARY_FILE, tracker.summary())
+    if plot:
+        from .plotting import plot_training
+
+        plot_training(tracker, out / PLOT_FILE)
+    return out

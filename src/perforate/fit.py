@@ -1,0 +1,169 @@
+"""`fit`: the whole cycle in one call, with progress bars.
+
+Every epoch's randomness (shuffling, dropout, candidate initialisation) comes from torch's
+global RNG and the DataLoaders' own generators, all saved in checkpoints, so a run resumed with
+``pf.fit(..., tracker=pf.resume(...))`` continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .metrics import Metric, accuracy, metric_name
+from .model import DENDRITE, PerforatedModel
+from .tracker import Decision, OptimizerFactory, SchedulerFactory, Tracker
+
+logger = logging.getLogger(__name__)
+
+
+def _split(batch: Any) -> tuple[Any, Tensor]:
+    if isinstance(batch, (list, tuple)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise TypeError("fit() expects batches of (inputs, targets); got "
+                    f"{type(batch).__name__}" + (f" of length {len(batch)}"
+                                                 if isinstance(batch, (list, tuple)) else ""))
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    return x
+
+
+def _call(model: nn.Module, x: Any) -> Tensor:
+    return model(*x) if isinstance(x, (list, tuple)) else model(x)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable[Any],
+            device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Outputs and targets of `model` (eval mode) over `loader`, concatenated."""
+    if device is None:
+        device = next(model.parameters()).device
+    model.eval()
+    outs, ys = [], []
+    for batch in loader:
+        x, y = _split(batch)
+        outs.append(_call(model, _to(x, device)))
+        ys.append(_to(y, device))
+    if not outs:
+        raise ValueError("predict(): the loader yielded no batch")
+    return torch.cat(outs), torch.cat(ys)
+
+
+def _tqdm(progress: bool) -> Callable[..., Any] | None:
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - depends on the environment
+        logger.warning("progress bars need tqdm (pip install tqdm); continuing without")
+        return None
+    return tqdm
+
+
+def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterable[Any],
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        optimizer_factory: OptimizerFactory | None = None, *,
+        test_loader: Iterable[Any] | None = None, metric: Metric = accuracy,
+        decision_metric: Metric | None = None,
+        scheduler_factory: SchedulerFactory | None = None,
+        tracker_kwargs: Mapping[str, Any] | None = None, tracker: Tracker | None = None,
+        progress: bool = True, track_train: bool = True,
+        on_epoch_end: Callable[[Tracker, Decision], None] | None = None) -> Tracker:
+    """Train `model` through the paper's cycle until the tracker is done; return the tracker.
+
+    Per epoch: one pass over `train_loader` with ``tracker.optimizer`` (the user's optimizer in
+    the neuron phase, the candidate optimizer in the dendrite phase), then, in the neuron phase
+    only, the scores on the validation (and test) sets, and ``tracker.step``.
+
+    Scores: ``metric(outputs, targets)`` over a whole set (higher is better). With
+    `decision_metric` (e.g. ``pf.metrics.neg_loss(loss_fn)``), decisions and the train/val/test
+    columns use it and `metric` is recorded as extra scores ``train_<name>``, ``val_<name>``,
+    ``test_<name>``. `track_train`: also score the training batches (their outputs are kept
+    for the epoch). `tracker`: continue a resumed run (then `optimizer_factory`,
+    `scheduler_factory` and `tracker_kwargs` are not used). `on_epoch_end(tracker, decision)`
+    runs after each step. `progress=False` turns off the tqdm bars.
+    """
+    if tracker is None:
+        if optimizer_factory is None:
+            raise TypeError("fit() needs an optimizer_factory (or a resumed tracker)")
+        tracker = Tracker(model, optimizer_factory, scheduler_factory, **(tracker_kwargs or {}))
+    elif tracker.model is not model:
+        raise ValueError("fit(): tracker.model is not the model given (after pf.resume, pass "
+                         "tracker.model)")
+    if not callable(loss_fn) or not callable(metric):
+        raise TypeError("fit(): loss_fn and metric must be callables")
+    loaders = [train_loader, val_loader, *([test_loader] if test_loader is not None else [])]
+    generators = []
+    for loader in loaders:
+        generators += [getattr(loader, "generator", None),
+                       getattr(getattr(loader, "sampler", None), "generator", None)]
+    tracker.track_generators(*generators)
+    device = next(model.parameters()).device
+    scorer = decision_metric or metric
+    extra_name = metric_name(metric) if decision_metric is not None else None
+
+    tqdm = _tqdm(progress)
+    bar = None
+    if tqdm is not None:
+        bar = tqdm(total=tracker.schedule.max_epochs, initial=tracker.epoch, desc="perforate",
+                   unit="epoch", dynamic_ncols=True)
+    try:
+        while not tracker.done:
+            dendrite = model.phase == DENDRITE
+            optimizer = tracker.optimizer
+            model.train()
+            outs: list[Tensor] = []
+            ys: list[Tensor] = []
+            batches: Iterable[Any] = train_loader
+            if tqdm is not None:
+                batches = tqdm(train_loader, desc=f"epoch {tracker.epoch + 1} ({model.phase})",
+                               unit="batch", leave=False, dynamic_ncols=True)
+            for batch in batches:
+                x, y = _split(batch)
+                x, y = _to(x, device), _to(y, device)
+                optimizer.zero_grad(set_to_none=True)
+                out = _call(model, x)
+                loss = loss_fn(out, y)
+                loss.backward()
+                optimizer.step()
+                if track_train and not dendrite:
+                    outs.append(out.detach())
+                    ys.append(y)
+            if dendrite:
+                decision = tracker.step()
+            else:
+                scores: dict[str, float | None] = {"train": None, "val": None, "test": None}
+                extra: dict[str, float] = {}
+                sets: list[tuple[str, Tensor, Tensor]] = []
+                if outs:
+                    sets.append(("train", torch.cat(outs), torch.cat(ys)))
+                sets.append(("val", *predict(model, val_loader, device)))
+                if test_loader is not None:
+                    sets.append(("test", *predict(model, test_loader, device)))
+                for name, o, t in sets:
+                    scores[name] = scorer(o, t)
+                    if extra_name is not None:
+                        extra[f"{name}_{extra_name}"] = metric(o, t)
+                decision = tracker.step(scores["val"], test_score=scores["test"],
+                                        train_score=scores["train"], extra=extra or None)
+            if bar is not None:
+                val = tracker.history[-1]["val"]
+                bar.set_postfix(phase=decision.phase, dendrites=decision.dendrites,
+                                val=f"{val:.4g}" if val is not None else "-",
+                                refresh=False)
+                bar.update(1)
+            if on_epoch_end is not None:
+                on_epoch_end(tracker, decision)
+    finally:
+        if bar is not None:
+            bar.close()
+    return tracker

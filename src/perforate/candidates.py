@@ -119,11 +119,11 @@ class CandidatePool(nn.Module):
         """
         geo, cfg = self.geometry, self.config
         positions = e.numel() // geo.num_neurons
-        sc = geo.sum_stacked(c)
+        sc, sc2 = geo.sums_stacked(c)
         sce = geo.sum_stacked(c * geo.unsqueeze_set(e))
         se = geo.sum_out(e)
         se2 = geo.sum_out(e * e)
-        self.sums.add(positions, sc, geo.sum_stacked(c * c), se, se2, sce)
+        self.sums.add(positions, sc, sc2, se, se2, sce)
 
         acc = self.error_var.dtype
         mean_e_b = se.to(acc) / positions

@@ -69,6 +69,17 @@ class Geometry:
         """Sum a layer-output-shaped tensor over sample positions: ``[N]``."""
         raise NotImplementedError
 
+    def stacked_position_dims(self, t: Tensor) -> tuple[int, ...]:
+        """The sample-position axes of a stacked tensor."""
+        raise NotImplementedError
+
+    def sums_stacked(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(sum t, sum t**2)`` over sample positions ``[S, N]`` in one pass (var_mean)."""
+        dims = self.stacked_position_dims(t)
+        var, mean = torch.var_mean(t, dim=dims, correction=0)
+        count = t.numel() // mean.numel()
+        return mean * count, (var + mean * mean) * count
+
     def combine(self, h: Tensor, weight: Tensor) -> Tensor:
         """Output term: ``sum_j weight[j] * h[j]`` per neuron, shaped like the layer output."""
         return (self.expand(weight) * h).sum(self.set_dim)
@@ -88,6 +99,9 @@ class LinearGeometry(Geometry):
 
     def expand_out(self, p: Tensor) -> Tensor:
         return p
+
+    def stacked_position_dims(self, t: Tensor) -> tuple[int, ...]:
+        return tuple(range(t.dim() - 2))
 
     def sum_stacked(self, t: Tensor) -> Tensor:
         return t.sum(dim=tuple(range(t.dim() - 2)))
@@ -129,6 +143,9 @@ class ConvGeometry(Geometry):
 
     def expand_out(self, p: Tensor) -> Tensor:
         return p.reshape(*p.shape, *self._ones())
+
+    def stacked_position_dims(self, t: Tensor) -> tuple[int, ...]:
+        return (0, *range(3, t.dim()))
 
     def sum_stacked(self, t: Tensor) -> Tensor:
         return t.sum(dim=(0, *range(3, t.dim())))

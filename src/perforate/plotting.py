@@ -50,6 +50,20 @@ def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
     return xs, ys
 
 
+def _focus(ax: Any, history: list[dict[str, Any]], keys: list[str]) -> None:
+    """Set y limits from the epochs after the first 10% (the first epochs' low scores would
+    squash the interesting part)."""
+    if not history:
+        return
+    skip = history[0]["epoch"] + max(3, len(history) // 10)
+    values = [r[k] for r in history for k in keys if r.get(k) is not None and r["epoch"] >= skip]
+    if len(values) < 2:
+        return
+    lo, hi = min(values), max(values)
+    pad = 0.1 * (hi - lo) if hi > lo else 0.05 * (abs(hi) or 1.0)
+    ax.set_ylim(lo - pad, hi + 2 * pad)
+
+
 def plot_training(tracker: Any, path: str | Path, *, title: str | None = None) -> Path:
     """Draw the three panels of `tracker`'s run into `path` (PNG, written atomically)."""
     plt = _matplotlib()
@@ -71,8 +85,10 @@ def plot_training(tracker: Any, path: str | Path, *, title: str | None = None) -
             xs, ys = _series(history, key)
             if xs:
                 ax1b.plot(xs, ys, ls="--", lw=1.0, color=f"C{(i + 3) % 10}", label=key)
+        _focus(ax1b, history, extras)
         ax1b.set_ylabel("extra scores (dashed)")
         ax1b.legend(loc="lower right", fontsize=8)
+    _focus(ax1, history, ["train", "val", "test"])
     ymax = ax1.get_ylim()[1]
     for row in history:
         if row["event"] == "install":
@@ -124,6 +140,10 @@ def plot_training(tracker: Any, path: str | Path, *, title: str | None = None) -
         for x, a in zip(xs, archs, strict=True):
             test = a.get("test_at_best_val")
             label = f"val {a['best_val']:.4g}" + ("" if test is None else f"\ntest {test:.4g}")
+            for name in extras:
+                value = a.get(f"{name}_at_best_val")
+                if name.startswith("test") and value is not None:
+                    label += f"\n{name} {value:.4g}"
             ax3.text(x, a["params"], label, ha="center", va="bottom", fontsize=7)
         ax3.margins(y=0.25)
     else:

@@ -1,0 +1,334 @@
+"""The ``perforate`` command: ``demo``, ``inspect`` and ``export``.
+
+Bad arguments, missing data sets and unreadable checkpoints end with one line
+``perforate: error: ...`` on stderr and exit code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+from torch import nn
+
+EXIT_ERROR = 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(f"{message} (see `{self.prog} --help`)")
+
+
+def import_factory(spec: str) -> Callable[..., Any]:
+    """Resolve ``"module:attr"`` (attr may be dotted) to a callable; the current directory is
+    importable. Raises `CLIError` with the reason."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CLIError(f"expected MODULE:FACTORY (e.g. mypkg.models:make_net), got {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure of user code
+        raise CLIError(f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}") \
+            from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise CLIError(f"module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise CLIError(f"{spec} is not callable")
+    return obj
+
+
+def _build_net(spec: str) -> nn.Module:
+    factory = import_factory(spec)
+    try:
+        net = factory()
+    except Exception as exc:  # user code
+        raise CLIError(f"{spec}() failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(net, nn.Module):
+        raise CLIError(f"{spec}() returned {type(net).__name__}, not an nn.Module")
+    return net
+
+
+def _parse_config(text: str | None) -> Any:
+    from .config import PerforationConfig
+
+    if text is None:
+        return PerforationConfig()
+    source = text
+    if not text.lstrip().startswith("{"):
+        try:
+            source = Path(text).read_text()
+        except OSError as exc:
+            raise CLIError(f"--config: not a JSON object and not a readable file: {text!r}") \
+                from exc
+    try:
+        data = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"--config: invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CLIError("--config must be a JSON object of PerforationConfig fields")
+    return PerforationConfig.from_dict(data)
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise CLIError(f"--input-shape must be comma-separated ints (e.g. 1,28,28), got "
+                       f"{text!r}") from None
+    if not shape or any(v < 1 for v in shape):
+        raise CLIError(f"--input-shape must be positive ints, got {text!r}")
+    return shape
+
+
+# ----------------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    if args.seed < 0:
+        raise CLIError(f"--seed must be >= 0, got {args.seed}")
+    run_demo(args.dataset, out=args.out, seed=args.seed, quick=args.quick,
+             progress=not args.no_progress, data_dir=args.data_dir)
+    return 0
+
+
+# -------------------------------------------------------------------------------- inspect
+def inspect_model(net: nn.Module, config: Any, input_shape: tuple[int, ...] | None = None
+                  ) -> dict[str, Any]:
+    """Dry run: per targeted layer, neurons, fan-in, parameters and multiply-adds that one
+    dendrite set and one candidate pool add (the first set: no cascade inputs yet; set j
+    adds ``(j - 1) * neurons`` cascade weights and as many multiply-adds per position)."""
+    from .model import perforate
+
+    positions: dict[str, int] = {}
+    if input_shape is not None:
+        hooks = []
+        layers_before = {}
+        from .layers import default_registry
+        from .targeting import select_targets
+
+        for name in select_targets(net, config, default_registry()):
+            module = net.get_submodule(name)
+            layers_before[name] = module
+
+            def hook(mod: nn.Module, inp: Any, out: torch.Tensor, name: str = name) -> None:
+                positions[name] = out.numel() // out.shape[1 if out.dim() > 2
+                                                            and not isinstance(mod, nn.Linear)
+                                                            else -1]
+            hooks.append(module.register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                net.eval()(torch.zeros(1, *input_shape))
+        except Exception as exc:  # user network
+            raise CLIError(f"forward pass with --input-shape {input_shape} failed: "
+                           f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            for h in hooks:
+                h.remove()
+    model = perforate(net, config)
+    k = config.candidates
+    rows = []
+    for name, layer in model.dendrite_layers().items():
+        n, fan_in = layer.num_neurons, layer.geometry.fan_in
+        base = layer.base_layer
+        base_params = sum(p.numel() for p in base.parameters())
+        pos = positions.get(name, 1)
+        rows.append({
+            "layer": name, "type": type(base).__name__, "neurons": n, "fan_in": fan_in,
+            "positions": pos if name in positions else None, "params": base_params,
+            "set_params": fan_in * n + 2 * n, "set_macs": pos * (fan_in * n + n),
+            "pool_params": k * (fan_in * n + n), "pool_macs": pos * k * fan_in * n,
+            "base_macs": pos * fan_in * n})
+    return {"layers": rows, "model_params": model.count_parameters(), "candidates": k,
+            "per_sample": input_shape is not None}
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    net = _build_net(args.factory)
+    config = _parse_config(args.config)
+    info = inspect_model(net, config, _parse_shape(args.input_shape))
+    rows = info["layers"]
+    unit = "per sample" if info["per_sample"] else "per output position"
+    print(f"{args.factory}: {len(rows)} layer(s) would get dendrites; K = {info['candidates']} "
+          f"candidate sets per layer; multiply-adds {unit}")
+    head = (f"{'layer':<24} {'type':<8} {'neurons':>7} {'fan_in':>6} {'params':>10} "
+            f"{'+params/set':>11} {'+MACs/set':>11} {'pool params':>11} {'pool MACs':>11}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['layer']:<24} {r['type']:<8} {r['neurons']:>7,} {r['fan_in']:>6,} "
+              f"{r['params']:>10,} {r['set_params']:>11,} {r['set_macs']:>11,} "
+              f"{r['pool_params']:>11,} {r['pool_macs']:>11,}")
+    total = {k: sum(r[k] for r in rows) for k in ("params", "set_params", "set_macs",
+                                                   "pool_params", "pool_macs", "base_macs")}
+    print("-" * len(head))
+    print(f"{'total':<24} {'':<8} {'':>7} {'':>6} {total['params']:>10,} "
+          f"{total['set_params']:>11,} {total['set_macs']:>11,} {total['pool_params']:>11,} "
+          f"{total['pool_macs']:>11,}")
+    params = info["model_params"]
+    print(f"model: {params:,} parameters; each dendrite set adds {total['set_params']:,} "
+          f"(x{(params + total['set_params']) / params:.2f} after one set) plus cascade weights "
+          f"(set j: (j - 1) x neurons per layer); wrapped layers' own multiply-adds "
+          f"{total['base_macs']:,} {unit}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- export
+def _net_factory_of(directory: Path, recorded: str | None, override: str | None) -> str:
+    spec = override or recorded
+    if not spec:
+        raise CLIError(f"{directory} does not record how to build the network: pass "
+                       "--net MODULE:FACTORY")
+    return spec
+
+
+def load_for_export(directory: str | Path, net_spec: str | None = None) -> Any:
+    """A neuron-phase `PerforatedModel` from a ``save_pretrained`` directory or a tracker
+    checkpoint (the final model if the run is done, else the best weights so far)."""
+    from .config import PerforationConfig
+    from .model import perforate
+    from .serialization import CONFIG_FILE, check_structure
+    from .serialization import load as load_pretrained
+    from .tracker import NET_FILE, read_checkpoint
+
+    src = Path(directory)
+    if not src.exists():
+        raise CLIError(f"{src} does not exist")
+    if (src / CONFIG_FILE).is_file():
+        recorded = None
+        if (src / NET_FILE).is_file():
+            try:
+                recorded = json.loads((src / NET_FILE).read_text()).get("net_factory")
+            except (OSError, json.JSONDecodeError, AttributeError) as exc:
+                raise CLIError(f"cannot read {src / NET_FILE}: {exc}") from exc
+        net = _build_net(_net_factory_of(src, recorded, net_spec))
+        return load_pretrained(src, net)
+    state = read_checkpoint(src)
+    net = _build_net(_net_factory_of(src, state["settings"].get("net_factory"), net_spec))
+    model = perforate(net, PerforationConfig.from_dict(json.loads(state["config"])))
+    saved = state["model"]
+    structure, weights = saved["structure"], saved["state_dict"]
+    schedule = state["schedule"]
+    if not schedule["done"]:
+        if state["best_snapshot"] is not None:
+            d = state["architectures"][schedule["best_cycle"]]["dendrites"]
+            structure, weights = {n: d for n in structure}, state["best_snapshot"]
+        elif state["cycle_snapshot"] is not None:
+            weights = state["cycle_snapshot"]
+    check_structure(model, structure)
+    model.resize_dendrites(structure)
+    try:
+        model.load_state_dict({k: v for k, v in weights.items() if ".candidates." not in k})
+    except RuntimeError as exc:
+        raise CLIError(f"the checkpoint's weights do not fit {net_spec or 'the network'}: "
+                       f"{str(exc).splitlines()[0]}") from exc
+    return model
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .artifacts import atomic_write
+    from .export import export
+
+    model = load_for_export(args.checkpoint, args.net)
+    try:
+        scripted = torch.jit.script(export(model).eval())
+    except Exception as exc:  # TorchScript cannot compile the user's network
+        raise CLIError(f"TorchScript cannot compile the exported network: "
+                       f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    out = Path(args.out)
+    atomic_write(out, lambda f: torch.jit.save(scripted, f))
+    print(f"wrote {out}: TorchScript, {model.num_dendrites} dendrite set(s), "
+          f"{model.count_parameters():,} parameters")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .demo import DATASETS
+
+    parser = _Parser(prog="perforate", description="Perforated Backpropagation with "
+                     "Cascade-Correlation dendrites for PyTorch models.")
+    parser.add_argument("--version", action="version", version=f"perforate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    demo = sub.add_parser("demo", help="train PB and the restart control on a small data set",
+                          description="Train a small network through at least two dendrite "
+                          "cycles, and the same run without dendrites (restart control); "
+                          "print the table per architecture and the error reduction.")
+    demo.add_argument("--dataset", choices=DATASETS, default="digits")
+    demo.add_argument("--out", default="runs/demo", metavar="DIR",
+                      help="artifacts directory (DIR/pb, DIR/restart); default runs/demo")
+    demo.add_argument("--seed", type=int, default=0, metavar="N")
+    demo.add_argument("--quick", action="store_true", help="short schedule (CI smoke test)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--data-dir", default=None, metavar="DIR",
+                      help="Fashion-MNIST directory (default /usr/share/datasets/fashion-mnist)")
+    demo.set_defaults(func=cmd_demo)
+
+    ins = sub.add_parser("inspect", help="dry run: which layers get dendrites, and the cost",
+                         description="Which layers would get dendrites, neurons per layer, "
+                         "parameters and multiply-adds added per dendrite set and per "
+                         "candidate pool. Nothing is trained.")
+    ins.add_argument("factory", metavar="MODULE:FACTORY",
+                     help="a callable returning the nn.Module (called with no arguments)")
+    ins.add_argument("--config", metavar="JSON",
+                     help="PerforationConfig fields as a JSON object, or a JSON file")
+    ins.add_argument("--input-shape", metavar="SHAPE",
+                     help="one sample's shape without the batch axis (e.g. 1,28,28): count "
+                     "multiply-adds per sample")
+    ins.set_defaults(func=cmd_inspect)
+
+    exp = sub.add_parser("export", help="write the TorchScript model of a checkpoint",
+                         description="Write the exported TorchScript model of a tracker "
+                         "checkpoint (DIR/checkpoint or a run's out_dir) or of a "
+                         "save_pretrained directory.")
+    exp.add_argument("checkpoint", metavar="CHECKPOINT_DIR")
+    exp.add_argument("out", metavar="OUT.pt")
+    exp.add_argument("--net", metavar="MODULE:FACTORY",
+                     help="how to build the network, if the checkpoint does not record it")
+    exp.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``perforate`` console script; returns the exit code."""
+    from .demo import DatasetMissing
+    from .errors import PerforateError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except (CLIError, PerforateError, DatasetMissing) as exc:
+        message = str(exc)
+    except (OSError, ValueError, TypeError, ImportError, RuntimeError) as exc:
+        message = f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:
+        print("perforate: interrupted", file=sys.stderr)
+        return 130
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    print(f"perforate: error: {first}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _finite(x: float) -> bool:  # pragma: no cover - kept for symmetry with metrics
+    return math.isfinite(x)

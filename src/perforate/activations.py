@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
@@ -24,3 +25,16 @@ def make_activation(name: str) -> nn.Module:
     except KeyError:
         raise ValueError(f"unknown dendrite activation {name!r}; "
                          f"known: {', '.join(sorted(ACTIVATIONS))}") from None
+
+
+def _identity_(t: Tensor) -> Tensor:
+    return t
+
+
+#: In-place versions, used where no gradient is needed (perforated dendrite outputs).
+INPLACE: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": torch.tanh_,
+    "sigmoid": torch.sigmoid_,
+    "relu": torch.relu_,
+    "identity": _identity_,
+}

@@ -78,10 +78,10 @@ class CandidatePool(nn.Module):
         self.sums = CorrelationSums(k, n, dev)
         # Running (EMA) statistics: the error scale s_n, and means for centering="running"
         # and for reporting. `seen` counts batches, so the first batch initialises the EMAs.
-        self.register_buffer("seen", torch.zeros((), dtype=acc, device=dev))
-        self.register_buffer("error_var", torch.zeros(n, dtype=acc, device=dev))
-        self.register_buffer("mean_e", torch.zeros(n, dtype=acc, device=dev))
-        self.register_buffer("mean_c", torch.zeros(k, n, dtype=acc, device=dev))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long, device=dev))
+        self.register_buffer("error_var", torch.zeros(n, device=dev))
+        self.register_buffer("mean_e", torch.zeros(n, device=dev))
+        self.register_buffer("mean_c", torch.zeros(k, n, device=dev))
         # Best candidate per neuron over closed epochs, and a copy of its weights.
         self.register_buffer("best_corr", torch.zeros(n, dtype=acc, device=dev))
         self.register_buffer("best_sign", torch.zeros(n, dtype=ref.dtype, device=dev))
@@ -115,45 +115,46 @@ class CandidatePool(nn.Module):
     def observe(self, c: Tensor, e: Tensor) -> Tensor | None:
         """Add a batch to the statistics; return dLoss_cc/dc = -sigma (e - ē) / s (eq. 3.4).
 
-        ``c`` is the stacked candidate activation, ``e`` the neuron error dLoss/dz'.
+        ``c`` is the stacked candidate activation, ``e`` the neuron error dLoss/dz'. Only
+        device ops: no host sync. Few, fused ops, since this runs per layer per batch.
         """
         geo, cfg = self.geometry, self.config
-        positions = e.numel() // geo.num_neurons
+        p = e.numel() // geo.num_neurons  # sample positions in this batch
         sc, sc2 = geo.sums_stacked(c)
         sce = geo.sum_stacked(c * geo.unsqueeze_set(e))
-        se = geo.sum_out(e)
-        se2 = geo.sum_out(e * e)
-        self.sums.add(positions, sc, sc2, se, se2, sce)
+        err = torch.stack([geo.sum_out(e), geo.sum_out(e * e)])
+        self.sums.add(p, torch.stack([sc, sc2, sce]), err)
 
-        acc = self.error_var.dtype
-        mean_e_b = se.to(acc) / positions
-        mean_c_b = sc.to(acc) / positions
-        var_e_b = (se2.to(acc) / positions - mean_e_b * mean_e_b).clamp_min(0)
-        first = self.seen == 0
-        m = cfg.running_momentum
-        prev_mean_e = torch.where(first, mean_e_b, self.mean_e)
-        prev_mean_c = torch.where(first, mean_c_b, self.mean_c)
-        self.error_var.copy_(torch.where(first, var_e_b, m * self.error_var + (1 - m) * var_e_b))
-        self.mean_e.copy_(m * prev_mean_e + (1 - m) * mean_e_b)
-        self.mean_c.copy_(m * prev_mean_c + (1 - m) * mean_c_b)
+        # Running statistics (float32): the error scale s_n and EMA means. The first batch
+        # initialises them (weight 1), later ones move them by 1 - momentum.
+        se, se2 = err.float()
+        mean_e_b = se / p
+        var_e_b = (se2 / p - mean_e_b * mean_e_b).clamp_min(0)
+        mean_c_b = sc.float() / p
+        w = torch.where(self.seen == 0, 1.0, 1.0 - cfg.running_momentum)
+        if cfg.centering == "running":  # the paper: centre with means of previous batches
+            e_bar = torch.where(self.seen == 0, mean_e_b, self.mean_e)
+            c_bar = torch.where(self.seen == 0, mean_c_b, self.mean_c)
+        self.error_var.lerp_(var_e_b, w)
+        self.mean_e.lerp_(mean_e_b, w)
+        self.mean_c.lerp_(mean_c_b, w)
         self.seen += 1
         if self.gd:
             return None
 
+        # S[k, n] = sum_p (c - c̄)(e - ē) / s_n  (eq. 3.3); only its sign is needed here.
         if cfg.centering == "batch":
-            c_bar, e_bar = mean_c_b, mean_e_b
+            e_bar = mean_e_b
+            s_raw = torch.addcmul(sce.float(), sc.float(), se, value=-1.0 / p)
         else:
-            c_bar, e_bar = prev_mean_c, prev_mean_e
-        # S[k, n] = sum_p (c - c̄)(e - ē) / s_n   (eq. 3.3), from the batch sums.
-        s_raw = sce.to(acc) - c_bar * se.to(acc) - e_bar * sc.to(acc) + positions * c_bar * e_bar
+            s_raw = sce.float() - c_bar * se - e_bar * sc.float() + p * c_bar * e_bar
         if cfg.normalize_error:
-            std = self.error_var.sqrt()
-            inv_s = torch.where(std > 0, 1.0 / std.clamp_min(1e-300), torch.zeros_like(std))
+            inv_s = torch.where(self.error_var > 0, self.error_var.rsqrt(), 0.0)
+            scale = torch.sign(s_raw).mul_(inv_s).neg_()
         else:
-            inv_s = torch.ones_like(self.error_var)
-        scale = -(torch.sign(s_raw) * inv_s).to(c.dtype)  # [K, N]: -sigma / s_n
+            scale = torch.sign(s_raw).neg_()
         centred_e = e - geo.expand_out(e_bar.to(e.dtype))
-        return geo.expand(scale) * geo.unsqueeze_set(centred_e)
+        return geo.expand(scale.to(c.dtype)) * geo.unsqueeze_set(centred_e)
 
     @torch.no_grad()
     def correlations(self) -> Tensor:

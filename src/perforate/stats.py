@@ -14,35 +14,28 @@ def accumulator_dtype(device: torch.device) -> torch.dtype:
 class CorrelationSums(nn.Module):
     """Running sums of candidate activations c ``[K, N]`` and neuron errors e ``[N]``.
 
-    Holds ``count``, ``Σc``, ``Σc²``, ``Σe``, ``Σe²`` and ``Σce`` over every sample position seen
-    since the last `reset`. Sums (not means) so that a distributed run can ``all_reduce`` them.
+    ``count``; ``cand = [Σc, Σc², Σce]`` ``[3, K, N]``; ``err = [Σe, Σe²]`` ``[2, N]``, over every
+    sample position seen since the last `reset`. Sums (not means) so that a distributed run
+    can ``all_reduce`` them before reading correlations.
     """
 
     def __init__(self, k: int, n: int, device: torch.device) -> None:
         super().__init__()
         dt = accumulator_dtype(device)
         self.register_buffer("count", torch.zeros((), dtype=dt, device=device))
-        self.register_buffer("sum_c", torch.zeros(k, n, dtype=dt, device=device))
-        self.register_buffer("sum_c2", torch.zeros(k, n, dtype=dt, device=device))
-        self.register_buffer("sum_e", torch.zeros(n, dtype=dt, device=device))
-        self.register_buffer("sum_e2", torch.zeros(n, dtype=dt, device=device))
-        self.register_buffer("sum_ce", torch.zeros(k, n, dtype=dt, device=device))
+        self.register_buffer("cand", torch.zeros(3, k, n, dtype=dt, device=device))
+        self.register_buffer("err", torch.zeros(2, n, dtype=dt, device=device))
 
     def buffers_to_reduce(self) -> list[Tensor]:
         """The tensors a distributed run sums across ranks before reading correlations."""
-        return [self.count, self.sum_c, self.sum_c2, self.sum_e, self.sum_e2, self.sum_ce]
+        return [self.count, self.cand, self.err]
 
     @torch.no_grad()
-    def add(self, count: int, sc: Tensor, sc2: Tensor, se: Tensor, se2: Tensor,
-            sce: Tensor) -> None:
-        """Add one batch's sums (already reduced over its sample positions)."""
-        dt = self.sum_c.dtype
+    def add(self, count: int, cand: Tensor, err: Tensor) -> None:
+        """Add one batch's sums: ``cand = [Σc, Σc², Σce]``, ``err = [Σe, Σe²]``."""
         self.count += count
-        self.sum_c += sc.to(dt)
-        self.sum_c2 += sc2.to(dt)
-        self.sum_e += se.to(dt)
-        self.sum_e2 += se2.to(dt)
-        self.sum_ce += sce.to(dt)
+        self.cand += cand.to(self.cand.dtype)
+        self.err += err.to(self.err.dtype)
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -51,7 +44,7 @@ class CorrelationSums(nn.Module):
 
     def is_finite(self) -> bool:
         """False if any non-finite value was ever added (one host sync)."""
-        return bool(torch.stack([t.isfinite().all() for t in self.buffers_to_reduce()]).all())
+        return bool(self.cand.isfinite().all() & self.err.isfinite().all())
 
     @torch.no_grad()
     def pearson(self, min_variance: float) -> Tensor:
@@ -61,10 +54,11 @@ class CorrelationSums(nn.Module):
         neuron whose error never varied, gets correlation 0: it can never win an install.
         """
         n = self.count.clamp_min(1)
-        mc, me = self.sum_c / n, self.sum_e / n
-        cov = self.sum_ce / n - mc * me
-        var_c = (self.sum_c2 / n - mc * mc).clamp_min(0)
-        var_e = (self.sum_e2 / n - me * me).clamp_min(0)
+        mc, mc2, mce = self.cand / n
+        me, me2 = self.err / n
+        cov = mce - mc * me
+        var_c = (mc2 - mc * mc).clamp_min(0)
+        var_e = (me2 - me * me).clamp_min(0)
         denom = (var_c * var_e).sqrt()
         ok = (var_c >= min_variance) & (var_e > 0) & (denom > 0)
         return torch.where(ok, cov / torch.where(ok, denom, torch.ones_like(denom)),

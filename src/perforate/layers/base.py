@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..activations import make_activation
+from ..activations import INPLACE, make_activation
 from ..candidates import CandidatePool, Winners
 from ..config import PerforationConfig
 from ..errors import PhaseError
@@ -33,6 +33,7 @@ class DendriteLayer(nn.Module):
         self.config = config
         self.geometry = self.geometry_cls(base_layer)
         self.activation = make_activation(config.dendrite_activation)
+        self._activation_ = INPLACE.get(config.dendrite_activation)
         w = base_layer.weight
         n, shape = self.geometry.num_neurons, self.geometry.neuron_weight_shape
         kw = {"device": w.device, "dtype": w.dtype}
@@ -95,6 +96,14 @@ class DendriteLayer(nn.Module):
         geo = self.geometry
         pre = geo.stacked(x, self.dendrite_weight, self.dendrite_bias)
         hs: list[Tensor] = []
+        if self._activation_ is not None and not (pre.requires_grad and torch.is_grad_enabled()):
+            # No autograd through the dendrites (perforated): work in place on `pre`.
+            for j in range(self.num_dendrites):
+                u = pre.select(geo.set_dim, j)
+                for i, h_i in enumerate(hs):
+                    u.addcmul_(geo.expand_out(self.cascade_weight[j, i]), h_i)
+                hs.append(self._activation_(u))
+            return hs
         for j in range(self.num_dendrites):
             u = pre.select(geo.set_dim, j)
             for i, h_i in enumerate(hs):

@@ -384,9 +384,12 @@ class PhysioNetNormalizer:
         std = np.where((count > 0) & (std > 1e-8), std, 1.0)
         static = records.static[train_indices].astype(np.float64)
         cols = [STATIC_DESCRIPTORS.index(c) for c in _CONTINUOUS_STATIC]
-        s_mean = np.nan_to_num(np.nanmean(static[:, cols], 0)) if len(static) else np.zeros(3)
-        s_std = np.nanstd(static[:, cols], 0) if len(static) else np.ones(3)
-        s_std = np.where(np.isfinite(s_std) & (s_std > 1e-8), s_std, 1.0)
+        cont = static[:, cols].reshape(-1, len(cols))
+        seen = ~np.isnan(cont)
+        n_seen = np.maximum(seen.sum(0), 1)
+        s_mean = np.where(seen, cont, 0).sum(0) / n_seen
+        s_std = np.sqrt(np.where(seen, (cont - s_mean) ** 2, 0).sum(0) / n_seen)
+        s_std = np.where(s_std > 1e-8, s_std, 1.0)
         return cls(
             mean.astype(np.float32), std.astype(np.float32),
             s_mean.astype(np.float32), s_std.astype(np.float32),
@@ -505,7 +508,11 @@ def load_physionet_splits(
     include_set_c: bool = True,
     stratify: bool = False,
 ) -> PhysioNetSplits:
-    """set-a split 60/20/20 by `seed` (optionally stratified by label), set-c as extra test."""
+    """set-a split 60/20/20 by `seed` (optionally stratified by label), set-c as extra test.
+
+    All four datasets are normalised with statistics of the set-a training split. `limit`
+    (for quick tests) parses only the first `limit` patients of each archive.
+    """
     rec_a = load_physionet(root, "a", cache_dir=cache_dir, limit=limit)
     tr, va, te = physionet_splits(len(rec_a), seed, labels=rec_a.labels if stratify else None)
     norm = PhysioNetNormalizer.fit(rec_a, tr)

@@ -66,9 +66,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def model_with(dendrites: int, device: torch.device, candidates: int = 4) -> pf.PerforatedModel:
+def model_with(dendrites: int, device: torch.device, candidates: int = 4,
+               **config: object) -> pf.PerforatedModel:
     torch.manual_seed(0)
-    model = pf.perforate(MnistNet(), pf.PerforationConfig(candidates=candidates, seed=0))
+    model = pf.perforate(MnistNet(), pf.PerforationConfig(candidates=candidates, seed=0,
+                                                          **config))
     for layer in model.dendrite_layers().values():
         layer.resize(dendrites)
         with torch.no_grad():
@@ -92,8 +94,8 @@ def run_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
 
 
 def time_phase(dendrites: int, candidates: int | None, x: torch.Tensor, y: torch.Tensor,
-               args: argparse.Namespace, device: torch.device) -> float:
-    model = model_with(dendrites, device, candidates or 4)
+               args: argparse.Namespace, device: torch.device, **config: object) -> float:
+    model = model_with(dendrites, device, candidates or 4, **config)
     model.train()
     if candidates is None:
         opt = torch.optim.Adadelta(model.parameters(), lr=1.0)
@@ -132,6 +134,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs (median)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compare-optimizers", action="store_true",
+                        help="also time K=4 with foreach and fused Adam for the candidates")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
                                               "epoch_cost.json"))
     args = parser.parse_args()
@@ -149,6 +153,11 @@ def main() -> None:
         t = time_phase(0, k, x, y, args, device)
         rows.append({"phase": "dendrite", "D": 0, "K": k, "seconds": t, "ratio": t / base,
                      "floor": (2 + 2 * k) / 3})
+    if args.compare_optimizers:
+        for name, kw in (("foreach", {"foreach": True}), ("fused", {"fused": True})):
+            t = time_phase(0, 4, x, y, args, device, candidate_optimizer_kwargs=kw)
+            rows.append({"phase": f"dendrite ({name} Adam)", "D": 0, "K": 4, "seconds": t,
+                         "ratio": t / base, "floor": (2 + 2 * 4) / 3})
     for r in rows:
         r["ratio_to_floor"] = r["ratio"] / r["floor"]
         r["target_met"] = r["ratio_to_floor"] <= 1.1
@@ -169,10 +178,10 @@ def main() -> None:
 
     print(f"MNIST-example CNN, {args.samples} {source} images/epoch, batch {args.batch}, "
           f"{device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'phase':9} {'D':>2} {'K':>2} {'s/epoch':>9} {'ratio':>7} {'floor':>7} "
+    print(f"{'phase':24} {'D':>2} {'K':>2} {'s/epoch':>9} {'ratio':>7} {'floor':>7} "
           f"{'ratio/floor':>11} target<=1.1")
     for r in rows:
-        print(f"{r['phase']:9} {r['D']:>2} {r['K'] or '-':>2} {r['seconds']:9.3f} "
+        print(f"{r['phase']:24} {r['D']:>2} {r['K'] or '-':>2} {r['seconds']:9.3f} "
               f"{r['ratio']:7.3f} {r['floor']:7.3f} {r['ratio_to_floor']:11.3f} "
               f"{'yes' if r['target_met'] else 'NO'}")
     print(f"\n{'inference (batch 256)':26} {'D':>2} {'inputs/s':>10} {'vs plain':>9}")

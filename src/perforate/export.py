@@ -21,13 +21,25 @@ class _FusedDendrites(nn.Module):
 
     num_dendrites: Final[int]
     num_neurons: Final[int]
+    activation_name: Final[str]
 
     def __init__(self, layer: DendriteLayer, fused: nn.Module) -> None:
         super().__init__()
         self.num_dendrites = layer.num_dendrites
         self.num_neurons = layer.num_neurons
+        self.activation_name = layer.config.dendrite_activation
         self.fused = fused
         self.activation = copy.deepcopy(layer.activation)
+
+    def _act(self, u: Tensor) -> Tensor:
+        # In place on a slice of the fused output (autograd-safe: nothing else reads it).
+        if self.activation_name == "tanh":
+            return torch.tanh_(u)
+        if self.activation_name == "sigmoid":
+            return torch.sigmoid_(u)
+        if self.activation_name == "relu":
+            return torch.relu_(u)
+        return self.activation(u)
 
 
 class DendriteLinearExport(_FusedDendrites):
@@ -56,8 +68,8 @@ class DendriteLinearExport(_FusedDendrites):
         for j in range(self.num_dendrites):
             u = y[..., (j + 1) * n:(j + 2) * n]
             for i in range(j):
-                u = torch.addcmul(u, self.cascade_weight[j, i], hs[i])
-            h = self.activation(u)
+                u = u.addcmul_(self.cascade_weight[j, i], hs[i])
+            h = self._act(u)
             hs.append(h)
             out = torch.addcmul(out, self.output_weight[j], h)
         return out
@@ -110,8 +122,8 @@ class DendriteConvExport(_FusedDendrites):
         for j in range(self.num_dendrites):
             u = y[:, j + 1]
             for i in range(j):
-                u = torch.addcmul(u, self.cascade_weight[j, i], hs[i])
-            h = self.activation(u)
+                u = u.addcmul_(self.cascade_weight[j, i], hs[i])
+            h = self._act(u)
             hs.append(h)
             out = torch.addcmul(out, self.output_weight[j], h)
         if unbatched:

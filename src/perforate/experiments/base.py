@@ -1,0 +1,101 @@
+"""What an experiment is: its variants, how one (variant, seed) run is trained and scored.
+
+Variants are configurations, not forks (algorithm.md, Figure 7 and "Controls"):
+
+=================  =========================================================================
+``pb``             library defaults (batch centering, error normalisation)
+``pb-paper``       the paper's literal choices: ``centering="running"``, no error scaling
+``restart``        restart control: the same controller and schedule, dendrites disabled
+``width``          width control: the plain network widened to PB's final parameter count
+                   (same seed), trained with the restart controller
+``pb-head``        dendrites on the output layer only
+``pb-backbone``    dendrites on every layer but the output layer
+``cc-no-perf``     Cascade-Correlation dendrites without perforation
+``gd``             dendrites trained by gradient descent on the task loss
+=================  =========================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+VARIANTS: dict[str, str] = {
+    "pb": "PB (library defaults)",
+    "pb-paper": "PB, the paper's literal choices (running centering, no error scaling)",
+    "restart": "restart control (same controller, no dendrites)",
+    "width": "width control (plain net widened to PB's final parameter count)",
+    "pb-head": "PB only head",
+    "pb-backbone": "PB only backbone",
+    "cc-no-perf": "CC no perforation",
+    "gd": "GD dendrites",
+}
+
+
+def config_overrides(variant: str, head: str) -> dict[str, Any]:
+    """PerforationConfig fields of a variant (`head` = qualified name of the output layer)."""
+    return {
+        "pb": {}, "restart": {}, "width": {},
+        "pb-paper": {"centering": "running", "normalize_error": False},
+        "pb-head": {"target_modules": [head]},
+        "pb-backbone": {"exclude_modules": [head]},
+        "cc-no-perf": {"perforated": False},
+        "gd": {"dendrite_learning": "gd"},
+    }[variant]
+
+
+@dataclass
+class Setup:
+    """Everything one run needs, built by an experiment for a (seed, quick) pair."""
+
+    make_net: Callable[[float], nn.Module]
+    """Network factory taking a width multiplier (1.0 = the experiment's network)."""
+    head: str
+    """Qualified name of the output layer (for the head/backbone variants)."""
+    train: Iterable[Any]
+    val: Iterable[Any]
+    test: Iterable[Any]
+    loss_fn: Callable[..., Any]
+    metric: Callable[..., float]
+    """Reported score (accuracy, ROC-AUC), higher is better."""
+    optimizer_factory: Callable[..., Any]
+    scheduler_factory: Callable[..., Any] | None = None
+    decision_metric: Callable[..., float] | None = None
+    """Score the controller decides on (None: `metric`)."""
+    tracker_kwargs: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    """PerforationConfig fields common to every variant of this experiment."""
+    extra_tests: dict[str, Iterable[Any]] = field(default_factory=dict)
+    """More held-out sets scored with `metric` on the final model (e.g. PhysioNet set-c)."""
+    width: float = 1.0
+    """The network's own width multiplier (the compression study varies it)."""
+    protocol: dict[str, Any] = field(default_factory=dict)
+    """Recorded in every result row: data sizes, epochs, patience (deviations from the paper)."""
+
+
+@dataclass
+class Experiment:
+    """A named experiment: its variants and how to set up a run."""
+
+    name: str
+    description: str
+    variants: tuple[str, ...]
+    setup: Callable[..., Setup]
+    """``setup(seed, quick, **options) -> Setup``."""
+    default_seeds: tuple[int, ...] = tuple(range(10))
+    options: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    """Extra sweep axes (e.g. ``{"width": (0.125, 0.25)}``), part of each run's identity."""
+    variant_options: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
+    """Per-variant sweep axes replacing `options` (e.g. PB only on the narrow widths)."""
+
+    def option_grid(self, variant: str) -> list[dict[str, Any]]:
+        """Every options combination `variant` runs with ([{}] when there are no axes)."""
+        import itertools
+
+        axes = self.variant_options.get(variant, self.options)
+        keys = list(axes)
+        return [dict(zip(keys, combo, strict=True))
+                for combo in itertools.product(*(axes[k] for k in keys))] or [{}]

@@ -1,0 +1,1 @@
+"""Experiment specifications: one module per experiment, each exporting ``EXPERIMENT``."""

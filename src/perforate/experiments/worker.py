@@ -1,0 +1,52 @@
+"""One run in its own process: ``python -m perforate.experiments.worker NAME VARIANT SEED``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .registry import get_experiment
+from .runner import read_result, result_path, write_json_atomic
+from .train import run_one
+
+
+def _value(text: str) -> object:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="perforate-worker")
+    parser.add_argument("experiment")
+    parser.add_argument("variant")
+    parser.add_argument("seed", type=int)
+    parser.add_argument("--out", default="runs")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    options = {k: _value(v) for k, _, v in (o.partition("=") for o in args.option)}
+    out = Path(args.out)
+    exp = get_experiment(args.experiment)
+
+    def lookup(variant: str, seed: int) -> dict:
+        path = result_path(out, exp.name, variant, seed, options, args.quick)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run variant {variant!r} first")
+        return read_result(path)
+
+    row = run_one(exp, args.variant, args.seed, quick=args.quick, options=options,
+                  lookup=lookup, device=args.device)
+    write_json_atomic(result_path(out, exp.name, args.variant, args.seed, options, args.quick),
+                      row)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -105,7 +104,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.seed < 0:
         raise CLIError(f"--seed must be >= 0, got {args.seed}")
-    run_demo(args.dataset, out=args.out, seed=args.seed, quick=args.quick,
+    if args.seeds < 1:
+        raise CLIError(f"--seeds must be >= 1, got {args.seeds}")
+    run_demo(args.dataset, out=args.out, seed=args.seed, seeds=args.seeds, quick=args.quick,
              progress=not args.no_progress, data_dir=args.data_dir)
     return 0
 
@@ -121,18 +122,15 @@ def inspect_model(net: nn.Module, config: Any, input_shape: tuple[int, ...] | No
     positions: dict[str, int] = {}
     if input_shape is not None:
         hooks = []
-        layers_before = {}
         from .layers import default_registry
         from .targeting import select_targets
 
         for name in select_targets(net, config, default_registry()):
             module = net.get_submodule(name)
-            layers_before[name] = module
 
             def hook(mod: nn.Module, inp: Any, out: torch.Tensor, name: str = name) -> None:
-                positions[name] = out.numel() // out.shape[1 if out.dim() > 2
-                                                            and not isinstance(mod, nn.Linear)
-                                                            else -1]
+                neurons = out.shape[-1] if isinstance(mod, nn.Linear) else out.shape[1]
+                positions[name] = out.numel() // neurons  # batch of one
             hooks.append(module.register_forward_hook(hook))
         try:
             with torch.no_grad():
@@ -279,10 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", metavar="DIR",
                       help="artifacts directory (DIR/pb, DIR/restart); default runs/demo")
     demo.add_argument("--seed", type=int, default=0, metavar="N")
+    demo.add_argument("--seeds", type=int, default=1, metavar="K",
+                      help="also run seeds N+1 .. N+K-1 and print the paired comparison")
     demo.add_argument("--quick", action="store_true", help="short schedule (CI smoke test)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument("--data-dir", default=None, metavar="DIR",
-                      help="Fashion-MNIST directory (default /usr/share/datasets/fashion-mnist)")
+                      help="Fashion-MNIST directory (default $PERFORATE_DATA/fashion-mnist, else "
+                      "/usr/share/datasets/fashion-mnist)")
     demo.set_defaults(func=cmd_demo)
 
     ins = sub.add_parser("inspect", help="dry run: which layers get dendrites, and the cost",
@@ -328,7 +329,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = message.strip().splitlines()[0] if message.strip() else "failed"
     print(f"perforate: error: {first}", file=sys.stderr)
     return EXIT_ERROR
-
-
-def _finite(x: float) -> bool:  # pragma: no cover - kept for symmetry with metrics
-    return math.isfinite(x)

@@ -10,9 +10,7 @@ ties on 360 samples end runs early); accuracy is reported at the epoch of the be
 
 from __future__ import annotations
 
-import gzip
-import os
-import struct
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,9 +29,6 @@ from .model import perforate
 from .tracker import Tracker
 
 DATASETS = ("digits", "fashion-mnist")
-FASHION_DIR = Path(os.environ.get("PERFORATE_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 SPLIT_SEED = 0
 
 
@@ -66,42 +61,41 @@ def load_digits_split() -> tuple[TensorDataset, TensorDataset, TensorDataset]:
             TensorDataset(xt[1360:], yt[1360:]))
 
 
-def _read_idx(path: Path, magic: int) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    got, = struct.unpack(">I", data[:4])
-    if got != magic:
-        raise ValueError(f"{path}: not an IDX file (magic {got}, expected {magic})")
-    ndim = magic & 0xFF
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_fashion_mnist(root: str | Path = FASHION_DIR, *, n_train: int = 10_000,
+def load_fashion_mnist(root: str | Path | None = None, *, n_train: int = 10_000,
                        n_val: int = 2_000, n_test: int = 5_000
                        ) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-    """A fixed subset of Fashion-MNIST: train and val from the training set, test from t10k."""
-    root = Path(root)
-    missing = [f for f in FASHION_FILES if not (root / f).is_file()]
-    if missing:
+    """A fixed subset of Fashion-MNIST: train and val from the training set, test from t10k
+    (files read by `perforate.experiments.data.fashion_mnist`; `root` defaults to
+    ``$PERFORATE_DATA/fashion-mnist`` or /usr/share/datasets/fashion-mnist)."""
+    from .experiments.data.fashion_mnist import (
+        FASHION_MNIST_MEAN,
+        FASHION_MNIST_STD,
+        default_fashion_mnist_dir,
+        read_fashion_mnist_arrays,
+        to_normalized_tensor,
+    )
+
+    root = Path(root) if root is not None else default_fashion_mnist_dir()
+    try:
+        arrays = read_fashion_mnist_arrays(root)
+    except FileNotFoundError:
         raise DatasetMissing(
-            f"Fashion-MNIST not found in {root} (missing {', '.join(missing)}); install it with "
+            f"Fashion-MNIST not found in {root}; install it with "
             "`apt-get install -y dataset-fashion-mnist` (files in /usr/share/datasets/"
-            "fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz)")
-    xtr = _read_idx(root / FASHION_FILES[0], 2051)
-    ytr = _read_idx(root / FASHION_FILES[1], 2049)
-    xte = _read_idx(root / FASHION_FILES[2], 2051)
-    yte = _read_idx(root / FASHION_FILES[3], 2049)
+            "fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz), or pass "
+            "--data-dir DIR") from None
     rng = np.random.RandomState(SPLIT_SEED)
-    perm = rng.permutation(len(xtr))[: n_train + n_val]
-    test = rng.permutation(len(xte))[:n_test]
+    perm = rng.permutation(len(arrays["train_labels"]))[: n_train + n_val]
+    test = rng.permutation(len(arrays["test_labels"]))[:n_test]
 
-    def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-        xt = torch.tensor(x, dtype=torch.float32).unsqueeze(1) / 255.0
-        return TensorDataset((xt - 0.2860) / 0.3530, torch.tensor(y, dtype=torch.long))
+    def tensors(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
+        x = to_normalized_tensor(images, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+        return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
 
+    xtr, ytr = arrays["train_images"], arrays["train_labels"]
     return (tensors(xtr[perm[:n_train]], ytr[perm[:n_train]]),
-            tensors(xtr[perm[n_train:]], ytr[perm[n_train:]]), tensors(xte[test], yte[test]))
+            tensors(xtr[perm[n_train:]], ytr[perm[n_train:]]),
+            tensors(arrays["test_images"][test], arrays["test_labels"][test]))
 
 
 @dataclass
@@ -148,7 +142,7 @@ def load_data(dataset: str, *, quick: bool, data_dir: str | Path | None = None
     if dataset == "digits":
         return load_digits_split()
     sizes = dict(n_train=3_000, n_val=1_000, n_test=2_000) if quick else {}
-    return load_fashion_mnist(data_dir if data_dir is not None else FASHION_DIR, **sizes)
+    return load_fashion_mnist(data_dir, **sizes)
 
 
 def run_variant(setup: DemoSetup, data: tuple[TensorDataset, ...], *, seed: int,
@@ -174,43 +168,77 @@ def run_variant(setup: DemoSetup, data: tuple[TensorDataset, ...], *, seed: int,
 
 
 def run_demo(dataset: str = "digits", *, out: str | Path | None = "runs/demo", seed: int = 0,
-             quick: bool = False, progress: bool = True, data_dir: str | Path | None = None,
+             seeds: int = 1, quick: bool = False, progress: bool = True,
+             data_dir: str | Path | None = None,
              echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run PB and the restart control, print the table, return both trackers and timings."""
+    """Run PB and the restart control (on `seeds` consecutive seeds from `seed`), print the
+    table of the first seed (and the paired comparison over all), return the trackers."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     setup = demo_setup(dataset, quick=quick)
     data = load_data(dataset, quick=quick, data_dir=data_dir)
     threads = torch.get_num_threads()
     if setup.threads is not None:
         torch.set_num_threads(setup.threads)
     start = time.perf_counter()
-    runs: dict[str, Tracker] = {}
+    all_runs: list[dict[str, Tracker]] = []
     try:
-        for label, add in (("PB", True), ("restart control", False)):
-            sub = None if out is None else Path(out) / ("pb" if add else "restart")
-            runs[label] = run_variant(setup, data, seed=seed, add_dendrites=add, out_dir=sub,
-                                      progress=progress)
+        for s in range(seed, seed + seeds):
+            base = None if out is None else (Path(out) if seeds == 1 else Path(out) / f"seed-{s}")
+            runs: dict[str, Tracker] = {}
+            for label, add in (("PB", True), ("restart control", False)):
+                sub = None if base is None else base / ("pb" if add else "restart")
+                runs[label] = run_variant(setup, data, seed=s, add_dendrites=add, out_dir=sub,
+                                          progress=progress)
+            all_runs.append(runs)
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
-    for line in format_report(setup, runs, seed=seed, quick=quick, seconds=seconds, out=out):
+    where = None if out is None else (f"{out}/pb and {out}/restart" if seeds == 1 else
+                                      f"{out}/seed-N/{{pb,restart}}")
+    for line in format_report(setup, all_runs[0], seed=seed, quick=quick, seconds=seconds,
+                              where=where):
         echo(line)
-    return {"runs": runs, "seconds": seconds, "setup": setup}
+    if seeds > 1:
+        for line in format_paired(all_runs, first_seed=seed):
+            echo(line)
+    return {"runs": all_runs[0], "all_runs": all_runs, "seconds": seconds, "setup": setup}
+
+
+def format_paired(all_runs: list[dict[str, Tracker]], *, first_seed: int) -> list[str]:
+    """Per seed, the final models' test accuracy of PB and the restart control, and the paired
+    difference (mean and standard deviation)."""
+    lines = ["", f"paired over {len(all_runs)} seeds (final model, test accuracy at best val):",
+             f"{'seed':>6} {'PB':>8} {'restart':>8} {'PB - restart':>13} {'PB params':>10}"]
+    diffs = []
+    for i, runs in enumerate(all_runs):
+        pb = runs["PB"].final_architecture
+        ctl = runs["restart control"].final_architecture
+        a, b = pb["test_accuracy_at_best_val"], ctl["test_accuracy_at_best_val"]
+        diffs.append(100 * (a - b))
+        lines.append(f"{first_seed + i:>6} {100 * a:>7.2f}% {100 * b:>7.2f}% {diffs[-1]:>+12.2f} "
+                     f"{pb['params']:>10,}")
+    mean = statistics.fmean(diffs)
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    lines.append(f"{'mean':>6} {'':>8} {'':>8} {mean:>+12.2f} (sd {sd:.2f} points)")
+    return lines
 
 
 def format_report(setup: DemoSetup, runs: dict[str, Tracker], *, seed: int, quick: bool,
-                  seconds: float, out: str | Path | None) -> list[str]:
+                  seconds: float, where: str | None) -> list[str]:
     """The demo's closing table: one row per architecture of each run, then error reduction."""
     lines = [f"perforate demo: {setup.description}, seed {seed}{' (quick)' if quick else ''}",
-             "decisions on validation -loss; accuracies at the epoch of the best val -loss", ""]
+             "decisions on the validation loss (continuous); accuracies at the epoch of the best "
+             "validation loss", ""]
     head = (f"{'run':<16} {'cycle':>5} {'dendrites':>9} {'params':>7} {'epochs':>6} "
-            f"{'best val -loss':>14} {'val acc':>8} {'test acc':>8}  ")
+            f"{'best val loss':>13} {'val acc':>8} {'test acc':>8}  ")
     lines += [head, "-" * len(head)]
     for label, tracker in runs.items():
         for a in tracker.architectures:
             mark = "<- final" if a["kept"] else ""
             lines.append(
                 f"{label:<16} {a['cycle']:>5} {a['dendrites']:>9} {a['params']:>7,} "
-                f"{a['epochs']:>6} {-a['best_val']:>14.4f} "
+                f"{a['epochs']:>6} {-a['best_val']:>13.4f} "
                 f"{100 * a['val_accuracy_at_best_val']:>7.2f}% "
                 f"{100 * a['test_accuracy_at_best_val']:>7.2f}%  {mark}")
     lines.append("")
@@ -228,6 +256,5 @@ def format_report(setup: DemoSetup, runs: dict[str, Tracker], *, seed: int, quic
                 - ctl.final_architecture["test_accuracy_at_best_val"])
         lines.append(f"dendrites added {100 * diff:+.2f} test accuracy points over the restart "
                      "control (one seed: see algorithm.md for why paired seeds matter)")
-    lines.append(f"wall time {seconds:.1f} s" + (f"; artifacts in {out}/pb and {out}/restart"
-                                                 if out is not None else ""))
+    lines.append(f"wall time {seconds:.1f} s" + (f"; artifacts in {where}" if where else ""))
     return lines

@@ -62,7 +62,7 @@ def _tqdm(progress: bool) -> Callable[..., Any] | None:
     if not progress:
         return None
     try:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on wrap
     except ImportError:  # pragma: no cover - depends on the environment
         logger.warning("progress bars need tqdm (pip install tqdm); continuing without")
         return None
@@ -123,11 +123,14 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
             model.train()
             outs: list[Tensor] = []
             ys: list[Tensor] = []
-            batches: Iterable[Any] = train_loader
+            batch_bar = None
             if tqdm is not None:
-                batches = tqdm(train_loader, desc=f"epoch {tracker.epoch + 1} ({model.phase})",
-                               unit="batch", leave=False, dynamic_ncols=True)
-            for batch in batches:
+                # A bar updated by hand: the loader is iterated exactly as without progress,
+                # so bars never change the data order (a wrapping bar may call iter() twice).
+                total = len(train_loader) if hasattr(train_loader, "__len__") else None
+                batch_bar = tqdm(total=total, desc=f"epoch {tracker.epoch + 1} ({model.phase})",
+                                 unit="batch", leave=False, dynamic_ncols=True)
+            for batch in train_loader:
                 x, y = _split(batch)
                 x, y = _to(x, device), _to(y, device)
                 optimizer.zero_grad(set_to_none=True)
@@ -138,6 +141,10 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
                 if track_train and not dendrite:
                     outs.append(out.detach())
                     ys.append(y)
+                if batch_bar is not None:
+                    batch_bar.update(1)
+            if batch_bar is not None:
+                batch_bar.close()
             if dendrite:
                 decision = tracker.step()
             else:

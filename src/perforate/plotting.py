@@ -79,15 +79,17 @@ def plot_training(tracker: Any, path: str | Path, *, title: str | None = None) -
         if xs:
             ax1.plot(xs, ys, color=_COLORS[key], lw=1.2, label=key)
     extras = list(tracker.extra_names)
+    ax1b = None
     if extras:
         ax1b = ax1.twinx()
         for i, key in enumerate(extras):
             xs, ys = _series(history, key)
+            prefix = key.split("_", 1)[0]
+            color = _COLORS.get(prefix, f"C{(i + 3) % 10}")
             if xs:
-                ax1b.plot(xs, ys, ls="--", lw=1.0, color=f"C{(i + 3) % 10}", label=key)
+                ax1b.plot(xs, ys, ls="--", lw=0.9, color=color, alpha=0.8, label=key)
         _focus(ax1b, history, extras)
         ax1b.set_ylabel("extra scores (dashed)")
-        ax1b.legend(loc="lower right", fontsize=8)
     _focus(ax1, history, ["train", "val", "test"])
     ymax = ax1.get_ylim()[1]
     for row in history:
@@ -97,15 +99,22 @@ def plot_training(tracker: Any, path: str | Path, *, title: str | None = None) -
             ax1.text(x, ymax, f" set {row['dendrites'] + 1}", color="tab:purple", fontsize=8,
                      va="top", ha="left")
         elif row["event"] == "restart":
-            ax1.axvline(row["epoch"] + 0.5, color="grey", ls=":", lw=1)
+            x = row["epoch"] + 0.5
+            ax1.axvline(x, color="grey", ls=":", lw=1)
+            ax1.text(x, ymax, " restart", color="grey", fontsize=8, va="top", ha="left")
     final = tracker.final_architecture
     if final is not None:
         ax1.scatter([final["best_epoch"]], [final["best_val"]], marker="*", s=120,
                     color="tab:red", zorder=5, label="final model (best val)")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("score")
-    ax1.set_title(title or "scores per epoch (dendrite phases shaded)")
-    ax1.legend(loc="lower left", fontsize=8)
+    ax1.set_title(title or "scores per epoch (dendrite phases shaded)", pad=34)
+    handles, labels = ax1.get_legend_handles_labels()
+    if ax1b is not None:
+        more = ax1b.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax1.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4,
+               fontsize=8, frameon=False)
     ax1.grid(alpha=0.3)
 
     # ---- panel 2: best |corr| per layer per dendrite phase

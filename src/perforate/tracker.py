@@ -307,7 +307,7 @@ class Tracker:
             self._begin_cycle()
         elif event == STOP:
             self._finish()
-        if restructured:
+        if restructured and event != STOP:  # _finish logs the stop
             logger.info("epoch %d: %s (%s); %d dendrite set(s), %d parameters",
                         self.schedule.epoch, event, decision.reason, self.model.num_dendrites,
                         self._params)
@@ -327,8 +327,7 @@ class Tracker:
             if not isinstance(key, str) or not key or key in reserved:
                 raise ValueError(f"extra score name {key!r} is empty or a reserved column")
             out[key] = _opt_float(f"extra[{key!r}]", value)
-            if key not in self.extra_names:
-                self.extra_names.append(key)
+        self.extra_names += [k for k in out if k not in self.extra_names]
         return out
 
     def _step_scheduler(self, val: float) -> None:
@@ -591,7 +590,8 @@ def _copy_state(dst: dict[str, Tensor] | None, src: Mapping[str, Tensor]) -> dic
     return {k: v.detach().clone() for k, v in src.items()}
 
 
-def _to_device(state: Mapping[str, Tensor] | None, device: torch.device) -> dict[str, Tensor] | None:
+def _to_device(state: Mapping[str, Tensor] | None,
+               device: torch.device) -> dict[str, Tensor] | None:
     return None if state is None else {k: v.to(device) for k, v in state.items()}
 
 

@@ -1,0 +1,209 @@
+"""The `perforate` command: errors are one line and exit 2; inspect, export, demo --quick."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import perforate as pf
+from perforate import artifacts
+from perforate.cli import main
+from perforate.demo import digits_mlp, fashion_cnn
+
+DIGITS = "perforate.demo:digits_mlp"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("perforate: error: ")
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    ([], "required"),
+    (["bogus"], "invalid choice"),
+    (["demo", "--dataset", "mnist"], "invalid choice"),
+    (["demo", "--seed", "x"], "invalid int value"),
+    (["demo", "--seed", "-1"], "--seed must be >= 0"),
+    (["demo", "--bogus"], "unrecognized arguments"),
+    (["inspect"], "MODULE:FACTORY"),
+    (["inspect", "nocolon"], "expected MODULE:FACTORY"),
+    (["inspect", "no_such_module_xyz:f"], "cannot import module"),
+    (["inspect", "perforate.demo:nothing"], "has no attribute"),
+    (["inspect", "perforate.demo:DATASETS"], "not callable"),
+    (["inspect", DIGITS, "--config", "{bad json"], "invalid JSON"),
+    (["inspect", DIGITS, "--config", "missing.json"], "not a JSON object and not a readable"),
+    (["inspect", DIGITS, "--config", '{"candidatez": 2}'], "unknown PerforationConfig"),
+    (["inspect", DIGITS, "--config", '{"candidates": 0}'], "candidates"),
+    (["inspect", DIGITS, "--input-shape", "a,b"], "--input-shape"),
+    (["inspect", DIGITS, "--input-shape", "3,3"], "forward pass"),
+    (["export", "/nonexistent/dir", "out.pt"], "does not exist"),
+    (["export"], "required"),
+])
+def test_argument_errors(capsys, argv, needle):
+    code, _, err = run_main(capsys, *argv)
+    assert_one_line_error(code, err, needle)
+
+
+def test_missing_fashion_mnist_says_how_to_install(capsys, tmp_path):
+    code, _, err = run_main(capsys, "demo", "--dataset", "fashion-mnist", "--data-dir",
+                            str(tmp_path), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "apt-get install -y dataset-fashion-mnist",
+                          "/usr/share/datasets/fashion-mnist/")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_checkpoints(capsys, tmp_path):
+    code, _, err = run_main(capsys, "export", str(tmp_path), str(tmp_path / "o.pt"))
+    assert_one_line_error(code, err, "no checkpoint.pt")
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x00garbage")
+    code, _, err = run_main(capsys, "export", str(tmp_path), str(tmp_path / "o.pt"))
+    assert_one_line_error(code, err, "cannot read checkpoint")
+    assert not (tmp_path / "o.pt").exists()
+
+
+def small_run(out_dir: Path, *, net_factory: str | None = DIGITS, steps: int = 100):
+    """A digits-MLP tracker through one install (scripted scores), checkpointed."""
+    torch.manual_seed(0)
+    model = pf.perforate(digits_mlp())
+    tracker = pf.Tracker(model, lambda p: torch.optim.Adam(p, 1e-2), neuron_patience=1,
+                         max_dendrite_epochs=2, max_dendrites=1, out_dir=out_dir, plot=False,
+                         net_factory=net_factory)
+    scores = iter([0.5, 0.4, 0.6, 0.55])
+    for _ in range(steps):
+        if tracker.done:
+            break
+        g = torch.Generator().manual_seed(tracker.epoch)
+        x, y = torch.rand(64, 64, generator=g), torch.randint(0, 10, (64,), generator=g)
+        tracker.optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        tracker.optimizer.step()
+        tracker.step(None if tracker.phase == "dendrite" else next(scores))
+    return tracker
+
+
+def test_export_checkpoint_and_pretrained_dir(capsys, tmp_path):
+    tracker = small_run(tmp_path / "run")
+    assert tracker.done and tracker.model.num_dendrites == 1
+    x = torch.rand(7, 64)
+    expected = tracker.model(x)
+    for src in (tmp_path / "run", tmp_path / "run" / "checkpoint", tmp_path / "run" / "model"):
+        out = tmp_path / f"{src.name}.pt"
+        code, stdout, err = run_main(capsys, "export", str(src), str(out))
+        assert code == 0, err
+        assert "1 dendrite set(s)" in stdout
+        scripted = torch.jit.load(str(out))
+        assert torch.allclose(scripted(x), expected, atol=1e-6)
+
+
+def test_export_mid_run_uses_best_weights_so_far(capsys, tmp_path):
+    tracker = small_run(tmp_path / "run", steps=3)  # cycle 0 ended, in the dendrite phase
+    assert tracker.phase == "dendrite"
+    tracker.save_checkpoint(tmp_path / "ck")
+    out = tmp_path / "mid.pt"
+    code, stdout, err = run_main(capsys, "export", str(tmp_path / "ck"), str(out))
+    assert code == 0, err
+    assert "0 dendrite set(s)" in stdout
+    x = torch.rand(5, 64)
+    ref = digits_mlp()
+    ref.load_state_dict({k.removeprefix("net.").replace("base_layer.", ""): v
+                         for k, v in tracker._best_snapshot.items() if "base_layer." in k})
+    assert torch.allclose(torch.jit.load(str(out))(x), ref(x), atol=1e-6)
+
+
+def test_export_needs_the_net_factory(capsys, tmp_path):
+    small_run(tmp_path / "run", net_factory=None)
+    code, _, err = run_main(capsys, "export", str(tmp_path / "run"), str(tmp_path / "o.pt"))
+    assert_one_line_error(code, err, "--net MODULE:FACTORY")
+    code, _, err = run_main(capsys, "export", str(tmp_path / "run"), str(tmp_path / "o.pt"),
+                            "--net", "perforate.demo:fashion_cnn")
+    assert_one_line_error(code, err)
+    code, _, err = run_main(capsys, "export", str(tmp_path / "run"), str(tmp_path / "o.pt"),
+                            "--net", DIGITS)
+    assert code == 0, err
+
+
+def test_inspect_counts_match_a_real_install(capsys):
+    code, out, err = run_main(capsys, "inspect", DIGITS)
+    assert code == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.split() and line.split()[0] in ("0", "2", "total")}
+    # layer 0: Linear(64, 32): a set adds V 64*32 + bias 32 + output weight 32
+    assert rows["0"][1:] == ["Linear", "32", "64", "2,080", "2,112", "2,080", "8,320", "8,192"]
+    assert rows["2"][1:] == ["Linear", "10", "32", "330", "340", "330", "1,320", "1,280"]
+    assert rows["total"][1:3] == ["2,410", "2,452"]
+    # the real thing: one installed set adds exactly that many parameters
+    torch.manual_seed(0)
+    model = pf.perforate(digits_mlp())
+    before = model.count_parameters()
+    model.begin_dendrite_phase()
+    F.cross_entropy(model(torch.rand(8, 64)), torch.zeros(8, dtype=torch.long)).backward()
+    model.end_dendrite_phase()
+    assert model.count_parameters() - before == 2452
+
+
+def test_inspect_conv_with_input_shape_and_config(capsys):
+    code, out, err = run_main(capsys, "inspect", "perforate.demo:fashion_cnn", "--input-shape",
+                              "1,28,28", "--config", '{"candidates": 2}')
+    assert code == 0, err
+    assert "per sample" in out and "K = 2" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    # conv 1->8, 3x3 on 28x28: per set 784 positions * (9*8 + 8) multiply-adds
+    assert rows["0"][1:5] == ["Conv2d", "8", "9", "80"]
+    assert rows["0"][6] == f"{784 * (9 * 8 + 8):,}"
+    assert rows["0"][8] == f"{784 * 2 * 9 * 8:,}"
+    # conv 8->16 on 14x14
+    assert rows["3"][6] == f"{196 * (72 * 16 + 16):,}"
+    assert len([r for r in rows if r in ("0", "3", "7", "9")]) == 4
+    assert fashion_cnn()(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "perforate", "demo", "--quick",
+                           "--no-progress", "--out", str(out)], capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    assert "restart control" in text and "error reduction" in text
+    rows = [line.split() for line in text.splitlines()]
+    pb_rows = [r for r in rows if r[:1] == ["PB"] and r[1].isdigit()]
+    ctl_rows = [r for r in rows if r[:2] == ["restart", "control"] and r[2].isdigit()]
+    assert [r[2] for r in pb_rows[:3]] == ["0", "1", "2"]  # >= 2 dendrite cycles
+    assert len(ctl_rows) >= 3 and all(r[3] == "0" for r in ctl_rows)  # the control never grows
+    assert pb_rows[0][3:] == ctl_rows[0][4:]  # same seed: identical cycle 0
+    for run in ("pb", "restart"):
+        for name in ("history.csv", "architectures.csv", "summary.json", "training.png",
+                     "checkpoint/checkpoint.pt", "model/model.safetensors"):
+            assert (out / run / name).is_file(), (run, name)
+    archs = artifacts.read_csv(out / "pb" / "architectures.csv")
+    assert [a["dendrites"] for a in archs][:3] == ["0", "1", "2"]
+    assert sum(a["kept"] == "1" for a in archs) == 1
+    exported = tmp_path / "pb.pt"
+    proc = subprocess.run([sys.executable, "-m", "perforate", "export", str(out / "pb"),
+                           str(exported)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert torch.jit.load(str(exported))(torch.rand(3, 64)).shape == (3, 10)

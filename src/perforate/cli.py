@@ -258,6 +258,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    import logging
+
+    from .experiments.registry import get_experiment
+    from .experiments.runner import parse_seeds, run_sweep
+
+    exp = get_experiment(args.name)
+    seeds = parse_seeds(args.seeds) if args.seeds else list(exp.default_seeds)
+    variants = [v for part in args.variant for v in part.split(",") if v] or None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
+    counts = run_sweep(exp.name, seeds, variants, quick=args.quick, out=args.out,
+                       device=args.device)
+    print(f"{exp.name}: {counts['done']} run(s) done, {counts['skipped']} already on disk, "
+          f"{counts['failed']} failed; results in {args.out}")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .experiments.report import build_report
+
+    if not Path(args.results).is_dir():
+        raise CLIError(f"results directory {args.results} does not exist")
+    page = build_report(args.results, args.output, include_quick=args.include_quick)
+    print(f"wrote {page}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -308,6 +336,29 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--net", metavar="MODULE:FACTORY",
                      help="how to build the network, if the checkpoint does not record it")
     exp.set_defaults(func=cmd_export)
+
+    run = sub.add_parser("experiment", help="run a paper experiment's sweep (resumable)",
+                         description="Run every (variant, seed) of an experiment not yet on "
+                         "disk, one process each: fashion-mnist, ablation, tox21, physionet, "
+                         "timing.")
+    run.add_argument("name", metavar="NAME")
+    run.add_argument("--seeds", metavar="LIST", help="e.g. 0-9 or 0,2,5 (default: the "
+                     "experiment's own)")
+    run.add_argument("--variant", action="append", default=[], metavar="NAME[,NAME]",
+                     help="run only these variants (default: all of the experiment's)")
+    run.add_argument("--quick", action="store_true", help="tiny protocol (smoke test)")
+    run.add_argument("--out", default="runs/experiments", metavar="DIR")
+    run.add_argument("--device", default="cpu")
+    run.set_defaults(func=cmd_experiment)
+
+    rep = sub.add_parser("report", help="aggregate experiment results into tables and PNGs",
+                         description="Write the results page (Markdown + PNGs) from a "
+                         "results directory written by `perforate experiment`.")
+    rep.add_argument("results", metavar="DIR")
+    rep.add_argument("--output", default="docs/results.md", metavar="FILE.md")
+    rep.add_argument("--include-quick", action="store_true",
+                     help="also aggregate --quick runs")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 

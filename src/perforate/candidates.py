@@ -163,33 +163,33 @@ class CandidatePool(nn.Module):
 
     @torch.no_grad()
     def close_epoch(self, layer_name: str) -> EpochReport:
-        """Score the epoch, keep each neuron's best candidate weights, reset the sums."""
-        params_ok = all(bool(p.isfinite().all()) for p in self.parameters())
-        if not self.sums.is_finite() or not params_ok:
+        """Score the epoch, keep each neuron's best candidate weights, reset the sums.
+
+        Only the rows of neurons whose best |corr| improved are copied (one host sync), so
+        late epochs, where few neurons improve, cost little.
+        """
+        corr = self.correlations()
+        epoch_best, k_star = corr.abs().max(dim=0)
+        gain = epoch_best - self.best_corr
+        idx = (gain > 0).nonzero().squeeze(1)  # neurons that improved
+        k = k_star[idx]
+        rows = {"weight": self.weight[k, idx], "bias": self.bias[k, idx],
+                "cascade": self.cascade[k, :, idx].T}
+        if self.gd:
+            rows["output"] = self.output[k, idx]
+        finite = torch.stack([self.sums.cand.isfinite().all(), self.sums.err.isfinite().all(),
+                              *(r.isfinite().all() for r in rows.values())]).all()
+        if not bool(finite):
             raise NonFiniteError(
                 f"layer {layer_name!r}: non-finite errors or candidate activations in the "
                 "dendrite phase (check the loss for inf/nan, or lower candidate_lr)")
-        corr = self.correlations()
-        abs_corr = corr.abs()
-        epoch_best, k_star = abs_corr.max(dim=0)
-        gain = epoch_best - self.best_corr
-        improved = gain > 0
-        n_idx = torch.arange(k_star.numel(), device=k_star.device)
-
-        def keep(best: Tensor, current: Tensor) -> None:
-            mask = improved.reshape(-1, *[1] * (best.dim() - 1))
-            best.copy_(torch.where(mask, current, best))
-
-        keep(self.best_corr, epoch_best)
-        keep(self.best_sign, torch.sign(corr[k_star, n_idx]).to(self.best_sign.dtype))
-        keep(self.best_weight, self.weight[k_star, n_idx])
-        keep(self.best_bias, self.bias[k_star, n_idx])
-        if self.cascade.shape[1]:
-            mask = improved.unsqueeze(0)
-            self.best_cascade.copy_(torch.where(mask, self.cascade[k_star, :, n_idx].T,
-                                                self.best_cascade))
+        self.best_corr[idx] = epoch_best[idx]
+        self.best_sign[idx] = torch.sign(corr[k, idx]).to(self.best_sign.dtype)
+        self.best_weight[idx] = rows["weight"]
+        self.best_bias[idx] = rows["bias"]
+        self.best_cascade[:, idx] = rows["cascade"]
         if self.gd:
-            keep(self.best_output, self.output[k_star, n_idx])
+            self.best_output[idx] = rows["output"]
         self.sums.reset()
         self.epochs += 1
         return EpochReport(epoch_corr=epoch_best, best_corr=self.best_corr.clone(),

@@ -42,10 +42,6 @@ class CorrelationSums(nn.Module):
         for t in self.buffers_to_reduce():
             t.zero_()
 
-    def is_finite(self) -> bool:
-        """False if any non-finite value was ever added (one host sync)."""
-        return bool(self.cand.isfinite().all() & self.err.isfinite().all())
-
     @torch.no_grad()
     def pearson(self, min_variance: float) -> Tensor:
         """Signed Pearson correlation ``[K, N]`` of each candidate with its neuron's error.

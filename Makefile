@@ -25,6 +25,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/epoch_cost.py
+	$(BIN)/python bench/tracker_step.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -9,8 +9,10 @@ the demo's 64-32-10 MLP and on a 1M-parameter MLP. Training itself is not timed.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,7 @@ from torch import nn
 import perforate as pf
 
 
-def bench(net: nn.Module, n_in: int, label: str, epochs: int = 200) -> None:
+def bench(net: nn.Module, n_in: int, label: str, epochs: int = 200) -> dict:
     model = pf.perforate(net)
     tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, lr=0.01),
                          neuron_patience=epochs + 1, max_dendrite_epochs=epochs + 1,
@@ -63,13 +65,28 @@ def bench(net: nn.Module, n_in: int, label: str, epochs: int = 200) -> None:
     print(f"{'':<28} {'':>16}    of which model.end_epoch(): {fmt(engine)}")
     print(f"{'':<28} {'':>16}    controller only: {fmt(own)}")
 
+    def stats(v: list[float]) -> dict:
+        return {"mean_ms": 1e3 * statistics.fmean(v), "median_ms": 1e3 * statistics.median(v),
+                "max_ms": 1e3 * max(v)}
+
+    return {"model": label, "params": model.count_parameters(), "neuron_step": stats(neuron),
+            "dendrite_step": stats(dendrite), "end_epoch": stats(engine),
+            "controller_only_dendrite": stats(own), "target_ms": 5.0}
+
 
 def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    bench(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), 64, "64-32-10 MLP")
-    bench(nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(),
-                        nn.Linear(512, 10)), 512, "512-1024-512-10 MLP")
+    rows = [
+        bench(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), 64, "64-32-10 MLP"),
+        bench(nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(),
+                            nn.Linear(512, 10)), 512, "512-1024-512-10 MLP"),
+    ]
+    out = Path(__file__).parent / "results" / "tracker_step.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "tracker_step", "torch": torch.__version__,
+                               "threads": 1, "results": rows}, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

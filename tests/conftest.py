@@ -12,6 +12,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: small models run faster and timings vary less on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class SmallCNN(nn.Module):
     """conv -> relu -> conv -> relu -> pool -> fc -> relu -> fc."""
 
@@ -42,3 +51,17 @@ def train_candidates(model, batches, loss_fn, steps: int = 1) -> None:
             loss_fn(model(x), y).backward()
             opt.step()
         model.end_epoch()
+
+
+def grow(model, batches, loss_fn, sets: int = 1, *, cascade: bool = False) -> None:
+    """Install `sets` dendrite sets, then give the output (and cascade) weights random values
+    so that the dendrites change the function."""
+    for _ in range(sets):
+        model.begin_dendrite_phase()
+        train_candidates(model, batches, loss_fn)
+        model.end_dendrite_phase()
+        with torch.no_grad():
+            for layer in model.dendrite_layers().values():
+                layer.output_weight.normal_()
+                if cascade:
+                    layer.cascade_weight.normal_()  # only entries below the diagonal are used

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import perforate as pf
-from conftest import SmallCNN, train_candidates
+from conftest import SmallCNN, grow
 
 
 def test_dendrite_phase_freezes_network_and_trains_candidates() -> None:
@@ -18,12 +18,7 @@ def test_dendrite_phase_freezes_network_and_trains_candidates() -> None:
     model.train()
     data = [(torch.randn(8, 2, 8, 8), torch.randint(0, 3, (8,))) for _ in range(3)]
     # One neuron-phase set first, so installed dendrites and output weights are in play too.
-    model.begin_dendrite_phase()
-    train_candidates(model, data, nn.functional.cross_entropy)
-    model.end_dendrite_phase()
-    with torch.no_grad():
-        for layer in model.dendrite_layers().values():
-            layer.output_weight.normal_()
+    grow(model, data, nn.functional.cross_entropy)
     frozen = copy.deepcopy(model.net)  # the reference: the same network, outside the phase
     state = {k: v.clone() for k, v in model.net.state_dict().items()}
     user_opt = torch.optim.SGD(model.parameters(), lr=0.5, weight_decay=0.1)

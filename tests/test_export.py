@@ -10,20 +10,13 @@ import torch
 from torch import nn
 
 import perforate as pf
-from conftest import SmallCNN, train_candidates
+from conftest import SmallCNN, grow
 from perforate.layers import DendriteLayer
 
 
 def _with_dendrites(net: nn.Module, data, sets: int = 2) -> pf.PerforatedModel:
     model = pf.perforate(net, pf.PerforationConfig(candidates=2, seed=0))
-    for _ in range(sets):
-        model.begin_dendrite_phase()
-        train_candidates(model, data, nn.functional.cross_entropy)
-        model.end_dendrite_phase()
-        with torch.no_grad():
-            for layer in model.dendrite_layers().values():
-                layer.output_weight.normal_()
-                layer.cascade_weight.normal_()  # only entries below the diagonal are used
+    grow(model, data, nn.functional.cross_entropy, sets, cascade=True)
     return model
 
 

@@ -11,14 +11,6 @@ import perforate as pf
 from perforate import metrics
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def loaders(n: int = 240):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 6, generator=g)

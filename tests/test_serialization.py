@@ -11,20 +11,14 @@ import torch
 from torch import nn
 
 import perforate as pf
-from conftest import mlp, train_candidates
+from conftest import grow, mlp
 
 
 def _trained(tmp_path: Path) -> tuple[pf.PerforatedModel, torch.Tensor]:
     model = pf.perforate(mlp(), pf.PerforationConfig(candidates=2, seed=0,
                                                      exclude_modules=["4"]))
     data = [(torch.randn(8, 5), torch.randint(0, 3, (8,))) for _ in range(2)]
-    for _ in range(2):
-        model.begin_dendrite_phase()
-        train_candidates(model, data, nn.functional.cross_entropy)
-        model.end_dendrite_phase()
-        with torch.no_grad():
-            for layer in model.dendrite_layers().values():
-                layer.output_weight.normal_()
+    grow(model, data, nn.functional.cross_entropy, 2)
     return model, torch.randn(6, 5)
 
 

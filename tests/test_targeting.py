@@ -41,6 +41,8 @@ def test_target_matching_nothing_lists_what_exists() -> None:
 def test_nothing_to_wrap_and_everything_excluded() -> None:
     with pytest.raises(pf.TargetError, match="nothing to wrap"):
         pf.perforate(nn.Sequential(nn.ReLU(), nn.LayerNorm(3)))
+    with pytest.raises(pf.TargetError, match=r"itself one layer.*nn\.Sequential"):
+        pf.perforate(nn.Linear(3, 2))
     with pytest.raises(pf.TargetError, match="left no module"):
         targets(mlp(), exclude_modules=[nn.Linear])
 

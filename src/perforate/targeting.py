@@ -82,7 +82,10 @@ def select_targets(net: nn.Module, config: PerforationConfig,
     wrappable = wrappable_modules(net, registry)
     if not wrappable:
         kinds = ", ".join(t.__name__ for t in registry.default_types())
-        raise TargetError(f"{type(net).__name__} has nothing to wrap: no {kinds} module found")
+        hint = (" (the network is itself one layer: wrap it, e.g. nn.Sequential(layer))"
+                if registry.lookup(net) is not None else "")
+        raise TargetError(f"{type(net).__name__} has nothing to wrap: no {kinds} module "
+                          f"found inside it{hint}")
     targets = _as_list(config.target_modules)
     if targets:
         chosen = _resolve(net, targets, wrappable, "target_modules")

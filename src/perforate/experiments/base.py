@@ -74,6 +74,9 @@ class Setup:
     """The network's own width multiplier (the compression study varies it)."""
     protocol: dict[str, Any] = field(default_factory=dict)
     """Recorded in every result row: data sizes, epochs, patience (deviations from the paper)."""
+    post_run: Callable[..., dict[str, Any]] | None = None
+    """``post_run(model, setup, tracker) -> dict``, called on the final model after training;
+    the dict is stored in the result row under ``"post"`` (e.g. timing measurements)."""
 
 
 @dataclass

@@ -124,6 +124,7 @@ def run_one(experiment: Experiment, variant: str, seed: int, *, quick: bool = Fa
     for set_name, loader in setup.extra_tests.items():
         outputs, targets = predict(model, loader, torch.device(device))
         extra_tests[set_name] = float(setup.metric(outputs, targets))
+    post = setup.post_run(model, setup, tracker) if setup.post_run is not None else None
     return {
         "experiment": experiment.name, "variant": variant, "seed": seed, "quick": quick,
         "options": options, "width": width, "metric": name,
@@ -142,4 +143,5 @@ def run_one(experiment: Experiment, variant: str, seed: int, *, quick: bool = Fa
                                            "seconds")} for r in tracker.history],
         "config": config.to_dict(), "tracker": tracker_kwargs, "protocol": setup.protocol,
         "git_commit": git_commit(), "hardware": hardware(), "wall_seconds": wall,
+        **({"post": post} if post is not None else {}),
     }

@@ -387,12 +387,11 @@ def load_tox21(
     train_idx, val_idx, test_idx = random_split_indices(
         len(data.labels), TOX21_SPLIT_FRACTIONS, seed
     )
-    if featurizer == "morgan":
-        assert data.fingerprints is not None
-        full: Dataset = TensorDataset(data.fingerprints, data.labels, data.mask)
-    else:
-        assert data.graphs is not None
-        full = data.graphs
+    features = data.fingerprints if featurizer == "morgan" else data.graphs
+    if features is None:
+        raise RuntimeError(f"Tox21 featurizer {featurizer!r} produced no features")
+    full: Dataset = (TensorDataset(features, data.labels, data.mask)
+                     if featurizer == "morgan" else features)
     indices = {"train": train_idx, "val": val_idx, "test": test_idx}
     return Tox21Splits(
         train=Subset(full, train_idx.tolist()),

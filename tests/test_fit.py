@@ -148,3 +148,12 @@ def test_error_reduction():
     assert metrics.error_reduction(1.0, 0.9) == 0.0
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         metrics.error_reduction(-0.1, 0.5)
+
+
+def test_fit_stops_with_a_clear_error_when_training_diverges():
+    train, val, _ = loaders()
+    m = model()
+    with pytest.raises(pf.NonFiniteError, match=r"epoch 1: the model's train outputs are not "
+                                                r"finite \(training diverged"):
+        pf.fit(m, train, val, nn.CrossEntropyLoss(),
+               lambda p: torch.optim.SGD(p, lr=1e30), progress=False)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import NonFiniteError
 from .metrics import Metric, accuracy, metric_name
 from .model import DENDRITE, PerforatedModel
 from .tracker import Decision, OptimizerFactory, SchedulerFactory, Tracker
@@ -157,6 +158,10 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
                 if test_loader is not None:
                     sets.append(("test", *predict(model, test_loader, device)))
                 for name, o, t in sets:
+                    if not bool(torch.isfinite(o).all()):
+                        raise NonFiniteError(
+                            f"epoch {tracker.epoch + 1}: the model's {name} outputs are not "
+                            "finite (training diverged; lower the learning rate)")
                     scores[name] = scorer(o, t)
                     if extra_name is not None:
                         extra[f"{name}_{extra_name}"] = metric(o, t)

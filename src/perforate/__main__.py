@@ -1,8 +1,7 @@
 """``python -m perforate``: the same as the ``perforate`` command."""
 
-import sys
 
 from .cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -153,7 +153,7 @@ class CandidatePool(nn.Module):
             scale = torch.sign(s_raw).mul_(inv_s).neg_()
         else:
             scale = torch.sign(s_raw).neg_()
-        centred_e = e - geo.expand_out(e_bar.to(e.dtype))
+        centred_e = e - geo.expand(e_bar.to(e.dtype))
         return geo.expand(scale.to(c.dtype)) * geo.unsqueeze_set(centred_e)
 
     @torch.no_grad()

@@ -50,11 +50,8 @@ class Geometry:
         raise NotImplementedError
 
     def expand(self, p: Tensor) -> Tensor:
-        """Make ``[S, N]`` broadcast against a stacked tensor."""
-        raise NotImplementedError
-
-    def expand_out(self, p: Tensor) -> Tensor:
-        """Make ``[N]`` broadcast against a layer output."""
+        """Make per-neuron values broadcast: ``[S, N]`` against a stacked tensor, ``[N]``
+        against a layer output (the neuron axis is followed by the spatial axes, if any)."""
         raise NotImplementedError
 
     def unsqueeze_set(self, t: Tensor) -> Tensor:
@@ -97,9 +94,6 @@ class LinearGeometry(Geometry):
     def expand(self, p: Tensor) -> Tensor:
         return p
 
-    def expand_out(self, p: Tensor) -> Tensor:
-        return p
-
     def stacked_position_dims(self, t: Tensor) -> tuple[int, ...]:
         return tuple(range(t.dim() - 2))
 
@@ -139,9 +133,6 @@ class ConvGeometry(Geometry):
         return out.unflatten(1, (g, s, n // g)).transpose(1, 2).flatten(2, 3)
 
     def expand(self, p: Tensor) -> Tensor:
-        return p.reshape(*p.shape, *self._ones())
-
-    def expand_out(self, p: Tensor) -> Tensor:
         return p.reshape(*p.shape, *self._ones())
 
     def stacked_position_dims(self, t: Tensor) -> tuple[int, ...]:

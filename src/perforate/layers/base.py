@@ -81,7 +81,7 @@ class DendriteLayer(nn.Module):
             hs = self.dendrite_outputs(x_free if self.config.perforated else x)
             a = self.output_weight
             for j, h in enumerate(hs):
-                z = torch.addcmul(z, self.geometry.expand_out(a[j]), h)
+                z = torch.addcmul(z, self.geometry.expand(a[j]), h)
         if pool is not None:
             c = pool(x_free, [h.detach() for h in hs])
             z = pool.attach(z, c)
@@ -101,13 +101,13 @@ class DendriteLayer(nn.Module):
             for j in range(self.num_dendrites):
                 u = pre.select(geo.set_dim, j)
                 for i, h_i in enumerate(hs):
-                    u.addcmul_(geo.expand_out(self.cascade_weight[j, i]), h_i)
+                    u.addcmul_(geo.expand(self.cascade_weight[j, i]), h_i)
                 hs.append(self._activation_(u))
             return hs
         for j in range(self.num_dendrites):
             u = pre.select(geo.set_dim, j)
             for i, h_i in enumerate(hs):
-                u = torch.addcmul(u, geo.expand_out(self.cascade_weight[j, i]), h_i)
+                u = torch.addcmul(u, geo.expand(self.cascade_weight[j, i]), h_i)
             hs.append(self.activation(u))
         return hs
 

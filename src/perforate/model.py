@@ -156,6 +156,8 @@ class PerforatedModel(nn.Module):
         """Install the best candidate per neuron as a new frozen dendrite set; unfreeze.
 
         Returns per layer: neurons and the mean / median / min / max best |corr| installed.
+        Each layer's ``output_weight`` becomes a new, larger parameter: build the neuron-phase
+        optimizer after this call.
         """
         self._require(DENDRITE, "end_dendrite_phase()")
         layers = self.dendrite_layers()

@@ -223,3 +223,34 @@ def test_empty_results(tmp_path: Path) -> None:
         assert f"## {name}\n" in text
         assert "Not run yet." in section(text, name)
     json.dumps(text)  # plain text
+
+
+def test_at_a_glance(page: tuple[Path, str]) -> None:
+    text = page[1]
+    glance = section(text, "At a glance")
+    assert text.index("## At a glance") < text.index("## How to reproduce")
+    t_p = stats.ttest_rel(FM["pb"][1], FM["restart"][1]).pvalue
+    tw = stats.ttest_rel(FM["pb"][1], FM["width"][1]).pvalue
+    d = statistics.mean(100 * (b - a) for a, b in zip(FM["width"][1], FM["pb"][1], strict=True))
+    assert (f"| fashion-mnist | accuracy | 3 | {pm(FM['pb'][0])} → {pm(FM['pb'][1])} | "
+            f"{pm(FM['restart'][1])} | {pm(FM['width'][1])} | +0.60 (p {t_p:.3f}, n 3): "
+            f"**beat** | {d:+.2f} (p {tw:.3f}, n 3): did not beat |") in glance
+    mpnn = [line for line in glance.splitlines() if line.startswith("| tox21 (model = mpnn) |")]
+    assert len(mpnn) == 1 and "| -2.33 (p " in mpnn[0] and "n 3): did not beat | — |" in mpnn[0]
+    assert "| ablation | accuracy | 4 |" in glance and "| timing |" not in glance
+
+
+def test_compression_claim(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    finals = {1.0: (0.80, 0.82, 0.81), 0.125: (0.83, 0.84, 0.85)}
+    for width, scores in finals.items():
+        for seed, score in enumerate(scores):
+            put(out, row("physionet", "restart", seed, score, score, options={"width": width}))
+            if width == 0.125:
+                put(out, row("physionet", "pb", seed, score - 0.01, score,
+                             options={"width": width}, dendrites=1))
+    text = build_report(out, tmp_path / "results.md").read_text()
+    t_p = stats.ttest_rel(finals[0.125], finals[1.0]).pvalue
+    assert t_p < 0.05
+    assert (f"PB at width = 0.125 − the plain network at width 1: +3.00 (p {t_p:.3f}, n 3): "
+            "**beat**.") in section(text, "At a glance")

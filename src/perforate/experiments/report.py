@@ -665,6 +665,69 @@ def verdict(rows: Sequence[Row], control_rows: Sequence[Row], control: str) -> s
     return f"PB beat {what}. {detail}." if beat else f"PB did not beat {what}. {detail}."
 
 
+def _beats(rows: Sequence[Row], control_rows: Sequence[Row]) -> str:
+    """A table cell: PB − control in points, its t-test p and "beat" / "did not beat"."""
+    if not rows or not control_rows:
+        return "—"
+    p = paired(rows, control_rows)
+    if p.n == 0:
+        return "—"
+    beat = p.mean is not None and p.mean > 0 and p.t_p is not None and p.t_p < ALPHA
+    word = "**beat**" if beat else "did not beat"
+    return f"{p.mean:+.2f} (p {fmt_p(p.t_p)}, n {p.n}): {word}"
+
+
+def _at_a_glance(groups: Sequence[Group]) -> list[str]:
+    """One line per experiment and option combination: PB against both controls."""
+    body = []
+    for g in groups:
+        if g.quick or g.experiment == "timing":
+            continue
+        for options, by_variant in g.combos():
+            pb = by_variant.get(PB, [])
+            if not pb:
+                continue
+            name = g.experiment + (f" ({options_label(options)})" if options else "")
+            final = {v: fmt_pct(_finite(r.get("final_test") for r in by_variant.get(v, [])))
+                     for v in (CONTROL, "width")}
+            body.append([name, g.metric(), len(pb),
+                         f"{fmt_pct(_finite(r.get('first_test') for r in pb))} → "
+                         f"{fmt_pct(_finite(r.get('final_test') for r in pb))}",
+                         final[CONTROL], final["width"],
+                         _beats(pb, by_variant.get(CONTROL, [])),
+                         _beats(pb, by_variant.get("width", []))])
+    if not body:
+        return []
+    compression = _compression_lines(groups)
+    return ["## At a glance", "",
+            "PB (library defaults) against the two controls the paper lacks, per experiment. "
+            "Test scores in %, mean ± std over seeds; differences in points, paired by seed, "
+            f"with the paired t-test p (\"beat\": mean > 0 and p < {ALPHA}). Details, the other "
+            "variants and the paper's own figures are in each experiment's section.", "",
+            *md_table(["experiment", "metric", "PB seeds", "PB first → final",
+                       "restart final", "width final", "PB − restart", "PB − width"], body),
+            "", *compression]
+
+
+def _compression_lines(groups: Sequence[Group]) -> list[str]:
+    """The paper's PhysioNet claim: a narrow net with dendrites beats the full-width net."""
+    lines = []
+    for g in groups:
+        if g.quick or g.experiment != "physionet":
+            continue
+        combos = g.combos()
+        full = [v.get(CONTROL, []) for o, v in combos if o.get("width") == 1.0]
+        if not full or not full[0]:
+            continue
+        for options, by_variant in combos:
+            pb = by_variant.get(PB, [])
+            if pb and options.get("width") != 1.0:
+                lines.append(f"- Compression (the paper: width 0.125 + 3 dendrites beats width "
+                             f"1 by 2.7% AUC): PB at {options_label(options)} − the plain "
+                             f"network at width 1: {_beats(pb, full[0])}.")
+    return [*lines, ""] if lines else []
+
+
 def _quartile_table(by_variant: Mapping[str, list[Row]]) -> list[str]:
     body = []
     for variant, rows in by_variant.items():
@@ -835,6 +898,8 @@ def build_report(results_dir: str | Path, output: str | Path = "docs/results.md"
     logger.info("report: %d rows in %d experiments (%d quick rows skipped)", len(rows),
                 len(groups), skipped)
     lines = _header(groups, str(results_dir), skipped, include_quick)
+    at = lines.index("## How to reproduce")
+    lines[at:at] = _at_a_glance(groups)
     present = {g.experiment for g in groups}
     names = list(KNOWN_EXPERIMENTS) + sorted(present - set(KNOWN_EXPERIMENTS))
     for name in names:

@@ -69,3 +69,39 @@ def test_cli_sweep_runs_in_a_process_and_resumes_by_skipping(tmp_path: Path) -> 
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     assert "timing" in (tmp_path / "results.md").read_text()
+
+
+def test_worker_records_a_failure_and_clears_it_on_success(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from perforate.errors import NonFiniteError
+    from perforate.experiments import worker
+    from perforate.experiments.report import build_report
+
+    def diverge(*args: object, **kwargs: object) -> dict:
+        raise NonFiniteError("epoch 4: the model's train outputs are not finite")
+
+    argv = ["physionet", "restart", "1", "--out", str(tmp_path), "--option", "width=2.0"]
+    # the worker sets process-wide torch settings: undo them for the rest of the suite
+    monkeypatch.setattr(worker.torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(worker.torch, "set_flush_denormal", lambda on: True)
+    monkeypatch.setattr(worker, "run_one", diverge)
+    with pytest.raises(NonFiniteError):
+        worker.main(argv)
+    path = runner.result_path(tmp_path, "physionet", "restart", 1, {"width": 2.0}, False)
+    failed = runner.failure_path(path)
+    assert not path.exists() and failed.name == "seed-1__width-2.0.failed"
+    record = json.loads(failed.read_text())
+    assert record["error"] == "NonFiniteError: epoch 4: the model's train outputs are not finite"
+    assert (record["variant"], record["seed"], record["options"]) == ("restart", 1, {"width": 2.0})
+    assert record["git_commit"] and record["hardware"]["cpus"] >= 1
+    # the report names it; the runner does not treat it as done
+    page = build_report(tmp_path, tmp_path / "results.md").read_text()
+    assert "### Failed runs" in page
+    assert ("| `restart` | 1 | width = 2.0 | NonFiniteError: epoch 4: the model's train outputs "
+            "are not finite |") in page
+    assert [r[3] for r in runner.plan("physionet", [1], ["restart"], False, tmp_path)
+            if r[2] == {"width": 2.0}] == [path] and not path.exists()
+    # a later success writes the row and removes the record
+    monkeypatch.setattr(worker, "run_one", lambda *a, **k: {"experiment": "physionet"})
+    assert worker.main(argv) == 0
+    assert path.exists() and not failed.exists()

@@ -100,6 +100,38 @@ def load_rows(results_dir: str | Path, include_quick: bool = False) -> tuple[lis
     return rows, skipped
 
 
+def load_failures(results_dir: str | Path, include_quick: bool = False) -> list[Row]:
+    """The error records of runs that failed (``*.failed`` beside the rows; see
+    `runner.failure_path`), so the page can say which runs are missing and why."""
+    root = Path(results_dir)
+    failures = []
+    for path in sorted(root.glob("*/*/*.failed")) if root.is_dir() else []:
+        if path.parent.parent.name.endswith("-quick") and not include_quick:
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            logger.warning("skipping unreadable failure record %s: %s", path, exc)
+            continue
+        if isinstance(record, dict):
+            record.setdefault("experiment", path.parent.parent.name.removesuffix("-quick"))
+            record.setdefault("variant", path.parent.name)
+            record["quick"] = bool(record.get("quick", False))
+            failures.append(record)
+    return failures
+
+
+def _failures_section(failures: Sequence[Row]) -> list[str]:
+    if not failures:
+        return []
+    body = [[f"`{f.get('variant')}`", f.get("seed"), options_label(f.get("options") or {}),
+             str(f.get("error", "not recorded"))] for f in failures]
+    return ["### Failed runs", "",
+            f"{_plural(len(failures), 'run')} of this experiment failed and have no result "
+            "row; their seeds are missing from the statistics above (a resumed sweep retries "
+            "them).", "", *md_table(["variant", "seed", "options", "error"], body), ""]
+
+
 # --------------------------------------------------------------------------- ordering, keys
 
 
@@ -791,7 +823,8 @@ def _figure_link(path: Path, page_dir: Path, alt: str) -> str:
     return f"![{alt}]({rel})"
 
 
-def _section(group: Group, figures_dir: Path, page_dir: Path) -> list[str]:
+def _section(group: Group, figures_dir: Path, page_dir: Path,
+             failures: Sequence[Row] = ()) -> list[str]:
     g = group
     seeds = sorted({r["seed"] for r in g.rows if isinstance(r.get("seed"), int)})
     metrics = g.metric()
@@ -832,6 +865,7 @@ def _section(group: Group, figures_dir: Path, page_dir: Path) -> list[str]:
             lines.append("")
     if len(combos) > 1:
         lines += ["### Summary", "", *verdicts, ""]
+    lines += _failures_section(failures)
     lines += _figures(g, labelled, combos, figures_dir, page_dir)
     return lines
 
@@ -894,6 +928,7 @@ def build_report(results_dir: str | Path, output: str | Path = "docs/results.md"
     figures = Path(figures_dir) if figures_dir is not None else page_dir / "results"
     figures.mkdir(parents=True, exist_ok=True)
     rows, skipped = load_rows(results_dir, include_quick=include_quick)
+    failures = load_failures(results_dir, include_quick=include_quick)
     groups = _groups(rows)
     logger.info("report: %d rows in %d experiments (%d quick rows skipped)", len(rows),
                 len(groups), skipped)
@@ -911,13 +946,16 @@ def build_report(results_dir: str | Path, output: str | Path = "docs/results.md"
             if name in PAPER:
                 lines += [f"**The paper:** {PAPER[name]}", ""]
             lines += ["Not run yet.", ""]
+            lines += _failures_section([f for f in failures if f["experiment"] == name])
             continue
         for group in mine:
-            lines += _section(group, figures, page_dir)
+            lines += _section(group, figures, page_dir,
+                              [f for f in failures if f["experiment"] == group.experiment
+                               and f["quick"] == group.quick])
     text = "\n".join(lines).rstrip("\n") + "\n"
     atomic_write_text(output, text)
     logger.info("wrote %s", output)
     return output
 
 
-__all__: list[str] = ["build_report", "load_rows", "paired", "verdict"]
+__all__: list[str] = ["build_report", "load_failures", "load_rows", "paired", "verdict"]

@@ -51,6 +51,12 @@ def result_path(out: Path, name: str, variant: str, seed: int, options: Mapping[
     return folder / f"seed-{seed}{option_tag(options)}.json"
 
 
+def failure_path(path: Path) -> Path:
+    """Where a failed run records its error, beside the result it did not write
+    (``seed-1.json`` -> ``seed-1.failed``): not a result row, and retried on resume."""
+    return path.with_suffix(".failed")
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from .registry import get_experiment
-from .runner import read_result, result_path, write_json_atomic
-from .train import run_one
+from .runner import failure_path, read_result, result_path, write_json_atomic
+from .train import git_commit, hardware, run_one
 
 
 def _value(text: str) -> object:
@@ -50,10 +50,20 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"{path} is missing: run variant {variant!r} first")
         return read_result(path)
 
-    row = run_one(exp, args.variant, args.seed, quick=args.quick, options=options,
-                  lookup=lookup, device=args.device)
-    write_json_atomic(result_path(out, exp.name, args.variant, args.seed, options, args.quick),
-                      row)
+    path = result_path(out, exp.name, args.variant, args.seed, options, args.quick)
+    try:
+        row = run_one(exp, args.variant, args.seed, quick=args.quick, options=options,
+                      lookup=lookup, device=args.device)
+    except Exception as exc:
+        # Keep the failure on disk for the report (a diverged run is a result too); the
+        # runner does not skip it, so a resumed sweep tries again.
+        write_json_atomic(failure_path(path), {
+            "experiment": exp.name, "variant": args.variant, "seed": args.seed,
+            "quick": args.quick, "options": options, "error": f"{type(exc).__name__}: {exc}",
+            "git_commit": git_commit(), "hardware": hardware()})
+        raise
+    write_json_atomic(path, row)
+    failure_path(path).unlink(missing_ok=True)
     return 0
 
 

@@ -1,9 +1,9 @@
 """Experiment 2: the paper's Figure 7 ablation on the Fashion-MNIST network.
 
 Protocol: experiment 1's, scaled down again so 7 variants x 7 seeds fit in about 1.5 CPU-hours
-(1 to 2.2 minutes per run, about 13 minutes per seed for all 7 variants, on one core): a seeded 2k subset of the training images, 1k validation,
-2k test; neuron patience 2, dendrite patience 1, at most 3 dendrite epochs per phase, 2 dendrite
-sets and 24 epochs in all.
+(1 to 2.2 minutes per run, about 13 minutes per seed for all 7 variants, on one core): a seeded
+2k subset of the training images, 1k validation, 2k test; neuron patience 2, dendrite patience
+1, at most 3 dendrite epochs per phase, 2 dendrite sets and 24 epochs in all.
 """
 
 from __future__ import annotations

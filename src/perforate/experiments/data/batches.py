@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,6 +37,38 @@ class TensorBatches:
             else:
                 idx = order[start:start + self.batch_size]
                 yield tuple(t[idx] for t in self.tensors)
+
+
+class CollatedBatches:
+    """Mini-batches of `n` items built by a subclass's ``collate(indices)``.
+
+    Shuffled with torch's global generator (as `TensorBatches`); unshuffled batches are
+    collated once and reused, since validation and test sets are read every epoch.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self._cached: list[Any] | None = None
+
+    def collate(self, idx: Sequence[int]) -> Any:
+        """The batch of the items at `idx`."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self.shuffle:
+            if self._cached is None:
+                self._cached = [self.collate(range(s, min(s + self.batch_size, self.n)))
+                                for s in range(0, self.n, self.batch_size)]
+            yield from self._cached
+            return
+        order = torch.randperm(self.n).tolist()
+        for s in range(0, self.n, self.batch_size):
+            yield self.collate(order[s:s + self.batch_size])
 
 
 def subset(dataset: object, n: int | None, seed: int) -> tuple[Tensor, ...]:

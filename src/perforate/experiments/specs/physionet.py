@@ -25,7 +25,7 @@ and subnormal floats flushed to zero (see `perforate.experiments.worker`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ...metrics import roc_auc
 from ..base import Experiment, Setup
+from ..data.batches import CollatedBatches
 from ..models import MTANClassifier
 
 WIDTHS = (0.125, 0.25, 0.5, 1.0, 2.0)
@@ -51,7 +52,7 @@ TRACKER_KEYS = ("neuron_patience", "dendrite_patience", "max_dendrite_epochs", "
 Batch = tuple[tuple[Tensor, Tensor, Tensor], Tensor]
 
 
-class PhysioBatches:
+class PhysioBatches(CollatedBatches):
     """``((times, values, mask), label)`` mini-batches of a `PhysioNetDataset` (the positional
     arguments of `MTANClassifier.forward`), padded per batch with `collate_physionet`.
 
@@ -61,29 +62,13 @@ class PhysioBatches:
 
     def __init__(self, dataset: Any, batch_size: int, shuffle: bool = False) -> None:
         self.items = [dataset[i] for i in range(len(dataset))]
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self._cached: list[Batch] | None = None
-
-    def __len__(self) -> int:
-        return -(-len(self.items) // self.batch_size)
+        super().__init__(len(self.items), batch_size, shuffle)
 
     def collate(self, idx: Sequence[int]) -> Batch:
         from ..data.physionet import collate_physionet
 
         b = collate_physionet([self.items[i] for i in idx])
         return (b["times"], b["values"], b["mask"]), b["label"]
-
-    def __iter__(self) -> Iterator[Batch]:
-        n = len(self.items)
-        if not self.shuffle:
-            if self._cached is None:
-                self._cached = [self.collate(range(s, min(s + self.batch_size, n)))
-                                for s in range(0, n, self.batch_size)]
-            yield from self._cached
-            return
-        order = torch.randperm(n).tolist()
-        for s in range(0, n, self.batch_size):
-            yield self.collate(order[s:s + self.batch_size])
 
 
 def bce(outputs: Tensor, targets: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ and subnormal floats flushed to zero (see `perforate.experiments.worker`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import Subset
 
 from ..base import Experiment, Setup
-from ..data.batches import TensorBatches
+from ..data.batches import CollatedBatches, TensorBatches
 from ..data.tox21 import NUM_TOX21_TASKS, collate_graphs, masked_bce_with_logits, mean_roc_auc
 from ..models import MPNN, FingerprintMLP
 
@@ -77,7 +77,7 @@ def roc_auc(outputs: Tensor, targets: Tensor) -> float:
     return mean_roc_auc(outputs, labels, mask)
 
 
-class GraphBatches:
+class GraphBatches(CollatedBatches):
     """``((x, edge_index, edge_attr, batch, num_graphs), packed targets)`` mini-batches of a
     Tox21 graph dataset (the positional arguments of `MPNN.forward`).
 
@@ -85,29 +85,14 @@ class GraphBatches:
     """
 
     def __init__(self, dataset: Any, batch_size: int, shuffle: bool = False) -> None:
-        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
-        self._cached: list[tuple[tuple[Any, ...], Tensor]] | None = None
+        self.dataset = dataset
+        super().__init__(len(dataset), batch_size, shuffle)
 
-    def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
-
-    def _collate(self, idx: list[int]) -> tuple[tuple[Any, ...], Tensor]:
+    def collate(self, idx: Sequence[int]) -> tuple[tuple[Any, ...], Tensor]:
         g = collate_graphs([self.dataset[i] for i in idx])
         if g.y is None or g.mask is None:
             raise ValueError("Tox21 graph items must carry labels and masks")
         return (g.x, g.edge_index, g.edge_attr, g.batch, g.num_graphs), pack_targets(g.y, g.mask)
-
-    def __iter__(self) -> Iterator[tuple[tuple[Any, ...], Tensor]]:
-        n = len(self.dataset)
-        if not self.shuffle:
-            if self._cached is None:
-                self._cached = [self._collate(list(range(s, min(s + self.batch_size, n))))
-                                for s in range(0, n, self.batch_size)]
-            yield from self._cached
-            return
-        order = torch.randperm(n).tolist()
-        for s in range(0, n, self.batch_size):
-            yield self._collate(order[s:s + self.batch_size])
 
 
 def _rows(split: Any, n: int | None) -> list[int]:

@@ -83,42 +83,36 @@ def load_rows(results_dir: str | Path, include_quick: bool = False) -> tuple[lis
         if quick_folder and not include_quick:
             skipped += len(files)
             continue
-        for path in files:
-            try:
-                row = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                logger.warning("skipping unreadable result %s: %s", path, exc)
-                continue
-            if not isinstance(row, dict):
-                logger.warning("skipping %s: not a result row", path)
-                continue
-            row.setdefault("experiment", folder.name.removesuffix("-quick"))
-            row.setdefault("variant", path.parent.name)
-            row["quick"] = bool(row.get("quick", quick_folder))
-            row.setdefault("options", {})
-            rows.append(row)
+        rows += [row for row in map(_read_record, files) if row is not None]
     return rows, skipped
+
+
+def _read_record(path: Path) -> Row | None:
+    """A result row or failure record at ``EXPERIMENT[-quick]/VARIANT/FILE``, with the fields
+    its path implies filled in; None (logged) when it cannot be read."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        logger.warning("skipping unreadable %s: %s", path, exc)
+        return None
+    if not isinstance(record, dict):
+        logger.warning("skipping %s: not a JSON object", path)
+        return None
+    folder = path.parent.parent.name
+    record.setdefault("experiment", folder.removesuffix("-quick"))
+    record.setdefault("variant", path.parent.name)
+    record["quick"] = bool(record.get("quick", folder.endswith("-quick")))
+    record.setdefault("options", {})
+    return record
 
 
 def load_failures(results_dir: str | Path, include_quick: bool = False) -> list[Row]:
     """The error records of runs that failed (``*.failed`` beside the rows; see
     `runner.failure_path`), so the page can say which runs are missing and why."""
-    root = Path(results_dir)
-    failures = []
-    for path in sorted(root.glob("*/*/*.failed")) if root.is_dir() else []:
-        if path.parent.parent.name.endswith("-quick") and not include_quick:
-            continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            logger.warning("skipping unreadable failure record %s: %s", path, exc)
-            continue
-        if isinstance(record, dict):
-            record.setdefault("experiment", path.parent.parent.name.removesuffix("-quick"))
-            record.setdefault("variant", path.parent.name)
-            record["quick"] = bool(record.get("quick", False))
-            failures.append(record)
-    return failures
+    paths = sorted(Path(results_dir).glob("*/*/*.failed"))
+    records = (_read_record(p) for p in paths
+               if include_quick or not p.parent.parent.name.endswith("-quick"))
+    return [r for r in records if r is not None]
 
 
 def _failures_section(failures: Sequence[Row]) -> list[str]:
@@ -693,8 +687,12 @@ def verdict(rows: Sequence[Row], control_rows: Sequence[Row], control: str) -> s
     detail = (f"PB − {control}: {diff} points (mean ± std over {p.n} paired seeds; paired "
               f"t-test p = {fmt_p(p.t_p)}, sign test p = {fmt_p(p.sign_p)}; {p.better}/{p.n} "
               "seeds better)")
-    beat = p.mean is not None and p.mean > 0 and p.t_p is not None and p.t_p < ALPHA
-    return f"PB beat {what}. {detail}." if beat else f"PB did not beat {what}. {detail}."
+    return f"PB beat {what}. {detail}." if _beat(p) else f"PB did not beat {what}. {detail}."
+
+
+def _beat(p: Paired) -> bool:
+    """The page's one criterion for "beat": mean paired difference > 0 and t-test p < ALPHA."""
+    return p.mean is not None and p.mean > 0 and p.t_p is not None and p.t_p < ALPHA
 
 
 def _beats(rows: Sequence[Row], control_rows: Sequence[Row]) -> str:
@@ -704,8 +702,7 @@ def _beats(rows: Sequence[Row], control_rows: Sequence[Row]) -> str:
     p = paired(rows, control_rows)
     if p.n == 0:
         return "—"
-    beat = p.mean is not None and p.mean > 0 and p.t_p is not None and p.t_p < ALPHA
-    word = "**beat**" if beat else "did not beat"
+    word = "**beat**" if _beat(p) else "did not beat"
     return f"{p.mean:+.2f} (p {fmt_p(p.t_p)}, n {p.n}): {word}"
 
 
@@ -823,6 +820,17 @@ def _figure_link(path: Path, page_dir: Path, alt: str) -> str:
     return f"![{alt}]({rel})"
 
 
+def _intro(experiment: str, title: str) -> list[str]:
+    """An experiment's heading, what it is and what the paper reports."""
+    lines = [f"## {title}", ""]
+    if experiment in DESCRIPTIONS:
+        text = DESCRIPTIONS[experiment]
+        lines += [text[0].upper() + text[1:] + ".", ""]
+    if experiment in PAPER:
+        lines += [f"**The paper:** {PAPER[experiment]}", ""]
+    return lines
+
+
 def _section(group: Group, figures_dir: Path, page_dir: Path,
              failures: Sequence[Row] = ()) -> list[str]:
     g = group
@@ -830,12 +838,7 @@ def _section(group: Group, figures_dir: Path, page_dir: Path,
     metrics = g.metric()
     decisions = sorted({str(r.get("decision_metric")) for r in g.rows
                         if r.get("decision_metric")})
-    lines = [f"## {g.title}", ""]
-    if g.experiment in DESCRIPTIONS:
-        lines += [DESCRIPTIONS[g.experiment][0].upper() + DESCRIPTIONS[g.experiment][1:] + ".",
-                  ""]
-    if g.experiment in PAPER:
-        lines += [f"**The paper:** {PAPER[g.experiment]}", ""]
+    lines = _intro(g.experiment, g.title)
     lines += [f"{_plural(len(g.rows), 'row')}; seeds {seed_ranges(seeds)}; "
               f"reported metric: {metrics}; "
               f"decisions on validation {' / '.join(decisions) or metrics}.", ""]
@@ -940,12 +943,7 @@ def build_report(results_dir: str | Path, output: str | Path = "docs/results.md"
     for name in names:
         mine = [g for g in groups if g.experiment == name]
         if not mine:
-            lines += [f"## {name}", ""]
-            if name in DESCRIPTIONS:
-                lines += [DESCRIPTIONS[name][0].upper() + DESCRIPTIONS[name][1:] + ".", ""]
-            if name in PAPER:
-                lines += [f"**The paper:** {PAPER[name]}", ""]
-            lines += ["Not run yet.", ""]
+            lines += [*_intro(name, name), "Not run yet.", ""]
             lines += _failures_section([f for f in failures if f["experiment"] == name])
             continue
         for group in mine:

@@ -29,6 +29,8 @@ class EpochReport:
     """Best |corr| per neuron over all epochs so far ``[N]`` (what an install would use)."""
     improvement: float
     """Largest per-neuron gain of `best_corr` this epoch (0 if none improved)."""
+    mean_improvement: float = 0.0
+    """Mean over neurons of the gain of `best_corr` this epoch (the gain of its mean)."""
 
 
 @dataclass
@@ -40,7 +42,8 @@ class Winners:
     cascade: Tensor  # [D, N]
     corr: Tensor  # [N] |corr|
     sign: Tensor  # [N] sign of corr
-    output: Tensor | None  # [N] trained output weight (dendrite_learning="gd")
+    output: Tensor | None  # [N] output weight to install (gd: trained; least squares), or None
+    mask: Tensor | None = None  # [N, *w] inputs each dendrite sees (config.dendrite_inputs)
 
 
 class CandidatePool(nn.Module):
@@ -57,31 +60,51 @@ class CandidatePool(nn.Module):
         self.config = config
         self.activation = activation
         ref = geometry.weight
-        k, n, d = config.candidates, geometry.num_neurons, num_dendrites
+        self.learning = config.dendrite_learning
+        # With no candidate training ("none") one candidate per neuron is installed as drawn.
+        k = 1 if self.learning == "none" else config.candidates
+        n, d = geometry.num_neurons, num_dendrites
         w_shape = geometry.neuron_weight_shape
-        w_std = config.candidate_weight_std / geometry.fan_in ** 0.5
+        fan_in = geometry.fan_in if config.dendrite_inputs is None \
+            else min(config.dendrite_inputs, geometry.fan_in)
+        w_std = config.candidate_weight_std
+        if config.candidate_init == "fan_in":
+            w_std /= fan_in ** 0.5
 
         def normal(*shape: int, std: float) -> Tensor:
             # Drawn on the CPU so a seed gives the same candidates on every device.
             t = torch.randn(*shape, generator=generator, dtype=torch.float32) * std
             return t.to(device=ref.device, dtype=ref.dtype)
 
-        self.weight = nn.Parameter(normal(k, n, *w_shape, std=w_std))
+        weight = normal(k, n, *w_shape, std=w_std)
+        mask = None
+        if config.dendrite_inputs is not None:  # each candidate sees fan_in random inputs
+            scores = torch.rand(k, n, geometry.fan_in, generator=generator)
+            chosen = scores.argsort(dim=-1)[..., :fan_in]
+            mask = torch.zeros(k, n, geometry.fan_in).scatter_(-1, chosen, 1.0)
+            mask = mask.reshape(k, n, *w_shape).to(ref.device, ref.dtype)
+            weight = weight * mask
+        self.mask: Tensor | None
+        self.register_buffer("mask", mask)
+        self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(normal(k, n, std=config.candidate_bias_std))
         self.cascade = nn.Parameter(torch.zeros(k, d, n, device=ref.device, dtype=ref.dtype))
-        self.gd = config.dendrite_learning == "gd"
+        self.gd = self.learning == "gd"
         if self.gd:
             self.output = nn.Parameter(normal(k, n, std=config.gd_output_init_std))
 
         dev = ref.device
         acc = accumulator_dtype(dev)
         self.sums = CorrelationSums(k, n, dev)
-        # Running (EMA) statistics: the error scale s_n, and means for centering="running"
-        # and for reporting. `seen` counts batches, so the first batch initialises the EMAs.
+        # Running (EMA) statistics: the error scale s_n, means for centering="running" and
+        # for reporting, the covariance for sign_source="running". `seen` counts batches, so
+        # the first batch initialises the EMAs; `batches` counts this epoch's.
         self.register_buffer("seen", torch.zeros((), dtype=torch.long, device=dev))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long, device=dev))
         self.register_buffer("error_var", torch.zeros(n, device=dev))
         self.register_buffer("mean_e", torch.zeros(n, device=dev))
         self.register_buffer("mean_c", torch.zeros(k, n, device=dev))
+        self.register_buffer("cov", torch.zeros(k, n, device=dev))
         # Best candidate per neuron over closed epochs, and a copy of its weights.
         self.register_buffer("best_corr", torch.zeros(n, dtype=acc, device=dev))
         self.register_buffer("best_sign", torch.zeros(n, dtype=ref.dtype, device=dev))
@@ -89,6 +112,8 @@ class CandidatePool(nn.Module):
         self.register_buffer("best_bias", torch.zeros(n, dtype=ref.dtype, device=dev))
         self.register_buffer("best_cascade", torch.zeros(d, n, dtype=ref.dtype, device=dev))
         self.register_buffer("best_output", torch.zeros(n, dtype=ref.dtype, device=dev))
+        self.register_buffer("best_mask", torch.zeros(n, *w_shape, dtype=ref.dtype, device=dev)
+                             if self.mask is not None else None)
         self.register_buffer("epochs", torch.zeros((), dtype=torch.long, device=dev))
 
     @property
@@ -98,9 +123,10 @@ class CandidatePool(nn.Module):
     def forward(self, x: Tensor, hs: list[Tensor]) -> Tensor:
         """Candidate activations, stacked ``[K]``; x and the dendrite outputs hs detached."""
         geo = self.geometry
-        pre = geo.stacked(x, self.weight, self.bias)
-        for i, h in enumerate(hs):  # cascade inputs: E[k, i] * h_i
-            pre = torch.addcmul(pre, geo.expand(self.cascade[:, i]), geo.unsqueeze_set(h))
+        weight = self.weight if self.mask is None else self.weight * self.mask
+        pre = geo.stacked(x, weight, self.bias)
+        # cascade inputs: E[k, i] * h_i
+        pre = geo.cascade(pre, self.cascade.unbind(1), [geo.unsqueeze_set(h) for h in hs])
         return self.activation(pre)
 
     def attach(self, z: Tensor, c: Tensor) -> Tensor:
@@ -113,10 +139,12 @@ class CandidatePool(nn.Module):
 
     @torch.no_grad()
     def observe(self, c: Tensor, e: Tensor) -> Tensor | None:
-        """Add a batch to the statistics; return dLoss_cc/dc = -sigma (e - ē) / s (eq. 3.4).
+        """Add a batch to the statistics; return the candidates' gradient dLoss_cc/dc.
 
         ``c`` is the stacked candidate activation, ``e`` the neuron error dLoss/dz'. Only
         device ops: no host sync. Few, fused ops, since this runs per layer per batch.
+        objective="covariance": ``-sigma (e - ē) / s`` (eq. 3.4); "correlation": the gradient
+        of ``-P |r|`` with r the batch's Pearson correlation of c and e (P positions).
         """
         geo, cfg = self.geometry, self.config
         p = e.numel() // geo.num_neurons  # sample positions in this batch
@@ -128,9 +156,10 @@ class CandidatePool(nn.Module):
         # Running statistics (float32): the error scale s_n and EMA means. The first batch
         # initialises them (weight 1), later ones move them by 1 - momentum.
         se, se2 = err.float()
+        sc, sc2, sce = sc.float(), sc2.float(), sce.float()
         mean_e_b = se / p
         var_e_b = (se2 / p - mean_e_b * mean_e_b).clamp_min(0)
-        mean_c_b = sc.float() / p
+        mean_c_b = sc / p
         w = torch.where(self.seen == 0, 1.0, 1.0 - cfg.running_momentum)
         if cfg.centering == "running":  # the paper: centre with means of previous batches
             e_bar = torch.where(self.seen == 0, mean_e_b, self.mean_e)
@@ -139,22 +168,31 @@ class CandidatePool(nn.Module):
         self.mean_e.lerp_(mean_e_b, w)
         self.mean_c.lerp_(mean_c_b, w)
         self.seen += 1
+        self.batches += 1
         if self.gd:
             return None
 
-        # S[k, n] = sum_p (c - c̄)(e - ē) / s_n  (eq. 3.3); only its sign is needed here.
-        if cfg.centering == "batch":
+        # S[k, n] * s_n = sum_p (c - c̄)(e - ē)  (eq. 3.3)
+        if cfg.centering == "batch" or cfg.objective == "correlation":
             e_bar = mean_e_b
-            s_raw = torch.addcmul(sce.float(), sc.float(), se, value=-1.0 / p)
+            s_raw = torch.addcmul(sce, sc, se, value=-1.0 / p)
         else:
-            s_raw = sce.float() - c_bar * se - e_bar * sc.float() + p * c_bar * e_bar
+            s_raw = sce - c_bar * se - e_bar * sc + p * c_bar * e_bar
+        self.cov.lerp_(s_raw / p, w)
+        sign = torch.sign(self.cov if cfg.sign_source == "running" else s_raw)
+        centred_e = geo.unsqueeze_set(e - geo.expand(e_bar.to(e.dtype)))
+        if cfg.objective == "correlation":
+            var_c = (sc2 / p - mean_c_b * mean_c_b).clamp_min(cfg.min_candidate_variance)
+            inv_e = torch.where(var_e_b > 0, var_e_b.rsqrt(), 0.0)
+            a = -sign * var_c.rsqrt() * inv_e  # on the centred error
+            b = sign * (s_raw / p) * var_c.pow(-1.5) * inv_e  # on the centred candidate
+            centred_c = c - geo.expand(mean_c_b.to(c.dtype))
+            return torch.addcmul(geo.expand(a.to(c.dtype)) * centred_e,
+                                 geo.expand(b.to(c.dtype)), centred_c)
+        scale = sign.neg_()
         if cfg.normalize_error:
-            inv_s = torch.where(self.error_var > 0, self.error_var.rsqrt(), 0.0)
-            scale = torch.sign(s_raw).mul_(inv_s).neg_()
-        else:
-            scale = torch.sign(s_raw).neg_()
-        centred_e = e - geo.expand(e_bar.to(e.dtype))
-        return geo.expand(scale.to(c.dtype)) * geo.unsqueeze_set(centred_e)
+            scale *= torch.where(self.error_var > 0, self.error_var.rsqrt(), 0.0)
+        return geo.expand(scale.to(c.dtype)) * centred_e
 
     @torch.no_grad()
     def correlations(self) -> Tensor:
@@ -168,6 +206,7 @@ class CandidatePool(nn.Module):
         Only the rows of neurons whose best |corr| improved are copied (one host sync), so
         late epochs, where few neurons improve, cost little.
         """
+        cov, var_c, _ = self.sums.moments()
         corr = self.correlations()
         epoch_best, k_star = corr.abs().max(dim=0)
         gain = epoch_best - self.best_corr
@@ -177,6 +216,14 @@ class CandidatePool(nn.Module):
                 "cascade": self.cascade[k, :, idx].T}
         if self.gd:
             rows["output"] = self.output[k, idx]
+        elif self.config.output_init == "least_squares":
+            # The a that best fits the negative per-sample error -P e (P positions per batch:
+            # dLoss/dz of a mean-reduced loss is the residual / P) with a * c: -P cov / var.
+            per_batch = self.sums.count / self.batches.clamp_min(1)
+            slope = cov[k, idx] / var_c[k, idx].clamp_min(self.config.min_candidate_variance)
+            rows["output"] = (-per_batch * slope).to(self.best_output.dtype)
+        if self.mask is not None:
+            rows["mask"] = self.mask[k, idx]
         finite = torch.stack([self.sums.cand.isfinite().all(), self.sums.err.isfinite().all(),
                               *(r.isfinite().all() for r in rows.values())]).all()
         if not bool(finite):
@@ -188,23 +235,42 @@ class CandidatePool(nn.Module):
         self.best_weight[idx] = rows["weight"]
         self.best_bias[idx] = rows["bias"]
         self.best_cascade[:, idx] = rows["cascade"]
-        if self.gd:
+        if "output" in rows:
             self.best_output[idx] = rows["output"]
+        if self.best_mask is not None:
+            self.best_mask[idx] = rows["mask"]
         self.sums.reset()
+        self.batches.zero_()
         self.epochs += 1
+        gains = gain.clamp_min(0)
         return EpochReport(epoch_corr=epoch_best, best_corr=self.best_corr.clone(),
-                           improvement=float(gain.clamp_min(0).max()) if gain.numel() else 0.0)
+                           improvement=float(gains.max()) if gain.numel() else 0.0,
+                           mean_improvement=float(gains.mean()) if gain.numel() else 0.0)
 
     def has_pending(self) -> bool:
         """True if batches were seen since the last closed epoch."""
         return bool(self.sums.count > 0)
 
     def winners(self) -> Winners:
-        """The per-neuron winners of the closed epochs, ready to install."""
+        """The per-neuron winners of the closed epochs, ready to install (with no candidate
+        training, the one candidate per neuron as drawn)."""
+        if self.learning == "none":
+            zero = torch.zeros_like(self.best_corr)
+            return Winners(weight=self.weight[0].detach().clone(),
+                           bias=self.bias[0].detach().clone(),
+                           cascade=self.cascade[0].detach().clone(), corr=zero,
+                           sign=torch.ones_like(self.best_sign), output=None,
+                           mask=None if self.mask is None else self.mask[0].clone())
+        ls = self.config.output_init == "least_squares"
+        output = None
+        if self.gd:
+            output = self.best_output.clone()
+        elif ls:
+            output = self.best_output * self.config.output_init_shrink
         return Winners(weight=self.best_weight.clone(), bias=self.best_bias.clone(),
                        cascade=self.best_cascade.clone(), corr=self.best_corr.clone(),
-                       sign=self.best_sign.clone(),
-                       output=self.best_output.clone() if self.gd else None)
+                       sign=self.best_sign.clone(), output=output,
+                       mask=None if self.best_mask is None else self.best_mask.clone())
 
 
 class ErrorTap(torch.autograd.Function):

@@ -17,10 +17,13 @@ from .errors import ConfigError
 #: A target selector: an exact qualified name, a name suffix, a regex, or a module type.
 Selector = str | type
 
-DENDRITE_LEARNING = ("cc", "gd")
+DENDRITE_LEARNING = ("cc", "gd", "none")
 CENTERING = ("batch", "running")
 CANDIDATE_OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-OUTPUT_INIT = ("zero", "signed")
+OUTPUT_INIT = ("zero", "signed", "least_squares")
+CANDIDATE_INIT = ("fan_in", "normal")
+OBJECTIVES = ("covariance", "correlation")
+SIGN_SOURCES = ("batch", "running")
 
 
 @dataclass
@@ -41,9 +44,22 @@ class PerforationConfig:
     dendrite_activation: str = "tanh"
     """g: the dendrite non-linearity (one of `perforate.activations.ACTIVATIONS`)."""
     dendrite_learning: str = "cc"
-    """"cc" (Cascade-Correlation, the paper) or "gd" (candidates trained on the task loss)."""
+    """How candidates learn in the dendrite phase: "cc" (Cascade-Correlation, the paper), "gd"
+    (trained on the task loss), or "none" (no dendrite phase: a candidate is installed as
+    initialised, and learns only afterwards, with `train_dendrites`)."""
     perforated: bool = True
     """True: no error flows back through dendrites (eq. 3.2). False: "CC no perforation"."""
+    train_dendrites: bool = False
+    """False (the paper): installed dendrites are frozen; only their output weight learns in
+    the neuron phase. True: V, bias and cascade weights also learn with the network in every
+    neuron phase, from the neuron's error (still perforated unless `perforated=False`)."""
+    objective: str = "covariance"
+    """Candidate objective: "covariance" (eq. 3.3, the paper: |S| grows with the candidate's
+    scale) or "correlation" (each batch's Pearson correlation: scale-invariant, so unbounded
+    activations such as relu do not grow without bound)."""
+    sign_source: str = "batch"
+    """Sign sigma of S in the candidate gradient: "batch" (each batch's own) or "running"
+    (an EMA of the per-batch covariance: steadier when batches disagree)."""
     centering: str = "batch"
     """"batch": centre with the mini-batch's own means (DEFAULT); "running": EMA means (paper)."""
     normalize_error: bool = True
@@ -58,8 +74,11 @@ class PerforationConfig:
     # Secondary knobs: documented DEFAULTs of the algorithm.
     candidate_optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of the candidate optimizer (betas, momentum, ...)."""
+    candidate_init: str = "fan_in"
+    """"fan_in": candidate weights ~ N(0, candidate_weight_std**2 / fan_in) (pre-activations
+    of about the input's scale); "normal": ~ N(0, candidate_weight_std**2)."""
     candidate_weight_std: float = 1.0
-    """Candidate weights ~ N(0, candidate_weight_std**2 / fan_in)."""
+    """Scale of the candidate weights (see `candidate_init`)."""
     candidate_bias_std: float = 1.0
     """Candidate biases ~ N(0, candidate_bias_std**2)."""
     running_momentum: float = 0.99
@@ -67,9 +86,17 @@ class PerforationConfig:
     min_candidate_variance: float = 1e-6
     """A candidate whose epoch variance is below this has correlation 0 (can never win)."""
     output_init: str = "zero"
-    """New output weight: "zero" (function unchanged at install) or "signed" (-sigma * eps)."""
+    """New output weight: "zero" (function unchanged at install), "signed" (-sigma * eps) or
+    "least_squares" (per neuron, the a that best fits the negative error from the winning
+    epoch's statistics, times `output_init_shrink`: the function changes at install)."""
     output_init_eps: float = 1e-3
     """Magnitude of the "signed" output-weight initialisation."""
+    output_init_shrink: float = 1.0
+    """Factor on the "least_squares" output weight (1: the full least-squares step)."""
+    dendrite_inputs: int | None = None
+    """None: a dendrite sees all of its neuron's inputs (the paper). m: each dendrite sees m
+    of them, drawn at random per candidate, so a set costs m (not fan_in) weights per neuron.
+    (Computed as a masked dense layer: fewer parameters, not less compute.)"""
     gd_output_init_std: float = 1e-2
     """dendrite_learning="gd": std of the candidates' trainable output weights."""
 
@@ -88,20 +115,58 @@ class PerforationConfig:
         _check_choice("centering", self.centering, CENTERING)
         _check_choice("candidate_optimizer", self.candidate_optimizer, CANDIDATE_OPTIMIZERS)
         _check_choice("output_init", self.output_init, OUTPUT_INIT)
-        for name in ("perforated", "normalize_error"):
+        _check_choice("candidate_init", self.candidate_init, CANDIDATE_INIT)
+        _check_choice("objective", self.objective, OBJECTIVES)
+        _check_choice("sign_source", self.sign_source, SIGN_SOURCES)
+        for name in ("perforated", "normalize_error", "train_dendrites"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("candidate_lr", "candidate_weight_std", "candidate_bias_std",
-                     "output_init_eps", "gd_output_init_std", "min_candidate_variance"):
+                     "output_init_eps", "gd_output_init_std", "min_candidate_variance",
+                     "output_init_shrink"):
             _check_number(name, getattr(self, name), positive=name == "candidate_lr")
         if not (0.0 <= self.running_momentum < 1.0):
             raise ConfigError(f"running_momentum must be in [0, 1), got {self.running_momentum!r}")
         if self.seed is not None and (isinstance(self.seed, bool)
                                       or not isinstance(self.seed, int)):
             raise ConfigError(f"seed must be an int or None, got {self.seed!r}")
+        if self.dendrite_inputs is not None and (isinstance(self.dendrite_inputs, bool) or not
+                                                 isinstance(self.dendrite_inputs, int)
+                                                 or self.dendrite_inputs < 1):
+            raise ConfigError(f"dendrite_inputs must be None or an int >= 1, "
+                              f"got {self.dendrite_inputs!r}")
+        if self.dendrite_learning == "none" and self.output_init == "least_squares":
+            raise ConfigError("output_init='least_squares' needs a dendrite phase's statistics; "
+                              "dendrite_learning='none' has none")
         if not isinstance(self.candidate_optimizer_kwargs, dict):
             raise ConfigError("candidate_optimizer_kwargs must be a dict, "
                               f"got {type(self.candidate_optimizer_kwargs).__name__}")
+
+    @classmethod
+    def paper(cls, *, literal: bool = False, **changes: Any) -> PerforationConfig:
+        """The paper's algorithm: Cascade-Correlation candidates, installed frozen, only the
+        output weight learns afterwards. `literal`: also the paper's running-mean centering
+        and no error scaling (the choices this library's measurements replaced)."""
+        base: dict[str, Any] = {
+            "dendrite_learning": "cc", "train_dendrites": False, "dendrite_activation": "tanh",
+            "objective": "covariance", "sign_source": "batch", "candidate_init": "fan_in",
+            "candidate_weight_std": 1.0, "candidate_bias_std": 1.0, "output_init": "zero",
+            "dendrite_inputs": None, "perforated": True, "centering": "batch",
+            "normalize_error": True}
+        if literal:
+            base.update(centering="running", normalize_error=False)
+        return cls(**{**base, **changes})
+
+    @classmethod
+    def anchor(cls, **changes: Any) -> PerforationConfig:
+        """The recipe of the official open package's dendrites on this engine: sigmoid
+        dendrites with weights and biases ~ N(0, 0.01²), no candidate training, trained with
+        the network in every neuron phase (perforated here, unless ``perforated=False``)."""
+        base: dict[str, Any] = {
+            "dendrite_learning": "none", "dendrite_activation": "sigmoid",
+            "candidate_init": "normal", "candidate_weight_std": 0.01, "candidate_bias_std": 0.01,
+            "train_dendrites": True, "output_init": "zero"}
+        return cls(**{**base, **changes})
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; module types become ``"type:module.Class"`` strings."""

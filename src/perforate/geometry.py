@@ -12,6 +12,7 @@ Per-set, per-neuron parameters have shape ``[S, N]`` and broadcast through `expa
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -76,6 +77,15 @@ class Geometry:
         var, mean = torch.var_mean(t, dim=dims, correction=0)
         count = t.numel() // mean.numel()
         return mean * count, (var + mean * mean) * count
+
+    def cascade(self, u: Tensor, weights: Sequence[Tensor] | Tensor, hs: Sequence[Tensor], *,
+                inplace: bool = False) -> Tensor:
+        """The cascade ``u + sum_i weights[i] * hs[i]`` (per-neuron weights, expanded);
+        in place on `u` when no gradient is needed."""
+        for i, h in enumerate(hs):
+            w = self.expand(weights[i])
+            u = u.addcmul_(w, h) if inplace else torch.addcmul(u, w, h)
+        return u
 
     def combine(self, h: Tensor, weight: Tensor) -> Tensor:
         """Output term: ``sum_j weight[j] * h[j]`` per neuron, shaped like the layer output."""

@@ -64,6 +64,17 @@ class PerforatedModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.net(*args, **kwargs)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any, **kwargs: Any) -> None:
+        """Also accept the state of the plain network (keys without ``net.``): a checkpoint
+        of the model before `perforate`. Layers resize to the dendrite sets they are given."""
+        inner = prefix + "net."
+        keys = [k for k in state_dict if k.startswith(prefix)]
+        if keys and not any(k.startswith(inner) for k in keys):
+            for key in keys:
+                state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # -------------------------------------------------------------------------------- queries
     @property
     def phase(self) -> str:
@@ -88,7 +99,7 @@ class PerforatedModel(nn.Module):
         """Deployable parameters: the network plus dendrite sets, cascade and output weights
         (no candidates, no bookkeeping copies); shared parameters count once."""
         layers = self.dendrite_layers().values()
-        skip = {id(m.output_weight) for m in layers}
+        skip = {id(p) for m in layers for p in m.dendrite_parameters()}
         for m in layers:
             if m.candidates is not None:
                 skip |= {id(p) for p in m.candidates.parameters()}
@@ -104,8 +115,24 @@ class PerforatedModel(nn.Module):
             raise PhaseError(f"{action} needs the {phase} phase; the model is in the "
                              f"{self._phase} phase")
 
-    def begin_dendrite_phase(self) -> None:
-        """Freeze the network and attach K fresh candidate sets to every wrapped layer."""
+    @property
+    def trains_candidates(self) -> bool:
+        """False when candidates are installed as drawn (``dendrite_learning="none"``): a
+        dendrite phase then needs no epoch (`grow` adds a set at once)."""
+        return self.config.dendrite_learning != "none"
+
+    def grow(self, attempt: int = 0) -> dict[str, dict[str, float]]:
+        """Add a dendrite set without a dendrite phase (``dendrite_learning="none"``)."""
+        if self.trains_candidates:
+            raise PhaseError("grow() adds untrained dendrites; with dendrite_learning="
+                             f"{self.config.dendrite_learning!r} run a dendrite phase")
+        self.begin_dendrite_phase(attempt)
+        return self.end_dendrite_phase()
+
+    def begin_dendrite_phase(self, attempt: int = 0) -> None:
+        """Freeze the network and attach K fresh candidate sets to every wrapped layer.
+
+        `attempt` numbers retries of the same set (a retried set draws other candidates)."""
         self._require(NEURON, "begin_dendrite_phase()")
         self._requires_grad = {n: p.requires_grad for n, p in self.net.named_parameters()}
         for p in self.net.parameters():
@@ -117,7 +144,7 @@ class PerforatedModel(nn.Module):
             m.momentum = 0.0
         generator = None
         if self.config.seed is not None:
-            seed = self.config.seed + 1_000_003 * self.num_dendrites
+            seed = self.config.seed + 1_000_003 * self.num_dendrites + 7_919 * attempt
             generator = torch.Generator().manual_seed(seed)
         params = []
         for layer in self.dendrite_layers().values():
@@ -156,8 +183,9 @@ class PerforatedModel(nn.Module):
         """Install the best candidate per neuron as a new frozen dendrite set; unfreeze.
 
         Returns per layer: neurons and the mean / median / min / max best |corr| installed.
-        Each layer's ``output_weight`` becomes a new, larger parameter: build the neuron-phase
-        optimizer after this call.
+        Each layer's dendrite parameters keep their identity but grow by one set: an Adam-like
+        optimizer that holds state for them must be rebuilt after this call (`pf.Tracker`
+        builds a fresh one per neuron cycle).
         """
         self._require(DENDRITE, "end_dendrite_phase()")
         layers = self.dendrite_layers()
@@ -165,7 +193,7 @@ class PerforatedModel(nn.Module):
             pool = layer.candidates
             if pool.has_pending():  # type: ignore[union-attr]
                 pool.close_epoch(name)
-            if int(pool.epochs) == 0:  # type: ignore[union-attr]
+            if self.trains_candidates and int(pool.epochs) == 0:  # type: ignore[union-attr]
                 raise PhaseError(f"layer {name!r}: no dendrite-phase batch was seen; train the "
                                  "candidates (forward + backward) before ending the phase")
         stats = {}

@@ -10,8 +10,13 @@ in the dendrite phase), it answers what the controller must do next::
 - A cycle that does not beat the best earlier cycle (a tie is no improvement) ends training,
   unless fewer than ``min_dendrites`` growth steps were tried. With ``min_dendrites=0`` the best
   earlier cycle is the previous one, which is the paper's rule.
-- A dendrite phase ends when no layer's best correlation improved by more than
-  ``correlation_threshold`` for ``dendrite_patience`` epochs, or after ``max_dendrite_epochs``.
+- With ``dendrite_tries = t > 1``, a cycle that does not improve is retried up to t - 1 times
+  in a row before training stops: its set is dropped, the best cycle's weights come back and
+  a new set is grown (the restart control restarts from the best weights instead).
+- A dendrite phase ends when the best correlation gain (``plateau="max"``: the largest
+  per-neuron gain of any layer; ``"mean"``: the gain of the mean over all neurons) stayed
+  at most ``correlation_threshold`` for ``dendrite_patience`` epochs, or after
+  ``max_dendrite_epochs``.
 - The final model is the best cycle's architecture with its best weights (`best_cycle`).
 
 ``add_dendrites=False`` is the restart control: the same cycles, restores and fresh optimizers,
@@ -38,8 +43,12 @@ INSTALL = "install"
 """The dendrite phase ended: install the dendrite set and start the next neuron cycle."""
 STOP = "stop"
 """Training is done: restore the best cycle's architecture and weights."""
+RETRY = "retry"
+"""The neuron cycle did not improve, but tries are left (``dendrite_tries``): drop its
+dendrite set, restore the best cycle's weights and grow again (restart control: restart)."""
 
-ACTIONS = (CONTINUE, GROW, RESTART, INSTALL, STOP)
+ACTIONS = (CONTINUE, GROW, RESTART, INSTALL, STOP, RETRY)
+PLATEAUS = ("max", "mean")
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,8 @@ class Schedule:
     min_dendrites: int = 0
     add_dendrites: bool = True
     max_epochs: int | None = None
+    dendrite_tries: int = 1
+    plateau: str = "max"
 
     # ------------------------------------------------------------------- state (not arguments)
     phase: str = field(default=NEURON, init=False)
@@ -103,6 +114,10 @@ class Schedule:
     dendrite_epochs: int = field(default=0, init=False)
     """Epochs of the current (or last) dendrite phase."""
     dendrite_stale: int = field(default=0, init=False)
+    retries: int = field(default=0, init=False)
+    """Cycles that were retries of a set that did not improve (all of the run)."""
+    failed_tries: int = field(default=0, init=False)
+    """Retries since the last improving cycle."""
     best_cycle: int | None = field(default=None, init=False)
     """The completed cycle with the best score so far (the final model's cycle)."""
     cycle_results: list[CycleResult] = field(default_factory=list, init=False)
@@ -120,6 +135,9 @@ class Schedule:
         _check_int("dendrite_patience", self.dendrite_patience, minimum=1)
         _check_int("max_dendrite_epochs", self.max_dendrite_epochs, minimum=1)
         _check_int("min_dendrites", self.min_dendrites, minimum=0)
+        _check_int("dendrite_tries", self.dendrite_tries, minimum=1)
+        if self.plateau not in PLATEAUS:
+            raise ValueError(f"plateau must be one of {PLATEAUS}, got {self.plateau!r}")
         if self.max_dendrites is not None:
             _check_int("max_dendrites", self.max_dendrites, minimum=0)
             if self.max_dendrites < self.min_dendrites:
@@ -146,8 +164,9 @@ class Schedule:
 
     @property
     def growth_steps(self) -> int:
-        """Dendrite sets tried (restarts in the restart control): the current cycle index."""
-        return self.cycle
+        """Dendrite sets in the current architecture (restarts in the restart control): the
+        cycle index less the retries, since a retried set replaces the one that failed."""
+        return self.cycle - self.retries
 
     # ------------------------------------------------------------------------- transitions
     def neuron_epoch(self, score: float) -> ScheduleDecision:
@@ -168,10 +187,17 @@ class Schedule:
             return ScheduleDecision(action, new_best=new_best, cycle_ended=True, reason=reason)
         return ScheduleDecision(CONTINUE, new_best=new_best)
 
-    def dendrite_epoch(self, improvement: float) -> ScheduleDecision:
+    def dendrite_epoch(self, improvement: float,
+                       mean_improvement: float | None = None) -> ScheduleDecision:
         """One dendrite-phase epoch; `improvement` is the largest gain of any layer's best
-        |correlation| this epoch (`EpochReport.improvement`, maximised over layers)."""
+        |correlation| this epoch (`EpochReport.improvement`, maximised over layers),
+        `mean_improvement` the gain of the mean best |correlation| over all neurons (needed
+        with ``plateau="mean"``)."""
         self._require(DENDRITE)
+        if self.plateau == "mean":
+            if mean_improvement is None:
+                raise ValueError("plateau='mean' needs the mean_improvement of the epoch")
+            improvement = mean_improvement
         self.epoch += 1
         self.dendrite_epochs += 1
         if improvement > self.correlation_threshold:
@@ -189,6 +215,13 @@ class Schedule:
         self._begin_cycle()
         return ScheduleDecision(INSTALL, reason=reason)
 
+    def skip_dendrite_phase(self) -> ScheduleDecision:
+        """The set was added without a dendrite phase (no candidate training): start the
+        next neuron cycle at once."""
+        self._require(DENDRITE)
+        self._begin_cycle()
+        return ScheduleDecision(INSTALL, reason="no candidate training")
+
     def _end_cycle(self, capped: bool) -> tuple[str, str]:
         best = self.cycle_best
         if best is None:  # pragma: no cover - the first epoch of a cycle always sets a best
@@ -196,12 +229,23 @@ class Schedule:
         reference = None if self.best_cycle is None else self.cycle_results[self.best_cycle].best
         improved = self.better(best, reference)
         if improved:
-            self.best_cycle = self.cycle
+            self.best_cycle, self.failed_tries = self.cycle, 0
         self.cycle_results.append(CycleResult(
             cycle=self.cycle, best=best, best_epoch=self.cycle_best_epoch,
             epochs=self.cycle_epochs, dendrite_epochs=self.dendrite_epochs if self.cycle else 0,
             improved=improved))
         steps = self.growth_steps
+        retry = not improved and self.failed_tries + 1 < self.dendrite_tries and not capped
+        if retry and steps >= self.min_dendrites:
+            self.failed_tries += 1
+            reason = (f"cycle {self.cycle} did not improve on cycle {self.best_cycle}: retry "
+                      f"{self.failed_tries} of {self.dendrite_tries - 1}")
+            self.retries += 1
+            if self.add_dendrites:
+                self.phase, self.dendrite_epochs, self.dendrite_stale = DENDRITE, 0, 0
+            else:
+                self._begin_cycle()
+            return RETRY, reason
         if not improved and steps >= self.min_dendrites:
             reason = f"cycle {self.cycle} did not improve on cycle {self.best_cycle}"
         elif self.max_dendrites is not None and steps >= self.max_dendrites:

@@ -43,18 +43,21 @@ class CorrelationSums(nn.Module):
             t.zero_()
 
     @torch.no_grad()
+    def moments(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(cov(c, e) [K, N], var(c) [K, N], var(e) [N])`` over the positions seen."""
+        n = self.count.clamp_min(1)
+        mc, mc2, mce = self.cand / n
+        me, me2 = self.err / n
+        return mce - mc * me, (mc2 - mc * mc).clamp_min(0), (me2 - me * me).clamp_min(0)
+
+    @torch.no_grad()
     def pearson(self, min_variance: float) -> Tensor:
         """Signed Pearson correlation ``[K, N]`` of each candidate with its neuron's error.
 
         A candidate whose variance is below ``min_variance`` (saturated or constant), or a
         neuron whose error never varied, gets correlation 0: it can never win an install.
         """
-        n = self.count.clamp_min(1)
-        mc, mc2, mce = self.cand / n
-        me, me2 = self.err / n
-        cov = mce - mc * me
-        var_c = (mc2 - mc * mc).clamp_min(0)
-        var_e = (me2 - me * me).clamp_min(0)
+        cov, var_c, var_e = self.moments()
         denom = (var_c * var_e).sqrt()
         ok = (var_c >= min_variance) & (var_e > 0) & (denom > 0)
         return torch.where(ok, cov / torch.where(ok, denom, torch.ones_like(denom)),

@@ -34,7 +34,7 @@ from .config import PerforationConfig
 from .errors import LoadError, PhaseError
 from .metrics import error_reduction
 from .model import DENDRITE, NEURON, PerforatedModel, perforate
-from .schedule import CONTINUE, GROW, INSTALL, RESTART, STOP, Schedule
+from .schedule import CONTINUE, GROW, INSTALL, RESTART, RETRY, STOP, Schedule
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ NET_FILE = "perforate_net.json"
 
 _SCHEDULE_ARGS = ("mode", "neuron_patience", "dendrite_patience", "max_dendrite_epochs",
                   "max_dendrites", "improvement_threshold", "correlation_threshold",
-                  "min_dendrites", "add_dendrites", "max_epochs")
+                  "min_dendrites", "add_dendrites", "max_epochs", "dendrite_tries", "plateau")
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Decision:
     done: bool
     """Training has stopped; the model holds the final architecture and weights."""
     event: str
-    """"continue", "grow", "restart", "install" or "stop"."""
+    """"continue", "grow", "restart", "install", "retry" or "stop"."""
     epoch: int
     """Epochs completed (all phases)."""
     cycle: int
@@ -81,7 +81,9 @@ class Tracker:
     """The cycle controller (algorithm.md, "The cycle"). See the module docstring.
 
     Args beyond the contract: ``correlation_threshold`` (dendrite plateau, DEFAULT 1e-3),
-    ``min_dendrites`` (growth steps before the stop rule applies), ``add_dendrites``
+    ``plateau`` ("max" or "mean": which correlation gain the plateau test reads),
+    ``min_dendrites`` (growth steps before the stop rule applies), ``dendrite_tries`` (a set
+    that did not improve is retried until this many tries failed in a row), ``add_dendrites``
     (False = the restart control), ``max_epochs`` (safety cap), ``checkpoint_every``
     (also checkpoint every N epochs; needs ``out_dir``), ``plot`` (write training.png),
     ``net_factory`` ("module:function" that builds the network, recorded for the CLI).
@@ -95,7 +97,8 @@ class Tracker:
                  min_dendrites: int = 0, add_dendrites: bool = True,
                  max_epochs: int | None = None, out_dir: str | Path | None = None,
                  checkpoint_every: int | None = None, plot: bool = True,
-                 net_factory: str | None = None) -> None:
+                 net_factory: str | None = None, dendrite_tries: int = 1,
+                 plateau: str = "max") -> None:
         if not isinstance(model, PerforatedModel):
             raise TypeError(f"Tracker needs a PerforatedModel (pf.perforate(net)), got "
                             f"{type(model).__name__}")
@@ -125,7 +128,8 @@ class Tracker:
                                  improvement_threshold=improvement_threshold,
                                  correlation_threshold=correlation_threshold,
                                  min_dendrites=min_dendrites, add_dendrites=add_dendrites,
-                                 max_epochs=max_epochs)
+                                 max_epochs=max_epochs, dendrite_tries=dendrite_tries,
+                                 plateau=plateau)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.checkpoint_every = checkpoint_every
         self.plot = bool(plot)
@@ -275,13 +279,16 @@ class Tracker:
             reports = self.model.end_epoch()
             improvement = max((r.improvement for r in reports.values()), default=0.0)
             best = torch.cat([r.best_corr.reshape(-1) for r in reports.values()])
+            gains = [(r.mean_improvement, r.best_corr.numel()) for r in reports.values()]
+            total = sum(n for _, n in gains)
+            mean_gain = sum(g * n for g, n in gains) / total if total else 0.0
             corr = float(best.mean()) if best.numel() else 0.0
             for key, value in self._restored_scores.items():
                 if key in scores and scores[key] is None:
                     scores[key] = value
                 elif key in self.extra_names and key not in extras:
                     extras[key] = value
-            decision = self.schedule.dendrite_epoch(improvement)
+            decision = self.schedule.dendrite_epoch(improvement, mean_gain)
         self._cycle_seconds += seconds
         event = decision.action
         row = {"epoch": self.schedule.epoch, "phase": phase, "cycle": cycle,
@@ -294,17 +301,14 @@ class Tracker:
         restructured = event != CONTINUE
         if decision.cycle_ended:
             self._end_cycle()
-        if event == GROW:
-            self.model.begin_dendrite_phase()
-            self.optimizer, self.scheduler = self.model.candidate_optimizer(), None
-        elif event == RESTART:
+        if event == RETRY:
+            self._restore_best(drop_set=self.schedule.add_dendrites)
+        if event in (GROW, RETRY) and self.schedule.add_dendrites:
+            self._grow()
+        elif event in (RESTART, RETRY):
             self._begin_cycle()
         elif event == INSTALL:
-            stats = self.model.end_dendrite_phase()
-            self.dendrite_phases.append({
-                "set": self.model.num_dendrites, "epochs": self.schedule.dendrite_epochs,
-                "end_epoch": self.schedule.epoch, "reason": decision.reason, "layers": stats})
-            self._begin_cycle()
+            self._install(self.model.end_dendrite_phase(), decision.reason)
         elif event == STOP:
             self._finish()
         if restructured and event != STOP:  # _finish logs the stop
@@ -367,6 +371,35 @@ class Tracker:
         if result.improved:
             self._best_snapshot, self._cycle_snapshot = self._cycle_snapshot, None
         self._cycle_seconds = 0.0
+
+    def _grow(self) -> None:
+        """Begin a dendrite phase, or add the set at once when candidates are not trained."""
+        attempt = self.schedule.failed_tries
+        if self.model.trains_candidates:
+            self.model.begin_dendrite_phase(attempt)
+            self.optimizer, self.scheduler = self.model.candidate_optimizer(), None
+            return
+        stats = self.model.grow(attempt)
+        self._install(stats, self.schedule.skip_dendrite_phase().reason)
+
+    def _install(self, stats: dict[str, dict[str, float]], reason: str) -> None:
+        self.dendrite_phases.append({
+            "set": self.model.num_dendrites, "epochs": self.schedule.dendrite_epochs,
+            "end_epoch": self.schedule.epoch, "reason": reason, "layers": stats})
+        self._begin_cycle()
+
+    def _restore_best(self, *, drop_set: bool) -> None:
+        """A retry: back to the best cycle's architecture (dropping the set that did not
+        improve) and weights; dendrite epochs then record the best cycle's scores."""
+        final = self.final_architecture
+        if final is None or self._best_snapshot is None:  # pragma: no cover
+            raise RuntimeError("no completed cycle to retry from")
+        while drop_set and self.model.num_dendrites > final["dendrites"]:
+            self.model.remove_last_dendrites()
+        self.model.load_state_dict(self._best_snapshot)
+        self._restored_scores = {"train": final["train_at_best_val"], "val": final["best_val"],
+                                 "test": final["test_at_best_val"],
+                                 **{k: final.get(f"{k}_at_best_val") for k in self.extra_names}}
 
     def _begin_cycle(self) -> None:
         self._params = self.model.count_parameters()

@@ -12,7 +12,10 @@ Variants are configurations, not forks (algorithm.md, Figure 7 and "Controls"):
 ``pb-backbone``    dendrites on every layer but the output layer
 ``cc-no-perf``     Cascade-Correlation dendrites without perforation
 ``gd``             dendrites trained by gradient descent on the task loss
+``plain``          the plain network, one cycle (a point of the width frontier)
 =================  =========================================================================
+
+An experiment may add variants of its own (`Experiment.overrides`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ VARIANTS: dict[str, str] = {
     "pb-backbone": "PB only backbone",
     "cc-no-perf": "CC no perforation",
     "gd": "GD dendrites",
+    "plain": "plain network, one cycle (width frontier)",
 }
 
 
@@ -93,6 +97,18 @@ class Experiment:
     """Extra sweep axes (e.g. ``{"width": (0.125, 0.25)}``), part of each run's identity."""
     variant_options: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
     """Per-variant sweep axes replacing `options` (e.g. PB only on the narrow widths)."""
+    overrides: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Variants of this experiment's own: ``{variant: {"config": {...}, "tracker": {...}}}``
+    (PerforationConfig fields and Tracker arguments); other variants use `config_overrides`."""
+
+    def variant_settings(self, variant: str, head: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(PerforationConfig fields, Tracker arguments) of `variant`."""
+        if variant in self.overrides:
+            own = self.overrides[variant]
+            return dict(own.get("config", {})), dict(own.get("tracker", {}))
+        if variant == "plain":
+            return {}, {}
+        return config_overrides(variant, head), {}
 
     def option_grid(self, variant: str) -> list[dict[str, Any]]:
         """Every options combination `variant` runs with ([{}] when there are no axes)."""

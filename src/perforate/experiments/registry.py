@@ -7,9 +7,9 @@ from .base import Experiment
 
 def experiments() -> dict[str, Experiment]:
     """{name: Experiment}, imported lazily (each spec pulls its own data code)."""
-    from .specs import ablation, fashion_mnist
+    from .specs import ablation, fashion_mnist, frontier
 
-    found = [fashion_mnist.EXPERIMENT, ablation.EXPERIMENT]
+    found = [fashion_mnist.EXPERIMENT, ablation.EXPERIMENT, frontier.EXPERIMENT]
     for module in ("tox21", "physionet", "timing"):
         try:
             spec = __import__(f"{__package__}.specs.{module}", fromlist=["EXPERIMENT"])

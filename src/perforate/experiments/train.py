@@ -20,7 +20,7 @@ from ..config import PerforationConfig
 from ..fit import fit, predict
 from ..metrics import metric_name
 from ..model import perforate
-from .base import Experiment, Setup, config_overrides
+from .base import Experiment, Setup
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +100,14 @@ def run_one(experiment: Experiment, variant: str, seed: int, *, quick: bool = Fa
         width = match_width(setup.make_net, target, base=setup.width)
     seed_everything(seed)
     net = setup.make_net(width).to(device)
-    config = PerforationConfig(seed=seed, **{**setup.config,
-                                             **config_overrides(variant, setup.head)})
+    config_fields, tracker_fields = experiment.variant_settings(variant, setup.head)
+    config = PerforationConfig(seed=seed, **{**setup.config, **config_fields})
     model = perforate(net, config)
-    tracker_kwargs = dict(setup.tracker_kwargs)
-    if variant in ("restart", "width"):
+    tracker_kwargs = {**setup.tracker_kwargs, **tracker_fields}
+    if variant in ("restart", "width", "plain"):
         tracker_kwargs["add_dendrites"] = False
+    if variant == "plain":
+        tracker_kwargs["max_dendrites"] = 0
     start = time.perf_counter()
     tracker = fit(model, setup.train, setup.val, setup.loss_fn, setup.optimizer_factory,
                   test_loader=setup.test, metric=setup.metric,

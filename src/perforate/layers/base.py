@@ -12,6 +12,8 @@ In the dendrite phase a `CandidatePool` is attached and the output is routed thr
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -37,13 +39,21 @@ class DendriteLayer(nn.Module):
         w = base_layer.weight
         n, shape = self.geometry.num_neurons, self.geometry.neuron_weight_shape
         kw = {"device": w.device, "dtype": w.dtype}
-        # Frozen dendrite sets, stacked: V [D, N, *w], bias [D, N], cascade C [D, D, N]
-        # (C[j, i] for i < j is the weight from dendrite i to dendrite j of each neuron).
-        self.register_buffer("dendrite_weight", torch.zeros(0, n, *shape, **kw))
-        self.register_buffer("dendrite_bias", torch.zeros(0, n, **kw))
-        self.register_buffer("cascade_weight", torch.zeros(0, 0, n, **kw))
-        # Output weights a [D, N]: trained by the user's optimizer in the neuron phase.
+        # Installed dendrite sets, stacked: V [D, N, *w], bias [D, N], cascade C [D, D, N]
+        # (C[j, i] for i < j is the weight from dendrite i to dendrite j of each neuron), and
+        # the output weights a [D, N]. All four are parameters whose identity never changes:
+        # an install or a removal resizes them in place (`_assign`), so an optimizer, EMA or
+        # DDP built earlier still holds them. a is trained in the neuron phase; V, bias and C
+        # only with `config.train_dendrites` (else frozen: requires_grad=False).
+        trained = config.train_dendrites
+        self.dendrite_weight = nn.Parameter(torch.zeros(0, n, *shape, **kw), trained)
+        self.dendrite_bias = nn.Parameter(torch.zeros(0, n, **kw), trained)
+        self.cascade_weight = nn.Parameter(torch.zeros(0, 0, n, **kw), trained)
         self.output_weight = nn.Parameter(torch.zeros(0, n, **kw))
+        # With `config.dendrite_inputs`, each dendrite sees a subset of its neuron's inputs:
+        # a 0/1 mask on V (same shape), whose zeros are neither used nor counted.
+        self.register_buffer("dendrite_mask", torch.zeros(0, n, *shape, **kw)
+                             if config.dendrite_inputs else None)
         self.candidates: CandidatePool | None = None
 
     # ----------------------------------------------------------------------------- structure
@@ -55,10 +65,18 @@ class DendriteLayer(nn.Module):
     def num_neurons(self) -> int:
         return self.geometry.num_neurons
 
+    def dendrite_parameters(self) -> list[nn.Parameter]:
+        """The installed dendrites' parameters: V, bias, cascade C and output weights a."""
+        return [self.dendrite_weight, self.dendrite_bias, self.cascade_weight,
+                self.output_weight]
+
     def dendrite_parameter_count(self) -> int:
-        """Deployable parameters the dendrites add: V, biases, used cascade entries, a."""
+        """Deployable parameters the dendrites add: V (its used entries), biases, used
+        cascade entries, a."""
         d, n = self.num_dendrites, self.num_neurons
-        return self.dendrite_weight.numel() + d * n + d * (d - 1) // 2 * n + d * n
+        v = self.dendrite_weight.numel() if self.dendrite_mask is None \
+            else int(self.dendrite_mask.count_nonzero())
+        return v + d * n + d * (d - 1) // 2 * n + d * n
 
     def extra_repr(self) -> str:
         k = self.candidates.num_candidates if self.candidates is not None else 0
@@ -94,21 +112,18 @@ class DendriteLayer(nn.Module):
         cascade then adds ``C_j[:, i] * h_i`` for i < j.
         """
         geo = self.geometry
-        pre = geo.stacked(x, self.dendrite_weight, self.dendrite_bias)
+        weight = self.dendrite_weight
+        if self.dendrite_mask is not None and weight.requires_grad:
+            weight = weight * self.dendrite_mask  # trained: keep the unseen inputs at zero
+        pre = geo.stacked(x, weight, self.dendrite_bias)
+        inplace = self._activation_ is not None \
+            and not (pre.requires_grad and torch.is_grad_enabled())
         hs: list[Tensor] = []
-        if self._activation_ is not None and not (pre.requires_grad and torch.is_grad_enabled()):
-            # No autograd through the dendrites (perforated): work in place on `pre`.
-            for j in range(self.num_dendrites):
-                u = pre.select(geo.set_dim, j)
-                for i, h_i in enumerate(hs):
-                    u.addcmul_(geo.expand(self.cascade_weight[j, i]), h_i)
-                hs.append(self._activation_(u))
-            return hs
         for j in range(self.num_dendrites):
-            u = pre.select(geo.set_dim, j)
-            for i, h_i in enumerate(hs):
-                u = torch.addcmul(u, geo.expand(self.cascade_weight[j, i]), h_i)
-            hs.append(self.activation(u))
+            u = geo.cascade(pre.select(geo.set_dim, j), self.cascade_weight[j], hs,
+                            inplace=inplace)
+            # No autograd through the dendrites (perforated, frozen): in place on `pre`.
+            hs.append(self._activation_(u) if inplace else self.activation(u))  # type: ignore[misc]
         return hs
 
     # ------------------------------------------------------------------------ dendrite phase
@@ -132,22 +147,23 @@ class DendriteLayer(nn.Module):
 
     @torch.no_grad()
     def install(self, winners: Winners) -> None:
-        """Append one frozen dendrite set built from per-neuron winners."""
+        """Append one dendrite set built from per-neuron winners."""
         d, n = self.num_dendrites, self.num_neurons
         ref = self.dendrite_bias
-        self.dendrite_weight = torch.cat([self.dendrite_weight, winners.weight.unsqueeze(0)])
-        self.dendrite_bias = torch.cat([self.dendrite_bias, winners.bias.unsqueeze(0)])
         cascade = ref.new_zeros(d + 1, d + 1, n)
         cascade[:d, :d] = self.cascade_weight
         cascade[d, :d] = winners.cascade
-        self.cascade_weight = cascade
         if winners.output is not None:
             a_new = winners.output
         elif self.config.output_init == "signed":
             a_new = -winners.sign * self.config.output_init_eps
         else:
             a_new = ref.new_zeros(n)
-        self._set_output_weight(torch.cat([self.output_weight.detach(), a_new.unsqueeze(0)]))
+        self._assign(torch.cat([self.dendrite_weight, winners.weight.unsqueeze(0)]),
+                     torch.cat([self.dendrite_bias, winners.bias.unsqueeze(0)]), cascade,
+                     torch.cat([self.output_weight, a_new.unsqueeze(0)]))
+        if self.dendrite_mask is not None:
+            self.dendrite_mask = torch.cat([self.dendrite_mask, winners.mask.unsqueeze(0)])
 
     @torch.no_grad()
     def remove_last(self) -> None:
@@ -155,21 +171,58 @@ class DendriteLayer(nn.Module):
         d = self.num_dendrites
         if d == 0:
             raise PhaseError("no dendrite set to remove")
-        self.dendrite_weight = self.dendrite_weight[: d - 1].clone()
-        self.dendrite_bias = self.dendrite_bias[: d - 1].clone()
-        self.cascade_weight = self.cascade_weight[: d - 1, : d - 1].clone()
-        self._set_output_weight(self.output_weight.detach()[: d - 1].clone())
+        self._assign(self.dendrite_weight[: d - 1], self.dendrite_bias[: d - 1],
+                     self.cascade_weight[: d - 1, : d - 1], self.output_weight[: d - 1])
+        if self.dendrite_mask is not None:
+            self.dendrite_mask = self.dendrite_mask[: d - 1].clone()
 
     @torch.no_grad()
     def resize(self, num_dendrites: int) -> None:
         """Allocate `num_dendrites` zero sets (to load saved weights into)."""
-        ref, n = self.dendrite_bias, self.num_neurons
-        d = num_dendrites
-        self.dendrite_weight = ref.new_zeros(d, n, *self.geometry.neuron_weight_shape)
-        self.dendrite_bias = ref.new_zeros(d, n)
-        self.cascade_weight = ref.new_zeros(d, d, n)
-        self._set_output_weight(ref.new_zeros(d, n))
+        if self.candidates is not None:
+            raise PhaseError("cannot resize the dendrites of a layer in the dendrite phase")
+        ref, n, d = self.dendrite_bias, self.num_neurons, num_dendrites
+        weight = ref.new_zeros(d, n, *self.geometry.neuron_weight_shape)
+        self._assign(weight, ref.new_zeros(d, n), ref.new_zeros(d, d, n), ref.new_zeros(d, n))
+        if self.dendrite_mask is not None:
+            self.dendrite_mask = torch.zeros_like(weight)
 
-    def _set_output_weight(self, value: Tensor) -> None:
-        requires_grad = self.output_weight.requires_grad
-        self.output_weight = nn.Parameter(value, requires_grad=requires_grad)
+    def _assign(self, weight: Tensor, bias: Tensor, cascade: Tensor, output: Tensor) -> None:
+        """Give the four dendrite parameters new values (and shapes), keeping their identity."""
+        for param, value in zip(self.dendrite_parameters(), (weight, bias, cascade, output),
+                                strict=True):
+            value = value.detach().clone()
+            if param.shape != value.shape:
+                # `.data =` forgets the parameter's cached gradient accumulator only on a dtype
+                # or device change; one kept alive by a graph the caller still holds (the last
+                # batch's loss) would reject the new shape in the next backward.
+                other = torch.float32 if value.dtype == torch.float64 else torch.float64
+                param.data = value.to(other)
+            param.data = value
+            param.grad = None
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any, **kwargs: Any) -> None:
+        """Let ``load_state_dict`` take (a) a state with another number of dendrite sets: the
+        layer is resized to it; (b) the plain layer's own state (``weight``, ``bias``, ...,
+        from a checkpoint of the network before `perforate`): it goes to ``base_layer`` and
+        the layer keeps no dendrites."""
+        for key in self.base_layer.state_dict():
+            plain, wrapped = prefix + key, f"{prefix}base_layer.{key}"
+            if plain in state_dict and wrapped not in state_dict:
+                state_dict[wrapped] = state_dict.pop(plain)
+        incoming = state_dict.get(prefix + "dendrite_bias")
+        if incoming is not None and incoming.shape[0] != self.num_dendrites:
+            self.resize(incoming.shape[0])
+        elif incoming is None and self.num_dendrites == 0 and \
+                f"{prefix}base_layer.weight" in state_dict:
+            for name, value in self._dendrite_state().items():  # a plain layer's checkpoint
+                state_dict.setdefault(prefix + name, value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _dendrite_state(self) -> dict[str, Tensor]:
+        names = ["dendrite_weight", "dendrite_bias", "cascade_weight", "output_weight"]
+        if self.dendrite_mask is not None:
+            names.append("dendrite_mask")
+        return {name: getattr(self, name).detach() for name in names}
+

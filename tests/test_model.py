@@ -67,9 +67,9 @@ def test_training_state_round_trip_in_the_dendrite_phase() -> None:
     for (k, v), (k2, v2) in zip(model.state_dict().items(), other.state_dict().items(),
                                 strict=True):
         assert k == k2 and torch.equal(v, v2), k
+    frozen_sets = ("dendrite_weight", "dendrite_bias", "cascade_weight")
     for (n, p), p2 in zip(model.named_parameters(), other.parameters(), strict=True):
-        assert p.requires_grad == p2.requires_grad == ("output_weight" in n or
-                                                       "dendrite" not in n and "cascade" not in n), n
+        assert p.requires_grad == p2.requires_grad == (not n.endswith(frozen_sets)), n
 
 
 def test_load_training_state_rejects_other_structure() -> None:

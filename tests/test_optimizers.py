@@ -192,3 +192,20 @@ def test_scheduler_interval_is_checked():
                    lambda o: ReduceLROnPlateau(o), scheduler_interval="batch")
     with pytest.raises(TypeError, match="scheduler_factory"):
         pf.Tracker(tiny_model(), lambda p: torch.optim.SGD(p, lr=0.1), "cosine")
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_a_checkpoint_without_scheduler_interval_resumes_per_epoch(tmp_path):
+    """Checkpoints written before scheduler_interval existed (same format version) load."""
+    model = tiny_model()
+    tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, lr=1.0),
+                         lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5))
+    tracker.step(0.5)
+    tracker.save_checkpoint(tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del state["settings"]["scheduler_interval"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    resumed = pf.resume(tmp_path, make_net(), lambda p: torch.optim.SGD(p, lr=1.0),
+                        lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5))
+    assert resumed.scheduler_interval == "epoch"
+    assert resumed.optimizer.param_groups[0]["lr"] == 0.5

@@ -224,3 +224,39 @@ def test_inplace_activation_after_a_wrapped_layer_gives_the_same_gradients() -> 
     for a, b in zip(*grads, strict=True):
         assert a.abs().sum() > 0
         assert torch.equal(a, b)
+
+
+def _error_scale_run(normalize: bool, batches):
+    """One wrapped Linear(4, 3); loss = sum(z * g), so each neuron's error is exactly g."""
+    torch.manual_seed(0)
+    model = pf.perforate(nn.Sequential(nn.Linear(4, 3)),
+                         pf.PerforationConfig(seed=0, normalize_error=normalize))
+    model.begin_dendrite_phase()
+    pool = model.net[0].candidates
+    out = []
+    for x, g in batches:
+        pool.zero_grad()
+        (model(x) * g).sum().backward()
+        out.append((pool.error_var.clone(), pool.weight.grad.clone(), pool.bias.grad.clone()))
+    return out
+
+
+def test_running_error_scale_after_the_first_and_second_batch() -> None:
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(16, 4, generator=gen), torch.randn(16, 3, generator=gen) * scale)
+               for scale in (1.0, 3.0)]
+    normalized = _error_scale_run(True, batches)
+    plain = _error_scale_run(False, batches)
+    m = pf.PerforationConfig().running_momentum
+    var1 = batches[0][1].var(0, unbiased=False)
+    var2 = batches[1][1].var(0, unbiased=False)
+    expected = [var1, m * var1 + (1 - m) * var2]  # the first batch initialises the EMA
+    for (error_var, w_grad, b_grad), (_, w_plain, b_plain), want in zip(
+            normalized, plain, expected, strict=True):
+        torch.testing.assert_close(error_var, want, rtol=1e-5, atol=1e-7)
+        # the candidate gradient is the unnormalised one times rsqrt(error_var), per neuron
+        inv_s = want.rsqrt()  # [N]
+        torch.testing.assert_close(w_grad, w_plain * inv_s[None, :, None], rtol=1e-4,
+                                   atol=1e-7)
+        torch.testing.assert_close(b_grad, b_plain * inv_s[None, :], rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(expected[1], var2) and not torch.allclose(expected[1], var1)

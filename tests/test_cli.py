@@ -122,7 +122,7 @@ def test_export_mid_run_uses_best_weights_so_far(capsys, tmp_path):
     x = torch.rand(5, 64)
     ref = digits_mlp()
     ref.load_state_dict({k.removeprefix("net.").replace("base_layer.", ""): v
-                         for k, v in tracker._best_snapshot.items() if "base_layer." in k})
+                         for k, v in tracker.snapshots.best.items() if "base_layer." in k})
     assert torch.allclose(torch.jit.load(str(out))(x), ref(x), atol=1e-6)
 
 

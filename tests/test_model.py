@@ -85,3 +85,25 @@ def test_logs_instead_of_printing(caplog: pytest.LogCaptureFixture, capsys) -> N
         model.begin_dendrite_phase()
     assert "perforated 3 layer(s)" in caplog.text
     assert capsys.readouterr().out == ""
+
+
+def test_signed_output_init_is_minus_the_sign_of_the_correlation_times_eps() -> None:
+    torch.manual_seed(0)
+    eps = 0.05
+    model = pf.perforate(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)),
+                         pf.PerforationConfig(seed=0, output_init="signed", output_init_eps=eps))
+    model.begin_dendrite_phase()
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 4, generator=gen), torch.randint(0, 3, (64,), generator=gen)
+    nn.functional.cross_entropy(model(x), y).backward()  # one batch, no step: one epoch
+    signed = {n: m.candidates.correlations() for n, m in model.dendrite_layers().items()}
+    model.end_dendrite_phase()
+    for name, layer in model.dendrite_layers().items():
+        corr = signed[name]  # [K, N] signed Pearson of each candidate with its neuron's error
+        best = corr.gather(0, corr.abs().argmax(0, keepdim=True)).squeeze(0)  # [N]
+        assert bool((best != 0).all())
+        torch.testing.assert_close(layer.output_weight[-1].detach(),
+                                   (-torch.sign(best) * eps).float())
+    signs = torch.cat([torch.sign(layer.output_weight[-1].detach())
+                       for layer in model.dendrite_layers().values()])
+    assert {-1.0, 1.0} <= set(signs.tolist())  # both signs occur: the sign is per neuron

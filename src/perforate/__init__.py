@@ -24,5 +24,7 @@ from . import metrics
 from .fit import fit, predict
 from .schedule import Schedule
 from .tracker import Decision, Tracker, resume
+from .training import param_groups
 
-__all__ += ["Decision", "Schedule", "Tracker", "fit", "metrics", "predict", "resume"]
+__all__ += ["Decision", "Schedule", "Tracker", "fit", "metrics", "param_groups", "predict",
+            "resume"]

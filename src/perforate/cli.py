@@ -201,11 +201,11 @@ def _net_factory_of(directory: Path, recorded: str | None, override: str | None)
 def load_for_export(directory: str | Path, net_spec: str | None = None) -> Any:
     """A neuron-phase `PerforatedModel` from a ``save_pretrained`` directory or a tracker
     checkpoint (the final model if the run is done, else the best weights so far)."""
-    from .config import PerforationConfig
-    from .model import perforate
-    from .serialization import CONFIG_FILE, check_structure
+    from .rebuild import rebuild
+    from .serialization import CONFIG_FILE
     from .serialization import load as load_pretrained
     from .tracker import NET_FILE, read_checkpoint
+    from .training.checkpoint import deployable_weights, saved_config
 
     src = Path(directory)
     if not src.exists():
@@ -221,24 +221,8 @@ def load_for_export(directory: str | Path, net_spec: str | None = None) -> Any:
         return load_pretrained(src, net)
     state = read_checkpoint(src)
     net = _build_net(_net_factory_of(src, state["settings"].get("net_factory"), net_spec))
-    model = perforate(net, PerforationConfig.from_dict(json.loads(state["config"])))
-    saved = state["model"]
-    structure, weights = saved["structure"], saved["state_dict"]
-    schedule = state["schedule"]
-    if not schedule["done"]:
-        if state["best_snapshot"] is not None:
-            d = state["architectures"][schedule["best_cycle"]]["dendrites"]
-            structure, weights = {n: d for n in structure}, state["best_snapshot"]
-        elif state["cycle_snapshot"] is not None:
-            weights = state["cycle_snapshot"]
-    check_structure(model, structure)
-    model.resize_dendrites(structure)
-    try:
-        model.load_state_dict({k: v for k, v in weights.items() if ".candidates." not in k})
-    except RuntimeError as exc:
-        raise CLIError(f"the checkpoint's weights do not fit {net_spec or 'the network'}: "
-                       f"{str(exc).splitlines()[0]}") from exc
-    return model
+    structure, weights = deployable_weights(state)
+    return rebuild(net, saved_config(state), structure=structure, weights=weights)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

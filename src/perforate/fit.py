@@ -76,6 +76,7 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
         test_loader: Iterable[Any] | None = None, metric: Metric = accuracy,
         decision_metric: Metric | None = None,
         scheduler_factory: SchedulerFactory | None = None,
+        scheduler_interval: str | None = None,
         tracker_kwargs: Mapping[str, Any] | None = None, tracker: Tracker | None = None,
         progress: bool = True, track_train: bool = True,
         on_epoch_end: Callable[[Tracker, Decision], None] | None = None) -> Tracker:
@@ -89,14 +90,24 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
     `decision_metric` (e.g. ``pf.metrics.neg_loss(loss_fn)``), decisions and the train/val/test
     columns use it and `metric` is recorded as extra scores ``train_<name>``, ``val_<name>``,
     ``test_<name>``. `track_train`: also score the training batches (their outputs are kept
-    for the epoch). `tracker`: continue a resumed run (then `optimizer_factory`,
-    `scheduler_factory` and `tracker_kwargs` are not used). `on_epoch_end(tracker, decision)`
+    for the epoch). `optimizer_factory(params)` gets a list of the trainable parameters that
+    also carries their names (``params.named``; see `perforate.param_groups`).
+    `scheduler_interval`: "epoch" (the default) or "batch" (the scheduler is stepped after
+    every neuron-phase optimizer step: OneCycleLR, warm-up); it is rebuilt fresh each neuron
+    cycle. `tracker`: continue a resumed run (then `optimizer_factory`, `scheduler_factory`,
+    `scheduler_interval` and `tracker_kwargs` are not used). `on_epoch_end(tracker, decision)`
     runs after each step. `progress=False` turns off the tqdm bars.
     """
     if tracker is None:
         if optimizer_factory is None:
             raise TypeError("fit() needs an optimizer_factory (or a resumed tracker)")
-        tracker = Tracker(model, optimizer_factory, scheduler_factory, **(tracker_kwargs or {}))
+        kwargs = dict(tracker_kwargs or {})
+        if scheduler_interval is not None:
+            if kwargs.get("scheduler_interval", scheduler_interval) != scheduler_interval:
+                raise ValueError("fit(): scheduler_interval and tracker_kwargs"
+                                 "['scheduler_interval'] differ")
+            kwargs["scheduler_interval"] = scheduler_interval
+        tracker = Tracker(model, optimizer_factory, scheduler_factory, **kwargs)
     elif tracker.model is not model:
         raise ValueError("fit(): tracker.model is not the model given (after pf.resume, pass "
                          "tracker.model)")
@@ -139,6 +150,7 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
                 loss = loss_fn(out, y)
                 loss.backward()
                 optimizer.step()
+                tracker.batch_step()
                 if track_train and not dendrite:
                     outs.append(out.detach())
                     ys.append(y)

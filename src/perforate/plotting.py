@@ -67,6 +67,17 @@ def _focus(ax: Any, history: list[dict[str, Any]], keys: list[str]) -> None:
 def plot_training(tracker: Any, path: str | Path, *, title: str | None = None) -> Path:
     """Draw the three panels of `tracker`'s run into `path` (PNG, written atomically)."""
     plt = _matplotlib()
+    fig = training_figure(tracker, title=title)
+    out = Path(path)
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+    return out
+
+
+def training_figure(tracker: Any, *, title: str | None = None) -> Any:
+    """The matplotlib figure of `plot_training` (the caller closes it): axes 0-2 are the
+    panels, a fourth (a twin of panel 1) holds extra scores if there are any."""
+    plt = _matplotlib()
     history, archs, phases = tracker.history, tracker.architectures, tracker.dendrite_phases
     fig, axes = plt.subplots(3, 1, figsize=(9, 11), gridspec_kw={"height_ratios": [3, 2, 2]})
     ax1, ax2, ax3 = axes
@@ -163,7 +174,4 @@ def plot_training(tracker: Any, path: str | Path, *, title: str | None = None) -
     ax3.grid(alpha=0.3, axis="y")
 
     fig.tight_layout()
-    out = Path(path)
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
-    return out
+    return fig

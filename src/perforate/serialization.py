@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import PerforationConfig
 from .errors import LoadError
 
 CONFIG_FILE = "perforate_config.json"
@@ -86,8 +85,7 @@ def load(directory: str | Path, net: nn.Module, *, registry: Any = None,
 
     Raises `LoadError` naming the first mismatching layer or key if `net` differs.
     """
-    from .errors import TargetError
-    from .model import perforate
+    from .rebuild import rebuild
 
     st = _safetensors()
     src = Path(directory)
@@ -100,34 +98,12 @@ def load(directory: str | Path, net: nn.Module, *, registry: Any = None,
     if meta.get("format") != "perforate" or meta.get("format_version") != FORMAT_VERSION:
         raise LoadError(f"{src / CONFIG_FILE}: unsupported format "
                         f"{meta.get('format')!r} v{meta.get('format_version')!r}")
-    config = PerforationConfig.from_dict(meta["config"])
     try:
-        model = perforate(net, config, registry=registry)
-    except TargetError as exc:
-        raise LoadError(f"the network does not fit the saved model: {exc}") from exc
-    structure = {n: int(v["num_dendrites"]) for n, v in meta["layers"].items()}
-    check_structure(model, structure)
-    model.resize_dendrites(structure)
-    target = str(device) if device is not None else "cpu"
-    try:
-        tensors = st.load_file(str(src / WEIGHTS_FILE), device=target)
+        tensors = st.load_file(str(src / WEIGHTS_FILE), device="cpu")
     except FileNotFoundError:
         raise LoadError(f"{src} holds no {WEIGHTS_FILE}") from None
     for alias, name in meta.get("aliases", {}).items():
         tensors[alias] = tensors[name]
-    expected = model.net.state_dict()
-    # Report the network's own weights before the dendrites' (they explain a mismatch better).
-    dendrite_keys = ("output_weight", "dendrite_weight", "dendrite_bias", "cascade_weight")
-    for key, value in sorted(expected.items(), key=lambda kv: kv[0].endswith(dendrite_keys)):
-        if key not in tensors:
-            raise LoadError(f"saved weights lack {key!r}: the network differs from the saved one")
-        if tuple(tensors[key].shape) != tuple(value.shape):
-            raise LoadError(f"{key!r}: saved shape {tuple(tensors[key].shape)}, this network has "
-                            f"{tuple(value.shape)}")
-    for key in tensors:
-        if key not in expected:
-            raise LoadError(f"saved weights hold {key!r}, which this network does not have")
-    model.net.load_state_dict(tensors, strict=True)
-    if device is not None:
-        model.to(device)
-    return model
+    structure = {n: int(v["num_dendrites"]) for n, v in meta["layers"].items()}
+    return rebuild(net, meta["config"], structure=structure, weights=tensors,
+                   registry=registry, device=device)

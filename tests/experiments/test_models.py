@@ -1,3 +1,4 @@
+import copy
 import math
 import subprocess
 import sys
@@ -56,10 +57,16 @@ def test_mnist_cnn_is_the_pytorch_example():
     assert model.fc1.in_features == 9216 and model.fc2.out_features == 10
     assert (model.dropout1.p, model.dropout2.p) == (0.25, 0.5)
     assert count_parameters(MnistCNN(num_classes=47)) == 1_199_882 + 37 * 129
-    model.eval()
     x = torch.randn(2, 1, 28, 28)
-    assert torch.allclose(model(x), model(x))  # no dropout in eval; logits (not log-probs)
-    assert not torch.allclose(model(x).exp().sum(1), torch.ones(2))
+    # dropout is active in training and off in eval: eval equals the model without dropout
+    no_dropout = copy.deepcopy(model)
+    no_dropout.dropout1, no_dropout.dropout2 = nn.Identity(), nn.Identity()
+    out_train = model(x)
+    model.eval()
+    out_eval = model(x)
+    assert not torch.allclose(out_train, out_eval)
+    assert torch.allclose(out_eval, no_dropout(x))
+    assert not torch.allclose(out_eval.exp().sum(1), torch.ones(2))  # logits, not log-probs
 
 
 def test_fingerprint_mlp():

@@ -1,0 +1,18 @@
+"""The collaborators `perforate.Tracker` conducts, one job each.
+
+- `optimizers`: the neuron-phase optimizer and scheduler (fresh each cycle, stepped per epoch
+  or per batch) and parameter groups for the user's factory;
+- `snapshots`: copies of the best weights of the current cycle and of the best cycle;
+- `records`: the run's records (per epoch, per cycle, per dendrite phase) and score checks;
+- `rng`: random number generator states, global and the DataLoaders';
+- `checkpoint`: the checkpoint files (format, atomic write, read, the deployable weights).
+"""
+
+from .optimizers import (
+    OptimizerFactory,
+    SchedulerFactory,
+    TrainableParameters,
+    param_groups,
+)
+
+__all__ = ["OptimizerFactory", "SchedulerFactory", "TrainableParameters", "param_groups"]

@@ -54,25 +54,30 @@ def _assert_close_correlations(got: dict[str, torch.Tensor], ref: dict[str, torc
         assert (got[name] - ref[name]).abs().max() <= 1e-3, name
 
 
-def test_float16_autocast_with_grad_scaler_matches_float32() -> None:
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float16_autocast_with_grad_scaler_matches_float32(device: str) -> None:
     ref = _fp32_correlations(torch.float16)
-    model = _dendrite_phase(_net(torch.float16), torch.float16)
-    scaler = torch.amp.GradScaler("cpu")
+    model = _dendrite_phase(_net(torch.float16).to(device), torch.float16)
+    scaler = torch.amp.GradScaler(device)
     opt = model.candidate_optimizer()
     for group in opt.param_groups:
         group["lr"] = 0.0  # the candidates stay those of the float32 reference
     for x, y in _data(torch.float16):
         opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.float16):
-            out = model(x)
+        with torch.autocast(device, dtype=torch.float16):
+            out = model(x.to(device))
         assert out.dtype == torch.float16
-        scaler.scale(nn.functional.cross_entropy(out.float(), y)).backward()
+        scaler.scale(nn.functional.cross_entropy(out.float(), y.to(device))).backward()
         scaler.step(opt)
         scaler.update()
     assert scaler.get_scale() == 65536.0  # no overflow was seen: every batch counted
     grads = [layer.candidates.weight.grad for layer in model.dendrite_layers().values()]
     assert all(g is not None and bool(g.isfinite().all()) and g.abs().sum() > 0 for g in grads)
-    _assert_close_correlations(model.candidate_correlations(), ref)
+    _assert_close_correlations({k: v.cpu() for k, v in model.candidate_correlations().items()},
+                               ref)
     model.end_epoch()  # no NonFiniteError
 
 

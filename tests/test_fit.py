@@ -203,3 +203,50 @@ def test_fit_steps_a_one_cycle_scheduler_per_batch_like_a_plain_loop():
     # the history's lr (at the epoch's end) is the plain loop's after that epoch's batches
     first = [r for r in tracker.history if r["cycle"] == 0 and r["phase"] == "neuron"]
     assert [r["lr"] for r in first] == [plain[5 * e] for e in range(1, len(first) + 1)]
+
+def test_fit_scores_a_regression_with_the_loss_not_accuracy(caplog):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 6, generator=g)
+    y = x[:, :2] * 3.0 + 1.0  # float targets shaped like the outputs
+    train = DataLoader(TensorDataset(x[:64], y[:64]), batch_size=16)
+    val = DataLoader(TensorDataset(x[64:], y[64:]), batch_size=32)
+    m = model()
+    loss_fn = nn.MSELoss()
+    scores = []
+    with caplog.at_level("INFO", logger="perforate.fit"):
+        pf.fit(m, train, val, loss_fn, adam, progress=False,
+               tracker_kwargs={**KW, "max_dendrites": 0, "max_epochs": 3},
+               on_epoch_end=lambda t, d: scores.append(
+                   (t.history[-1]["val"], -float(loss_fn(*pf.predict(m, val))), d.event)))
+    assert "floating-point targets: scoring with -loss_fn" in caplog.text
+    assert len(scores) == 3
+    for val_score, expected, event in scores:
+        assert val_score < 0
+        if event == "continue":  # (a stop restores the best weights)
+            assert val_score == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="regression"):
+        pf.fit(model(), train, val, loss_fn, adam, metric=metrics.accuracy, progress=False,
+               tracker_kwargs={**KW, "max_epochs": 1})
+
+
+def test_fit_scores_class_indices_with_accuracy(caplog):
+    train, val, _ = loaders()
+    m = model()
+    scores = []
+    with caplog.at_level("INFO", logger="perforate.fit"):
+        pf.fit(m, train, val, nn.CrossEntropyLoss(), adam, progress=False,
+               tracker_kwargs={**KW, "max_dendrites": 0, "max_epochs": 2},
+               on_epoch_end=lambda t, d: scores.append(
+                   (t.history[-1]["val"], metrics.accuracy(*pf.predict(m, val)), d.event)))
+    assert "integer class targets: scoring with accuracy" in caplog.text
+    assert scores[0][2] == "continue" and scores[0][0] == scores[0][1]
+
+
+def test_task_metric():
+    loss_fn = nn.MSELoss()
+    assert metrics.task_metric(torch.tensor([0, 2]), loss_fn) is metrics.accuracy
+    assert metrics.task_metric(torch.tensor([True]), loss_fn) is metrics.accuracy
+    f = metrics.task_metric(torch.tensor([[0.5, 2.0]]), loss_fn)
+    assert f(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 2.0]])) == -0.5
+    with pytest.raises(ValueError, match="regression"):
+        metrics.accuracy(torch.tensor([[0.1, 0.9]]), torch.tensor([[0.0, 3.0]]))

@@ -8,6 +8,7 @@ adds the batch to the epoch's correlation sums, all on the device, with no host 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,10 @@ from torch import Tensor, nn
 from .config import PerforationConfig
 from .errors import NonFiniteError
 from .geometry import Geometry
-from .stats import CorrelationSums, accumulator_dtype
+from .masking import mask_for
+from .stats import CorrelationSums, ObservedBatch, accumulator_dtype
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -115,6 +119,8 @@ class CandidatePool(nn.Module):
         self.register_buffer("best_mask", torch.zeros(n, *w_shape, dtype=ref.dtype, device=dev)
                              if self.mask is not None else None)
         self.register_buffer("epochs", torch.zeros((), dtype=torch.long, device=dev))
+        # Batches left out of this epoch's statistics for a non-finite error (loss scaling).
+        self.register_buffer("skipped", torch.zeros((), dtype=torch.long, device=dev))
 
     @property
     def num_candidates(self) -> int:
@@ -138,20 +144,26 @@ class CandidatePool(nn.Module):
         return ErrorTap.apply(z, c, self)
 
     @torch.no_grad()
-    def observe(self, c: Tensor, e: Tensor) -> Tensor | None:
+    def observe(self, c: Tensor, e: Tensor, mask: Tensor | None = None) -> Tensor | None:
         """Add a batch to the statistics; return the candidates' gradient dLoss_cc/dc.
 
-        ``c`` is the stacked candidate activation, ``e`` the neuron error dLoss/dz'. Only
-        device ops: no host sync. Few, fused ops, since this runs per layer per batch.
-        objective="covariance": ``-sigma (e - ē) / s`` (eq. 3.4); "correlation": the gradient
-        of ``-P |r|`` with r the batch's Pearson correlation of c and e (P positions).
+        ``c`` is the stacked candidate activation, ``e`` the neuron error dLoss/dz', ``mask``
+        the sample positions that count (`perforate.masking`). Only device ops: no host sync.
+        Few, fused ops, since this runs per layer per batch. objective="covariance":
+        ``-sigma (e - ē) / s`` (eq. 3.4); "correlation": the gradient of ``-P |r|`` with r the
+        batch's Pearson correlation of c and e (P positions).
         """
         geo, cfg = self.geometry, self.config
-        p = e.numel() // geo.num_neurons  # sample positions in this batch
+        # Numerics first: float32+ statistics, masked positions out, a batch with a non-finite
+        # (loss-scaled) error skipped; see `ObservedBatch`. Then the statistics proper.
+        batch = ObservedBatch.of(geo, c, e, mask)
+        c, e, p = batch.c, batch.e, batch.count
+        self.skipped += ~batch.finite
         sc, sc2 = geo.sums_stacked(c)
         sce = geo.sum_stacked(c * geo.unsqueeze_set(e))
         err = torch.stack([geo.sum_out(e), geo.sum_out(e * e)])
-        self.sums.add(p, torch.stack([sc, sc2, sce]), err)
+        self.sums.add(p, torch.stack([sc, sc2, sce]) * batch.finite, err)
+        valid, p = p > 0, p.clamp_min(1).float()  # a skipped or fully masked batch moves no EMA
 
         # Running statistics (float32): the error scale s_n and EMA means. The first batch
         # initialises them (weight 1), later ones move them by 1 - momentum.
@@ -160,39 +172,42 @@ class CandidatePool(nn.Module):
         mean_e_b = se / p
         var_e_b = (se2 / p - mean_e_b * mean_e_b).clamp_min(0)
         mean_c_b = sc / p
-        w = torch.where(self.seen == 0, 1.0, 1.0 - cfg.running_momentum)
+        w = torch.where(self.seen == 0, 1.0, 1.0 - cfg.running_momentum) * valid
         if cfg.centering == "running":  # the paper: centre with means of previous batches
             e_bar = torch.where(self.seen == 0, mean_e_b, self.mean_e)
             c_bar = torch.where(self.seen == 0, mean_c_b, self.mean_c)
         self.error_var.lerp_(var_e_b, w)
         self.mean_e.lerp_(mean_e_b, w)
         self.mean_c.lerp_(mean_c_b, w)
-        self.seen += 1
-        self.batches += 1
+        self.seen += valid
+        self.batches += valid
         if self.gd:
             return None
 
         # S[k, n] * s_n = sum_p (c - c̄)(e - ē)  (eq. 3.3)
         if cfg.centering == "batch" or cfg.objective == "correlation":
             e_bar = mean_e_b
-            s_raw = torch.addcmul(sce, sc, se, value=-1.0 / p)
+            s_raw = sce - sc * se / p
         else:
             s_raw = sce - c_bar * se - e_bar * sc + p * c_bar * e_bar
         self.cov.lerp_(s_raw / p, w)
         sign = torch.sign(self.cov if cfg.sign_source == "running" else s_raw)
-        centred_e = geo.unsqueeze_set(e - geo.expand(e_bar.to(e.dtype)))
+        centred_e = geo.unsqueeze_set(batch.centred_error(geo.expand(e_bar)))
         if cfg.objective == "correlation":
             var_c = (sc2 / p - mean_c_b * mean_c_b).clamp_min(cfg.min_candidate_variance)
             inv_e = torch.where(var_e_b > 0, var_e_b.rsqrt(), 0.0)
             a = -sign * var_c.rsqrt() * inv_e  # on the centred error
             b = sign * (s_raw / p) * var_c.pow(-1.5) * inv_e  # on the centred candidate
             centred_c = c - geo.expand(mean_c_b.to(c.dtype))
-            return torch.addcmul(geo.expand(a.to(c.dtype)) * centred_e,
+            if batch.keep is not None:
+                centred_c = torch.where(geo.unsqueeze_set(batch.keep), centred_c, 0.0)
+            grad = torch.addcmul(geo.expand(a.to(c.dtype)) * centred_e,
                                  geo.expand(b.to(c.dtype)), centred_c)
+            return grad.to(batch.dtype)
         scale = sign.neg_()
         if cfg.normalize_error:
             scale *= torch.where(self.error_var > 0, self.error_var.rsqrt(), 0.0)
-        return geo.expand(scale.to(c.dtype)) * centred_e
+        return (geo.expand(scale.to(centred_e.dtype)) * centred_e).to(batch.dtype)
 
     @torch.no_grad()
     def correlations(self) -> Tensor:
@@ -206,6 +221,7 @@ class CandidatePool(nn.Module):
         Only the rows of neurons whose best |corr| improved are copied (one host sync), so
         late epochs, where few neurons improve, cost little.
         """
+        self._check_skipped(layer_name)
         cov, var_c, _ = self.sums.moments()
         corr = self.correlations()
         epoch_best, k_star = corr.abs().max(dim=0)
@@ -247,9 +263,22 @@ class CandidatePool(nn.Module):
                            improvement=float(gains.max()) if gain.numel() else 0.0,
                            mean_improvement=float(gains.mean()) if gain.numel() else 0.0)
 
+    def _check_skipped(self, layer_name: str) -> None:
+        """Report the batches skipped for non-finite errors; raise if that was all of them."""
+        skipped = int(self.skipped)
+        if not skipped:
+            return
+        self.skipped.zero_()
+        if not bool(self.sums.count > 0):
+            raise NonFiniteError(
+                f"layer {layer_name!r}: every batch of the dendrite epoch had non-finite errors "
+                f"({skipped} skipped; check the loss for inf/nan)")
+        logger.info("layer %r: %d batch(es) with non-finite errors left out of the statistics "
+                    "(a loss scaler's overflow steps)", layer_name, skipped)
+
     def has_pending(self) -> bool:
-        """True if batches were seen since the last closed epoch."""
-        return bool(self.sums.count > 0)
+        """True if batches were seen (or skipped) since the last closed epoch."""
+        return bool(self.sums.count > 0) or bool(self.skipped > 0)
 
     def winners(self) -> Winners:
         """The per-neuron winners of the closed epochs, ready to install (with no candidate
@@ -283,6 +312,7 @@ class ErrorTap(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, c: Tensor, pool: CandidatePool) -> Tensor:  # type: ignore[override]
         ctx.pool = pool
+        ctx.mask = mask_for(pool.geometry.position_shape(z))  # read at forward time
         ctx.save_for_backward(c)
         # z is a fresh output that only this layer holds: declaring it "dirty" returns it
         # without a copy and without making it a view, so that in-place ops downstream
@@ -293,5 +323,5 @@ class ErrorTap(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:  # type: ignore[override]
         (c,) = ctx.saved_tensors
-        grad_c = ctx.pool.observe(c, grad)
+        grad_c = ctx.pool.observe(c, grad, ctx.mask)
         return grad, grad_c, None

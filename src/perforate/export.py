@@ -3,11 +3,24 @@
 Each dendrite layer becomes one fused layer of the same type that computes the neuron and all
 D dendrite pre-activations in a single call (``[W; V_1; ...; V_D]``), followed by the cascade.
 Layers without dendrites become their original module. The result needs no `perforate` import
-once scripted: ``torch.jit.save(torch.jit.script(pf.export(model)), path)``.
+once scripted: ``torch.jit.save(torch.jit.script(pf.export(model)), path)``, or write ONNX with
+``pf.export(model, format="onnx", path=..., example_inputs=(x,))``.
+
+- Tied weights stay tied: a layer whose weight or bias is shared with another module (an LM's
+  head tied to its embedding) keeps its own layer, with the shared parameter, and computes its
+  dendrites in a second call (``[V_1; ...; V_D]``). A layer used at several places stays one
+  module.
+- Backward works: the cascade works in place only when no gradient is recorded (no_grad,
+  inference_mode). The export computes the model's function, and its backward is the gradient
+  of that function: error flows through the dendrites as with ``perforated=False`` (perforation
+  is a training-time choice of the `PerforatedModel`). The output weights ``a`` are parameters.
 """
 
 import copy
-from typing import Final
+import importlib.util
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
 
 import torch
 from torch import Tensor, nn
@@ -15,64 +28,92 @@ from torch import Tensor, nn
 from .errors import PhaseError
 from .layers import ConvNd, DendriteLayer
 
+FORMATS = ("module", "onnx")
+
 
 class _FusedDendrites(nn.Module):
-    """Shared cascade: ``z + sum_j a_j * g(pre_j + sum_{i<j} C_j[:, i] * h_i)``."""
+    """Shared cascade: ``z + sum_j a_j * g(pre_j + sum_{i<j} C_j[:, i] * h_i)``.
+
+    ``fused`` computes the dendrite pre-activations, and the layer's own output too unless the
+    layer's parameters are shared (then ``base`` computes it and ``first`` is 0).
+    """
 
     num_dendrites: Final[int]
     num_neurons: Final[int]
     activation_name: Final[str]
+    first: Final[int]
 
-    def __init__(self, layer: DendriteLayer, fused: nn.Module) -> None:
+    def __init__(self, layer: DendriteLayer, fused: nn.Module, base: nn.Module | None,
+                 per_neuron: list[int]) -> None:
         super().__init__()
-        self.num_dendrites = layer.num_dendrites
-        self.num_neurons = layer.num_neurons
+        d, n = layer.num_dendrites, layer.num_neurons
+        self.num_dendrites = d
+        self.num_neurons = n
         self.activation_name = layer.config.dendrite_activation
+        self.first = 0 if base is not None else 1
         self.fused = fused
+        self.base = base if base is not None else nn.Identity()
         self.activation = copy.deepcopy(layer.activation)
+        self.register_buffer("cascade_weight",
+                             layer.cascade_weight.detach().reshape([d, d, n, *per_neuron]).clone())
+        self.output_weight = nn.Parameter(
+            layer.output_weight.detach().reshape([d, n, *per_neuron]).clone())
 
-    def _act(self, u: Tensor) -> Tensor:
-        # In place on a slice of the fused output (autograd-safe: nothing else reads it).
-        if self.activation_name == "tanh":
+    def _act(self, u: Tensor, inplace: bool) -> Tensor:
+        if inplace and self.activation_name == "tanh":
             return torch.tanh_(u)
-        if self.activation_name == "sigmoid":
+        if inplace and self.activation_name == "sigmoid":
             return torch.sigmoid_(u)
-        if self.activation_name == "relu":
+        if inplace and self.activation_name == "relu":
             return torch.relu_(u)
         return self.activation(u)
+
+    def _add_dendrites(self, out: Tensor, pre: list[Tensor]) -> Tensor:
+        """``out + sum_j a_j h_j`` from the dendrite pre-activations `pre` (views of one fused
+        output: in place only when autograd records nothing, as it may save them)."""
+        inplace = not (torch.is_grad_enabled() and (out.requires_grad or pre[0].requires_grad))
+        hs: list[Tensor] = []
+        for j in range(self.num_dendrites):
+            u = pre[j]
+            for i in range(j):
+                if inplace:
+                    u = u.addcmul_(self.cascade_weight[j, i], hs[i])
+                else:
+                    u = torch.addcmul(u, self.cascade_weight[j, i], hs[i])
+            h = self._act(u, inplace)
+            hs.append(h)
+            out = torch.addcmul(out, self.output_weight[j], h)
+        return out
+
+
+def _fused_copy(base: nn.Module, weight: Tensor, bias: Tensor) -> nn.Module:
+    """A copy of `base` (same operation and options) with other weights and bias."""
+    fused = copy.deepcopy(base)
+    fused.weight = nn.Parameter(weight.detach().clone())
+    fused.bias = nn.Parameter(bias.detach().clone())
+    return fused
 
 
 class DendriteLinearExport(_FusedDendrites):
     """Exported `nn.Linear` with dendrites (neurons on the last axis)."""
 
-    def __init__(self, layer: DendriteLayer) -> None:
+    def __init__(self, layer: DendriteLayer, tied: bool = False) -> None:
         base = layer.base_layer
         d, n = layer.num_dendrites, layer.num_neurons
-        fused = copy.deepcopy(base)
-        with torch.no_grad():
+        w, b = layer.dendrite_weight.reshape(d * n, -1), layer.dendrite_bias.reshape(-1)
+        if not tied:
             b0 = base.bias if base.bias is not None else base.weight.new_zeros(n)
-            fused.weight = nn.Parameter(torch.cat([base.weight, layer.dendrite_weight.reshape(
-                d * n, -1)]).detach().clone())
-            fused.bias = nn.Parameter(torch.cat([b0, layer.dendrite_bias.reshape(-1)]).detach()
-                                      .clone())
-        fused.out_features = (1 + d) * n
-        super().__init__(layer, fused)
-        self.register_buffer("cascade_weight", layer.cascade_weight.detach().clone())
-        self.register_buffer("output_weight", layer.output_weight.detach().clone())
+            w, b = torch.cat([base.weight, w]), torch.cat([b0, b])
+        fused = _fused_copy(base, w, b)
+        fused.out_features = w.shape[0]
+        super().__init__(layer, fused, base if tied else None, [])
 
     def forward(self, x: Tensor) -> Tensor:
-        n = self.num_neurons
+        n, f = self.num_neurons, self.first
         y = self.fused(x)
-        out = y[..., :n]
-        hs: list[Tensor] = []
-        for j in range(self.num_dendrites):
-            u = y[..., (j + 1) * n:(j + 2) * n]
-            for i in range(j):
-                u = u.addcmul_(self.cascade_weight[j, i], hs[i])
-            h = self._act(u)
-            hs.append(h)
-            out = torch.addcmul(out, self.output_weight[j], h)
-        return out
+        out = self.base(x) if f == 0 else y[..., :n]
+        pre = [y[..., (j + f) * n:(j + f + 1) * n] for j in range(self.num_dendrites)]
+        return self._add_dendrites(out, pre)
 
 
 class DendriteConvExport(_FusedDendrites):
@@ -81,73 +122,118 @@ class DendriteConvExport(_FusedDendrites):
     groups: Final[int]
     spatial: Final[int]
 
-    def __init__(self, layer: DendriteLayer) -> None:
+    def __init__(self, layer: DendriteLayer, tied: bool = False) -> None:
         base = layer.base_layer
-        d, n = layer.num_dendrites, layer.num_neurons
-        g = base.groups
-        s = d + 1
-        fused = copy.deepcopy(base)
-        with torch.no_grad():
+        n, g = layer.num_neurons, base.groups
+        w, b = layer.dendrite_weight, layer.dendrite_bias  # [D, N, ...], [D, N]
+        if not tied:
             b0 = base.bias if base.bias is not None else base.weight.new_zeros(n)
-            w = torch.cat([base.weight.unsqueeze(0), layer.dendrite_weight])  # [S, N, ...]
-            b = torch.cat([b0.unsqueeze(0), layer.dendrite_bias])  # [S, N]
-            if g > 1:  # output channels of a grouped conv come in contiguous group blocks
-                w = w.unflatten(1, (g, n // g)).transpose(0, 1)
-                b = b.unflatten(1, (g, n // g)).transpose(0, 1)
-            fused.weight = nn.Parameter(w.reshape(s * n, *w.shape[-base.weight.dim() + 1:])
-                                        .detach().clone())
-            fused.bias = nn.Parameter(b.reshape(-1).detach().clone())
+            w = torch.cat([base.weight.unsqueeze(0), w])  # [S, N, ...]
+            b = torch.cat([b0.unsqueeze(0), b])
+        s = w.shape[0]
+        if g > 1:  # output channels of a grouped conv come in contiguous group blocks
+            w = w.unflatten(1, (g, n // g)).transpose(0, 1)
+            b = b.unflatten(1, (g, n // g)).transpose(0, 1)
+        fused = _fused_copy(base, w.reshape(s * n, *base.weight.shape[1:]), b.reshape(-1))
         fused.out_channels = s * n
-        super().__init__(layer, fused)
+        spatial = len(base.kernel_size)
+        super().__init__(layer, fused, base if tied else None, [1] * spatial)
         self.groups = g
-        self.spatial = len(base.kernel_size)
-        shape = [d, d, n] + [1] * self.spatial
-        self.register_buffer("cascade_weight", layer.cascade_weight.detach().reshape(shape).clone())
-        self.register_buffer("output_weight",
-                             layer.output_weight.detach().reshape([d, n] + [1] * self.spatial)
-                             .clone())
+        self.spatial = spatial
 
     def forward(self, x: Tensor) -> Tensor:
         unbatched = x.dim() == self.spatial + 1
         if unbatched:
             x = x.unsqueeze(0)
-        n, s, g = self.num_neurons, self.num_dendrites + 1, self.groups
+        n, f, g = self.num_neurons, self.first, self.groups
+        s = self.num_dendrites + f  # sets in the fused output
         y = self.fused(x)
         sp = y.shape[2:]
         if g > 1:
             y = y.reshape([y.shape[0], g, s, n // g] + list(sp)).transpose(1, 2)  # noqa: RUF005 (TorchScript)
         y = y.reshape([y.shape[0], s, n] + list(sp))  # noqa: RUF005
-        out = y[:, 0]
-        hs: list[Tensor] = []
-        for j in range(self.num_dendrites):
-            u = y[:, j + 1]
-            for i in range(j):
-                u = u.addcmul_(self.cascade_weight[j, i], hs[i])
-            h = self._act(u)
-            hs.append(h)
-            out = torch.addcmul(out, self.output_weight[j], h)
+        out = self.base(x) if f == 0 else y[:, 0]
+        out = self._add_dendrites(out, [y[:, j + f] for j in range(self.num_dendrites)])
         if unbatched:
             out = out.squeeze(0)
         return out
 
 
-def export_layer(layer: DendriteLayer) -> nn.Module:
-    """The plain module that computes what `layer` computes (its base layer if D = 0)."""
+def export_layer(layer: DendriteLayer, tied: bool = False) -> nn.Module:
+    """The plain module that computes what `layer` computes (a copy of its base layer if D = 0).
+
+    `tied`: the base layer's parameters are shared with other modules; the result then keeps
+    (does not copy) the base layer, so the sharing survives.
+    """
     if layer.num_dendrites == 0:
-        return copy.deepcopy(layer.base_layer)
+        return layer.base_layer if tied else copy.deepcopy(layer.base_layer)
     if isinstance(layer, ConvNd):
-        return DendriteConvExport(layer)
-    return DendriteLinearExport(layer)
+        return DendriteConvExport(layer, tied)
+    return DendriteLinearExport(layer, tied)
 
 
-def export(model: nn.Module) -> nn.Module:
+def _shared_parameters(net: nn.Module) -> set[int]:
+    """ids of the parameters reachable at more than one place (tied weights, shared modules)."""
+    places: dict[int, set[str]] = {}
+    for name, m in net.named_modules(remove_duplicate=False):
+        for p in m.parameters(recurse=False):
+            places.setdefault(id(p), set()).add(name)
+    return {pid for pid, names in places.items() if len(names) > 1}
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model.net`` with every dendrite layer replaced by a plain module."""
     if getattr(model, "phase", "neuron") != "neuron":
         raise PhaseError("export() needs the neuron phase: end the dendrite phase first")
     from .model import _set_submodule
 
-    layers = model.dendrite_layers()
-    net = copy.deepcopy(model.net)
-    for name in layers:
-        _set_submodule(net, name, export_layer(net.get_submodule(name)))
+    net = copy.deepcopy(model.net)  # keeps ties: shared parameters are copied once
+    shared = _shared_parameters(net)
+    done: dict[int, nn.Module] = {}  # a layer used at several places stays one module
+    for name, layer in list(net.named_modules(remove_duplicate=False)):
+        if isinstance(layer, DendriteLayer):
+            if id(layer) not in done:
+                tied = any(id(p) in shared for p in layer.base_layer.parameters())
+                done[id(layer)] = export_layer(layer, tied)
+            _set_submodule(net, name, done[id(layer)])
+    return net
+
+
+def _export_onnx(net: nn.Module, path: str | Path | None, example_inputs: Any,
+                 onnx_kwargs: Mapping[str, Any]) -> Path:
+    if path is None or example_inputs is None:
+        raise TypeError('export(format="onnx") needs path= and example_inputs= (a tuple of '
+                        "the network's positional inputs)")
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"ONNX export needs {' and '.join(missing)}: "
+                          "pip install perforate[onnx]")
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net.eval()
+    with torch.no_grad():
+        torch.onnx.export(net, example_inputs, str(path), **{"dynamo": True, "verbose": False,
+                                                                 **onnx_kwargs})
+    return path
+
+
+def export(model: nn.Module, format: str = "module", *, path: str | Path | None = None,
+           example_inputs: Any = None, **onnx_kwargs: Any) -> Any:
+    """A plain copy of ``model.net`` with every dendrite layer replaced by a plain module.
+
+    ``format="module"`` (default): return that ``nn.Module`` (TorchScript-able).
+    ``format="onnx"``: write it (eval mode) as ONNX to `path`, traced with `example_inputs` (a
+    tensor or a tuple of positional inputs), and return the path; needs ``pip install
+    perforate[onnx]``. Extra keyword arguments go to ``torch.onnx.export`` (e.g.
+    ``dynamic_shapes``).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"export(): format must be one of {FORMATS}, got {format!r}")
+    if format == "module" and (path is not None or example_inputs is not None or onnx_kwargs):
+        raise TypeError('export(): path, example_inputs and ONNX options need format="onnx"')
+    net = _plain_copy(model)
+    if format == "onnx":
+        return _export_onnx(net, path, example_inputs, onnx_kwargs)
     return net

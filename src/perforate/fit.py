@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import NonFiniteError
-from .metrics import Metric, accuracy, metric_name
+from .metrics import Metric, metric_name, task_metric
 from .model import DENDRITE, PerforatedModel
 from .tracker import Decision, OptimizerFactory, SchedulerFactory, Tracker
 
@@ -70,10 +70,18 @@ def _tqdm(progress: bool) -> Callable[..., Any] | None:
     return tqdm
 
 
+def _choose_metric(targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Metric:
+    metric = task_metric(targets, loss_fn)
+    kind = "floating-point" if targets.is_floating_point() else "integer class"
+    logger.info("fit(): %s targets: scoring with %s (pass metric= to choose)", kind,
+                "-loss_fn" if metric.__name__ == "neg_loss" else metric_name(metric))
+    return metric
+
+
 def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterable[Any],
         loss_fn: Callable[[Tensor, Tensor], Tensor],
         optimizer_factory: OptimizerFactory | None = None, *,
-        test_loader: Iterable[Any] | None = None, metric: Metric = accuracy,
+        test_loader: Iterable[Any] | None = None, metric: Metric | None = None,
         decision_metric: Metric | None = None,
         scheduler_factory: SchedulerFactory | None = None,
         scheduler_interval: str | None = None,
@@ -86,7 +94,10 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
     the neuron phase, the candidate optimizer in the dendrite phase), then, in the neuron phase
     only, the scores on the validation (and test) sets, and ``tracker.step``.
 
-    Scores: ``metric(outputs, targets)`` over a whole set (higher is better). With
+    Scores: ``metric(outputs, targets)`` over a whole set (higher is better). Without
+    `metric`, it is chosen from the validation targets (logged): accuracy for integer class
+    targets, ``-loss_fn`` for floating-point targets (regression); see
+    `perforate.metrics.task_metric`. With
     `decision_metric` (e.g. ``pf.metrics.neg_loss(loss_fn)``), decisions and the train/val/test
     columns use it and `metric` is recorded as extra scores ``train_<name>``, ``val_<name>``,
     ``test_<name>``. `track_train`: also score the training batches (their outputs are kept
@@ -111,7 +122,7 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
     elif tracker.model is not model:
         raise ValueError("fit(): tracker.model is not the model given (after pf.resume, pass "
                          "tracker.model)")
-    if not callable(loss_fn) or not callable(metric):
+    if not callable(loss_fn) or (metric is not None and not callable(metric)):
         raise TypeError("fit(): loss_fn and metric must be callables")
     loaders = [train_loader, val_loader, *([test_loader] if test_loader is not None else [])]
     generators = []
@@ -120,8 +131,6 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
                        getattr(getattr(loader, "sampler", None), "generator", None)]
     tracker.track_generators(*generators)
     device = next(model.parameters()).device
-    scorer = decision_metric or metric
-    extra_name = metric_name(metric) if decision_metric is not None else None
 
     tqdm = _tqdm(progress)
     bar = None
@@ -169,6 +178,11 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
                 sets.append(("val", *predict(model, val_loader, device)))
                 if test_loader is not None:
                     sets.append(("test", *predict(model, test_loader, device)))
+                if metric is None:
+                    val_targets = next(t for name, _, t in sets if name == "val")
+                    metric = _choose_metric(val_targets, loss_fn)
+                scorer = decision_metric or metric
+                extra_name = metric_name(metric) if decision_metric is not None else None
                 for name, o, t in sets:
                     if not bool(torch.isfinite(o).all()):
                         raise NonFiniteError(

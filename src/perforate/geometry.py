@@ -67,6 +67,15 @@ class Geometry:
         """Sum a layer-output-shaped tensor over sample positions: ``[N]``."""
         raise NotImplementedError
 
+    def position_shape(self, out: Tensor) -> tuple[int, ...]:
+        """Shape of the sample positions of a layer output (its shape without the neuron axis)."""
+        raise NotImplementedError
+
+    def expand_positions(self, mask: Tensor) -> Tensor:
+        """Make a per-position tensor (shaped `position_shape`) broadcast against a layer
+        output; `unsqueeze_set` of the result broadcasts against a stacked tensor."""
+        raise NotImplementedError
+
     def stacked_position_dims(self, t: Tensor) -> tuple[int, ...]:
         """The sample-position axes of a stacked tensor."""
         raise NotImplementedError
@@ -113,6 +122,12 @@ class LinearGeometry(Geometry):
     def sum_out(self, t: Tensor) -> Tensor:
         return t.sum(dim=tuple(range(t.dim() - 1)))
 
+    def position_shape(self, out: Tensor) -> tuple[int, ...]:
+        return tuple(out.shape[:-1])
+
+    def expand_positions(self, mask: Tensor) -> Tensor:
+        return mask.unsqueeze(-1)
+
 
 
 class ConvGeometry(Geometry):
@@ -153,3 +168,9 @@ class ConvGeometry(Geometry):
 
     def sum_out(self, t: Tensor) -> Tensor:
         return t.sum(dim=(0, *range(2, t.dim())))
+
+    def position_shape(self, out: Tensor) -> tuple[int, ...]:
+        return (out.shape[0], *out.shape[2:])
+
+    def expand_positions(self, mask: Tensor) -> Tensor:
+        return mask.unsqueeze(1)

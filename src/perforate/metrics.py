@@ -24,6 +24,10 @@ def accuracy(outputs: Tensor, targets: Tensor) -> float:
     """
     if outputs.shape[0] == 0:
         raise ValueError("accuracy() of an empty set")
+    if targets.is_floating_point() and bool(((targets < 0) | (targets > 1)).any()):
+        raise ValueError("accuracy() needs class targets (indices, one-hot or probabilities); got "
+                         "floating-point targets outside [0, 1] (a regression? score it with "
+                         "pf.metrics.neg_mse or pf.metrics.neg_loss(loss_fn))")
     if outputs.dim() == 1 or (outputs.dim() == 2 and outputs.shape[1] == 1):
         pred = (outputs.reshape(-1) > 0).long()
         target = targets.reshape(-1).round().long()
@@ -31,6 +35,15 @@ def accuracy(outputs: Tensor, targets: Tensor) -> float:
         pred = outputs.argmax(dim=-1)
         target = targets.argmax(dim=-1) if targets.dim() == outputs.dim() else targets.long()
     return float((pred == target).double().mean())
+
+
+def task_metric(targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Metric:
+    """The score `perforate.fit` uses when given none: `accuracy` for integer (class-index) or
+    bool targets; ``neg_loss(loss_fn)`` for floating-point targets (regression, soft or
+    multi-label targets), on which argmax accuracy would silently mean nothing."""
+    if targets.is_floating_point() or targets.is_complex():
+        return neg_loss(loss_fn)
+    return accuracy
 
 
 def neg_loss(loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Metric:

@@ -6,6 +6,7 @@ import copy
 import logging
 import statistics
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from .candidates import EpochReport
 from .config import PerforationConfig
 from .errors import PhaseError
 from .layers import DendriteLayer, WrapperRegistry, default_registry
+from .masking import sample_mask
 from .targeting import select_targets
 
 logger = logging.getLogger(__name__)
@@ -169,6 +171,16 @@ class PerforatedModel(nn.Module):
         self._require(DENDRITE, "candidate_correlations()")
         return {n: m.candidates.correlations().abs()  # type: ignore[union-attr]
                 for n, m in self.dendrite_layers().items()}
+
+    def sample_mask(self, mask: Tensor) -> AbstractContextManager[None]:
+        """Count only the sample positions where `mask` is True in the candidate statistics and
+        gradients of the forward passes run inside the block (leave padding out).
+
+        ``mask`` has the shape of a layer output without its neuron axis (``[B, T]`` for
+        ``[B, T, C]`` Linear outputs); layers with other position shapes are not affected.
+        See `perforate.masking`.
+        """
+        return sample_mask(mask)
 
     def end_epoch(self) -> dict[str, EpochReport]:
         """Close the epoch's statistics: keep each neuron's best candidate so far, reset sums.

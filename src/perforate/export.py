@@ -11,9 +11,30 @@ from typing import Final
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .errors import PhaseError
 from .layers import ConvNd, DendriteLayer
+from .layers.composite import CompositeLayer, top_wrappers
+
+
+def plain_copy(base: nn.Module) -> nn.Module:
+    """A deep copy of `base` to build a fused layer from: parametrisations (``weight_norm``,
+    ``spectral_norm``) are baked into a plain weight (the effective one), and a parameter-free
+    view (an attention projection) becomes an ``nn.Linear``."""
+    as_linear = getattr(base, "as_linear", None)
+    if as_linear is not None:
+        return as_linear()
+    out = copy.deepcopy(base)
+    if parametrize.is_parametrized(out):
+        # parametrize injects one class per module, which deepcopy shares with the original:
+        # give the copy its own before removing the parametrisations (which edits the class).
+        cls = type(out)
+        space = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+        out.__class__ = type(cls.__name__, cls.__bases__, space)
+        for name in list(out.parametrizations):
+            parametrize.remove_parametrizations(out, name, leave_parametrized=True)
+    return out
 
 
 class _FusedDendrites(nn.Module):
@@ -48,10 +69,10 @@ class DendriteLinearExport(_FusedDendrites):
     def __init__(self, layer: DendriteLayer) -> None:
         base = layer.base_layer
         d, n = layer.num_dendrites, layer.num_neurons
-        fused = copy.deepcopy(base)
+        fused = plain_copy(base)
         with torch.no_grad():
-            b0 = base.bias if base.bias is not None else base.weight.new_zeros(n)
-            fused.weight = nn.Parameter(torch.cat([base.weight, layer.dendrite_weight.reshape(
+            b0 = fused.bias if fused.bias is not None else fused.weight.new_zeros(n)
+            fused.weight = nn.Parameter(torch.cat([fused.weight, layer.dendrite_weight.reshape(
                 d * n, -1)]).detach().clone())
             fused.bias = nn.Parameter(torch.cat([b0, layer.dendrite_bias.reshape(-1)]).detach()
                                       .clone())
@@ -59,6 +80,18 @@ class DendriteLinearExport(_FusedDendrites):
         super().__init__(layer, fused)
         self.register_buffer("cascade_weight", layer.cascade_weight.detach().clone())
         self.register_buffer("output_weight", layer.output_weight.detach().clone())
+
+    @property
+    def weight(self) -> Tensor:
+        """The neurons' own weights (a view, as ``nn.Linear.weight``; read by e.g.
+        ``nn.TransformerEncoderLayer``)."""
+        return self.fused.weight[: self.num_neurons]
+
+    @property
+    def bias(self) -> Tensor:
+        """The neurons' own biases (zeros if the base layer had none: the fused layer always
+        has a bias, for the dendrites')."""
+        return self.fused.bias[: self.num_neurons]
 
     def forward(self, x: Tensor) -> Tensor:
         n = self.num_neurons
@@ -86,17 +119,17 @@ class DendriteConvExport(_FusedDendrites):
         d, n = layer.num_dendrites, layer.num_neurons
         g = base.groups
         s = d + 1
-        fused = copy.deepcopy(base)
+        geo = layer.geometry
+        fused = plain_copy(base)
         with torch.no_grad():
-            b0 = base.bias if base.bias is not None else base.weight.new_zeros(n)
-            w = torch.cat([base.weight.unsqueeze(0), layer.dendrite_weight])  # [S, N, ...]
+            b0 = fused.bias if fused.bias is not None else fused.weight.new_zeros(n)
+            w = torch.cat([geo.neuron_weights(fused.weight).unsqueeze(0),
+                           layer.dendrite_weight])  # [S, N, *w]
             b = torch.cat([b0.unsqueeze(0), layer.dendrite_bias])  # [S, N]
-            if g > 1:  # output channels of a grouped conv come in contiguous group blocks
-                w = w.unflatten(1, (g, n // g)).transpose(0, 1)
-                b = b.unflatten(1, (g, n // g)).transpose(0, 1)
-            fused.weight = nn.Parameter(w.reshape(s * n, *w.shape[-base.weight.dim() + 1:])
-                                        .detach().clone())
-            fused.bias = nn.Parameter(b.reshape(-1).detach().clone())
+            # Output channels of a grouped conv come in contiguous group blocks: op_weight
+            # interleaves the S sets per group (and lays out a transposed conv's weight).
+            fused.weight = nn.Parameter(geo.op_weight(w).detach().clone())
+            fused.bias = nn.Parameter(geo.op_bias(b).detach().clone())
         fused.out_channels = s * n
         super().__init__(layer, fused)
         self.groups = g
@@ -146,8 +179,9 @@ def export(model: nn.Module) -> nn.Module:
         raise PhaseError("export() needs the neuron phase: end the dendrite phase first")
     from .model import _set_submodule
 
-    layers = model.dendrite_layers()
     net = copy.deepcopy(model.net)
-    for name in layers:
-        _set_submodule(net, name, export_layer(net.get_submodule(name)))
+    for name, wrapper in top_wrappers(net).items():
+        plain = (wrapper.export(export_layer) if isinstance(wrapper, CompositeLayer)
+                 else export_layer(wrapper))
+        _set_submodule(net, name, plain)
     return net

@@ -98,10 +98,15 @@ def attend(q: Tensor, k: Tensor, v: Tensor, num_heads: int, bias_k: Tensor | Non
     elif key_padding_mask is not None:
         is_causal = False  # the merged mask is no longer causal
     if attn_mask is not None:
+        src_len = k.shape[0]
+        shapes = {2: [tgt_len, src_len], 3: [bsz * num_heads, tgt_len, src_len]}
+        if attn_mask.dim() not in shapes:
+            raise RuntimeError(f"attn_mask's dimension {attn_mask.dim()} is not supported")
+        if list(attn_mask.shape) != shapes[attn_mask.dim()]:
+            raise RuntimeError(f"The shape of the {attn_mask.dim()}D attn_mask is "
+                               f"{list(attn_mask.shape)}, but should be {shapes[attn_mask.dim()]}.")
         if attn_mask.dim() == 2:
             attn_mask = attn_mask.unsqueeze(0)
-        elif attn_mask.dim() != 3:
-            raise RuntimeError(f"attn_mask's dimension {attn_mask.dim()} is not supported")
     if bias_k is not None and bias_v is not None:
         k = torch.cat([k, bias_k.repeat(1, bsz, 1)])
         v = torch.cat([v, bias_v.repeat(1, bsz, 1)])

@@ -34,7 +34,7 @@ from .linear import Linear
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
-class _ProjectionView(nn.Module):
+class AttentionProjection(nn.Module):
     """A Linear-like view of one projection of a `nn.MultiheadAttention` (no parameters of its
     own: ``weight`` and ``bias`` are read from the attention at each use)."""
 
@@ -211,7 +211,7 @@ class MultiheadAttention(_ProjectedAttention, CompositeLayer):
     def __init__(self, base_layer: nn.MultiheadAttention, config: PerforationConfig) -> None:
         super().__init__(base_layer, config)
         for name in _PROJECTIONS:
-            self.add_module(name, Linear(_ProjectionView(base_layer, name), config))
+            self.add_module(name, Linear(AttentionProjection(base_layer, name), config))
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor,
                 key_padding_mask: Tensor | None = None, need_weights: bool = True,

@@ -29,6 +29,8 @@ class Geometry:
 
     def __init__(self, layer: nn.Module) -> None:
         self.layer = layer
+        # Read once: a parametrised weight (weight_norm, spectral_norm) is recomputed per read.
+        self.weight_shape: tuple[int, ...] = tuple(layer.weight.shape)
 
     @property
     def weight(self) -> Tensor:
@@ -36,12 +38,12 @@ class Geometry:
 
     @property
     def num_neurons(self) -> int:
-        return self.weight.shape[0]
+        return self.weight_shape[0]
 
     @property
     def neuron_weight_shape(self) -> tuple[int, ...]:
         """Shape of one neuron's incoming weights (a row, or an output channel's kernel)."""
-        return tuple(self.weight.shape[1:])
+        return self.weight_shape[1:]
 
     @property
     def fan_in(self) -> int:
@@ -175,8 +177,8 @@ class ConvTransposeGeometry(ConvGeometry):
 
     @property
     def neuron_weight_shape(self) -> tuple[int, ...]:
-        w = self.weight
-        return (w.shape[0] // self.groups, *w.shape[2:])
+        shape = self.weight_shape
+        return (shape[0] // self.groups, *shape[2:])
 
     def neuron_weights(self, weight: Tensor) -> Tensor:
         """``[in, N/g, *k]`` -> ``[N, in/g, *k]``."""

@@ -8,6 +8,9 @@ from torch import nn
 
 import perforate as pf
 
+pytestmark = [pytest.mark.filterwarnings("ignore:enable_nested_tensor"),
+              pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")]
+
 
 def _encoder(nested: bool) -> nn.TransformerEncoder:
     torch.manual_seed(0)
@@ -25,7 +28,6 @@ def _with_dendrites(net: nn.Module) -> pf.PerforatedModel:
     return model
 
 
-@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
 @pytest.mark.parametrize("nested", [False, True])
 def test_eval_with_dendrites_equals_the_standard_path(nested: bool) -> None:
     plain = nn.Sequential(_encoder(nested))
@@ -63,7 +65,6 @@ def test_layer_attributes_read_by_pytorch_are_views() -> None:
     assert isinstance(net[0].layers[0].self_attn, nn.MultiheadAttention)
 
 
-@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
 def test_export_scripts_and_keeps_the_fast_path_off() -> None:
     model = _with_dendrites(nn.Sequential(_encoder(True))).eval()
     exported = pf.export(model).eval()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import perforate as pf
 from perforate import artifacts
@@ -199,3 +200,15 @@ def test_demo_quick_end_to_end(tmp_path):
                            str(exported)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert torch.jit.load(str(exported))(torch.rand(3, 64)).shape == (3, 10)
+
+
+def test_inspect_attention_projections_with_input_shape():
+    from perforate.cli import inspect_model
+
+    net = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1,
+                                enable_nested_tensor=False)
+    rows = {r["layer"]: r for r in inspect_model(net, pf.PerforationConfig(), (5, 8))["layers"]}
+    q = rows["layers.0.self_attn.q_proj"]
+    assert (q["type"], q["neurons"], q["fan_in"], q["positions"], q["params"]) == (
+        "AttentionProjection", 8, 8, 5, 72)
+    assert rows["layers.0.linear1"]["positions"] == 5

@@ -226,3 +226,18 @@ def test_count_parameters_counts_deployable_weights_only() -> None:
     # per layer: V (N*in) + bias N + output weight N (no cascade for the first set)
     added = sum(n * i + 2 * n for i, n in [(5, 7), (7, 4), (4, 3)])
     assert model.count_parameters() == plain + added
+
+
+def test_wrappers_expose_the_base_layers_attributes_read_only() -> None:
+    model = pf.perforate(SmallCNN())
+    fc, conv = model.net.fc1, model.net.conv2
+    assert fc.weight is fc.base_layer.weight and fc.bias is fc.base_layer.bias
+    assert (fc.in_features, fc.out_features) == (54, 8)
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.padding_mode) == (4, 6, (3, 3), (2, 2), (0, 0),
+                                                               (1, 1), 1, "zeros")
+    with pytest.raises(AttributeError):
+        fc.in_features = 3
+    with pytest.raises(KeyError, match="already exists"):
+        fc.weight = nn.Parameter(torch.zeros(8, 54))
+    assert "weight" not in dict(fc.named_parameters(recurse=False))  # no duplicate parameter

@@ -1,5 +1,10 @@
+import logging
+
 import pytest
+import torch
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 import perforate as pf
 from conftest import SmallCNN, mlp
@@ -53,16 +58,61 @@ def test_container_without_wrappable_layers_is_an_error() -> None:
         targets(net, target_modules=["1"])
 
 
-def test_multihead_attention_out_proj_is_left_alone() -> None:
+def test_multihead_attention_is_wrapped_whole_never_its_out_proj() -> None:
     net = nn.Sequential(nn.Linear(4, 4))
     net.add_module("attn", nn.MultiheadAttention(4, 2))
     assert targets(net, target_modules=[nn.Linear]) == ["0"]
+    assert targets(net) == ["0", "attn"]
+    assert targets(net, target_modules=["attn"]) == ["attn"]
+    model = pf.perforate(net)
+    assert list(model.dendrite_layers()) == ["0", "attn.q_proj", "attn.k_proj", "attn.v_proj",
+                                             "attn.out_proj"]
+
+
+class MyLinear(nn.Linear):
+    pass
+
+
+class DoubledLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+def test_subclasses_and_parametrised_layers(caplog: pytest.LogCaptureFixture) -> None:
+    net = nn.Sequential(MyLinear(3, 4), weight_norm(nn.Linear(4, 4)), DoubledLinear(4, 4),
+                        spectral_norm(nn.Conv1d(4, 2, 1)), nn.ConvTranspose1d(2, 2, 3))
+    with caplog.at_level(logging.INFO, logger="perforate.targeting"):
+        assert targets(net) == ["0", "1", "3", "4"]
+    assert "not wrapping '2': DoubledLinear overrides Linear.forward" in caplog.text
+    assert targets(net, target_modules=[nn.Linear]) == ["0", "1"]  # by type: skipped
+    with pytest.raises(pf.TargetError, match=r"'2'.*cannot be wrapped.*overrides"):
+        targets(net, target_modules=["2"])
+    assert targets(net, exclude_modules=["2", "0"]) == ["1", "3", "4"]
+
+
+def test_export_of_parametrised_layers_leaves_the_original_parametrised() -> None:
+    net = nn.Sequential(weight_norm(nn.Linear(4, 4)), nn.Tanh(), spectral_norm(nn.Linear(4, 2)))
+    model = pf.perforate(net).eval()
+    for layer in model.dendrite_layers().values():
+        layer.resize(1)
+        with torch.no_grad():
+            layer.dendrite_weight.normal_()
+            layer.output_weight.normal_()
+    exported = torch.jit.script(pf.export(model))
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), model(x), rtol=1e-5, atol=1e-6)
+    assert parametrize.is_parametrized(net[0].base_layer, "weight")
+    assert parametrize.is_parametrized(net[2].base_layer, "weight")
+    assert net[0].weight.shape == (4, 4)  # the wrapper's view still works
 
 
 def test_lazy_and_twice_perforated_modules_are_rejected() -> None:
     with pytest.raises(pf.TargetError, match="lazy"):
         pf.perforate(nn.Sequential(nn.LazyLinear(3)), pf.PerforationConfig(
             target_modules=[nn.LazyLinear]))
+    with pytest.raises(pf.TargetError, match=r"'0' \(LazyLinear\) is lazy.*run one forward"):
+        pf.perforate(nn.Sequential(nn.LazyLinear(3), nn.Linear(3, 2)))
     model = pf.perforate(mlp())
     with pytest.raises(pf.TargetError, match="already"):
         pf.perforate(model.net)

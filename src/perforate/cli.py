@@ -128,8 +128,11 @@ def inspect_model(net: nn.Module, config: Any, input_shape: tuple[int, ...] | No
         for name in select_targets(net, config, default_registry()):
             module = net.get_submodule(name)
 
-            def hook(mod: nn.Module, inp: Any, out: torch.Tensor, name: str = name) -> None:
-                neurons = out.shape[-1] if isinstance(mod, nn.Linear) else out.shape[1]
+            def hook(mod: nn.Module, inp: Any, out: Any, name: str = name) -> None:
+                if isinstance(out, tuple):  # attention: (output, weights)
+                    out = out[0]
+                last = isinstance(mod, (nn.Linear, nn.MultiheadAttention))
+                neurons = out.shape[-1] if last else out.shape[1]
                 positions[name] = out.numel() // neurons  # batch of one
             hooks.append(module.register_forward_hook(hook))
         try:
@@ -147,7 +150,13 @@ def inspect_model(net: nn.Module, config: Any, input_shape: tuple[int, ...] | No
     for name, layer in model.dendrite_layers().items():
         n, fan_in = layer.num_neurons, layer.geometry.fan_in
         base = layer.base_layer
-        base_params = sum(p.numel() for p in base.parameters())
+        # An attention projection is a parameter-free view: count the weights it reads.
+        base_params = (sum(p.numel() for p in base.parameters()) or layer.weight.numel()
+                       + (0 if layer.bias is None else layer.bias.numel()))
+        if name not in positions:  # attention projections: the attention's output positions
+            name_of_parent = name.rpartition(".")[0]
+            if name_of_parent in positions:
+                positions[name] = positions[name_of_parent]
         pos = positions.get(name, 1)
         rows.append({
             "layer": name, "type": type(base).__name__, "neurons": n, "fan_in": fan_in,

@@ -24,11 +24,32 @@ from typing import Any, Final
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .errors import PhaseError
 from .layers import ConvNd, DendriteLayer
+from .layers.composite import CompositeLayer, top_wrappers
 
 FORMATS = ("module", "onnx")
+
+
+def plain_copy(base: nn.Module) -> nn.Module:
+    """A deep copy of `base` to build a fused layer from: parametrisations (``weight_norm``,
+    ``spectral_norm``) are baked into a plain weight (the effective one), and a parameter-free
+    view (an attention projection) becomes an ``nn.Linear``."""
+    as_linear = getattr(base, "as_linear", None)
+    if as_linear is not None:
+        return as_linear()
+    out = copy.deepcopy(base)
+    if parametrize.is_parametrized(out):
+        # parametrize injects one class per module, which deepcopy shares with the original:
+        # give the copy its own before removing the parametrisations (which edits the class).
+        cls = type(out)
+        space = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+        out.__class__ = type(cls.__name__, cls.__bases__, space)
+        for name in list(out.parametrizations):
+            parametrize.remove_parametrizations(out, name, leave_parametrized=True)
+    return out
 
 
 class _FusedDendrites(nn.Module):
@@ -87,8 +108,8 @@ class _FusedDendrites(nn.Module):
 
 
 def _fused_copy(base: nn.Module, weight: Tensor, bias: Tensor) -> nn.Module:
-    """A copy of `base` (same operation and options) with other weights and bias."""
-    fused = copy.deepcopy(base)
+    """A plain copy of `base` (same operation and options) with other weights and bias."""
+    fused = plain_copy(base)
     fused.weight = nn.Parameter(weight.detach().clone())
     fused.bias = nn.Parameter(bias.detach().clone())
     return fused
@@ -102,11 +123,24 @@ class DendriteLinearExport(_FusedDendrites):
         d, n = layer.num_dendrites, layer.num_neurons
         w, b = layer.dendrite_weight.reshape(d * n, -1), layer.dendrite_bias.reshape(-1)
         if not tied:
-            b0 = base.bias if base.bias is not None else base.weight.new_zeros(n)
-            w, b = torch.cat([base.weight, w]), torch.cat([b0, b])
+            own = plain_copy(base)  # the effective weight of a parametrised layer
+            b0 = own.bias if own.bias is not None else own.weight.new_zeros(n)
+            w, b = torch.cat([own.weight, w]), torch.cat([b0, b])
         fused = _fused_copy(base, w, b)
         fused.out_features = w.shape[0]
         super().__init__(layer, fused, base if tied else None, [])
+
+    @property
+    def weight(self) -> Tensor:
+        """The neurons' own weights (a view, as ``nn.Linear.weight``; read by e.g.
+        ``nn.TransformerEncoderLayer``); the dendrites' first rows when the layer is tied."""
+        return self.fused.weight[: self.num_neurons]
+
+    @property
+    def bias(self) -> Tensor:
+        """The neurons' own biases (zeros if the base layer had none: the fused layer always
+        has a bias, for the dendrites')."""
+        return self.fused.bias[: self.num_neurons]
 
     def forward(self, x: Tensor) -> Tensor:
         n, f = self.num_neurons, self.first
@@ -125,16 +159,17 @@ class DendriteConvExport(_FusedDendrites):
     def __init__(self, layer: DendriteLayer, tied: bool = False) -> None:
         base = layer.base_layer
         n, g = layer.num_neurons, base.groups
-        w, b = layer.dendrite_weight, layer.dendrite_bias  # [D, N, ...], [D, N]
+        geo = layer.geometry
+        w, b = layer.dendrite_weight, layer.dendrite_bias  # [D, N, *w], [D, N]
         if not tied:
-            b0 = base.bias if base.bias is not None else base.weight.new_zeros(n)
-            w = torch.cat([base.weight.unsqueeze(0), w])  # [S, N, ...]
+            own = plain_copy(base)  # the effective weight of a parametrised layer
+            b0 = own.bias if own.bias is not None else own.weight.new_zeros(n)
+            w = torch.cat([geo.neuron_weights(own.weight).unsqueeze(0), w])  # [S, N, *w]
             b = torch.cat([b0.unsqueeze(0), b])
         s = w.shape[0]
-        if g > 1:  # output channels of a grouped conv come in contiguous group blocks
-            w = w.unflatten(1, (g, n // g)).transpose(0, 1)
-            b = b.unflatten(1, (g, n // g)).transpose(0, 1)
-        fused = _fused_copy(base, w.reshape(s * n, *base.weight.shape[1:]), b.reshape(-1))
+        # Output channels of a grouped conv come in contiguous group blocks: op_weight
+        # interleaves the S sets per group (and lays out a transposed conv's weight).
+        fused = _fused_copy(base, geo.op_weight(w), geo.op_bias(b))
         fused.out_channels = s * n
         spatial = len(base.kernel_size)
         super().__init__(layer, fused, base if tied else None, [1] * spatial)
@@ -190,12 +225,16 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     net = copy.deepcopy(model.net)  # keeps ties: shared parameters are copied once
     shared = _shared_parameters(net)
     done: dict[int, nn.Module] = {}  # a layer used at several places stays one module
-    for name, layer in list(net.named_modules(remove_duplicate=False)):
-        if isinstance(layer, DendriteLayer):
-            if id(layer) not in done:
-                tied = any(id(p) in shared for p in layer.base_layer.parameters())
-                done[id(layer)] = export_layer(layer, tied)
-            _set_submodule(net, name, done[id(layer)])
+
+    def plain(layer: DendriteLayer) -> nn.Module:
+        tied = any(id(p) in shared for p in layer.base_layer.parameters())
+        return export_layer(layer, tied)
+
+    for name, layer in top_wrappers(net, remove_duplicate=False).items():
+        if id(layer) not in done:
+            done[id(layer)] = (layer.export(plain) if isinstance(layer, CompositeLayer)
+                               else plain(layer))
+        _set_submodule(net, name, done[id(layer)])
     return net
 
 

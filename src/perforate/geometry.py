@@ -4,7 +4,8 @@ A *stacked* tensor holds S sets of N neurons (S dendrite sets or S candidates), 
 wide call of the layer's own operation:
 
 - Linear: the layer output is ``[..., N]``; a stacked tensor is ``[..., S, N]``.
-- ConvNd: the layer output is ``[B, N, *spatial]``; a stacked tensor is ``[B, S, N, *spatial]``.
+- ConvNd, ConvTransposeNd: the layer output is ``[B, N, *spatial]``; a stacked tensor is
+  ``[B, S, N, *spatial]``.
 
 Per-set, per-neuron parameters have shape ``[S, N]`` and broadcast through `expand`.
 """
@@ -15,6 +16,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -28,6 +30,8 @@ class Geometry:
 
     def __init__(self, layer: nn.Module) -> None:
         self.layer = layer
+        # Read once: a parametrised weight (weight_norm, spectral_norm) is recomputed per read.
+        self.weight_shape: tuple[int, ...] = tuple(layer.weight.shape)
 
     @property
     def weight(self) -> Tensor:
@@ -35,12 +39,12 @@ class Geometry:
 
     @property
     def num_neurons(self) -> int:
-        return self.weight.shape[0]
+        return self.weight_shape[0]
 
     @property
     def neuron_weight_shape(self) -> tuple[int, ...]:
         """Shape of one neuron's incoming weights (a row, or an output channel's kernel)."""
-        return tuple(self.weight.shape[1:])
+        return self.weight_shape[1:]
 
     @property
     def fan_in(self) -> int:
@@ -160,6 +164,22 @@ class ConvGeometry(Geometry):
     def expand(self, p: Tensor) -> Tensor:
         return p.reshape(*p.shape, *self._ones())
 
+    def neuron_weights(self, weight: Tensor) -> Tensor:
+        """The layer's own weight as per-neuron rows ``[N, *w]`` (its layout already)."""
+        return weight
+
+    def op_weight(self, weight: Tensor) -> Tensor:
+        """S sets ``[S, N, *w]`` as the weight of one wide conv (groups interleaved)."""
+        s, n, g = weight.shape[0], weight.shape[1], self.groups
+        if g > 1:
+            weight = weight.unflatten(1, (g, n // g)).transpose(0, 1)
+        return weight.reshape(s * n, *weight.shape[-len(self.neuron_weight_shape):])
+
+    def op_bias(self, bias: Tensor) -> Tensor:
+        """S sets of biases ``[S, N]`` in the channel order of `op_weight`."""
+        s, n, g = bias.shape[0], bias.shape[1], self.groups
+        return bias.unflatten(1, (g, n // g)).transpose(0, 1).reshape(s * n)
+
     def stacked_position_dims(self, t: Tensor) -> tuple[int, ...]:
         return (0, *range(3, t.dim()))
 
@@ -174,3 +194,40 @@ class ConvGeometry(Geometry):
 
     def expand_positions(self, mask: Tensor) -> Tensor:
         return mask.unsqueeze(1)
+
+
+class ConvTransposeGeometry(ConvGeometry):
+    """``nn.ConvTranspose1d/2d/3d``: the weight is ``[in, N/g, *k]``; neuron n (output channel
+    n, in group g) owns ``weight[g*in/g:(g+1)*in/g, n % (N/g)]``, i.e. ``[in/g, *k]``, and a
+    dendrite of n sees n's receptive field through the same transposed conv (stride, padding,
+    output_padding, dilation, groups)."""
+
+    @property
+    def num_neurons(self) -> int:
+        return self.layer.out_channels
+
+    @property
+    def neuron_weight_shape(self) -> tuple[int, ...]:
+        shape = self.weight_shape
+        return (shape[0] // self.groups, *shape[2:])
+
+    def neuron_weights(self, weight: Tensor) -> Tensor:
+        """``[in, N/g, *k]`` -> ``[N, in/g, *k]``."""
+        g = self.groups
+        return weight.unflatten(0, (g, weight.shape[0] // g)).transpose(1, 2).flatten(0, 1)
+
+    def op_weight(self, weight: Tensor) -> Tensor:
+        """``[S, N, in/g, *k]`` -> ``[in, S*N/g, *k]``: one wide transposed conv whose output
+        channels come, per group, as S blocks of N/g (the order `op_bias` and `stacked` use)."""
+        n, g = weight.shape[1], self.groups
+        w = weight.unflatten(1, (g, n // g))  # [S, g, N/g, in/g, *k]
+        w = w.permute(1, 3, 0, 2, *range(4, w.dim()))  # [g, in/g, S, N/g, *k]
+        return w.flatten(0, 1).flatten(1, 2)
+
+    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        s, n, g = bias.shape[0], bias.shape[1], self.groups
+        layer = self.layer
+        conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.spatial - 1]
+        out = conv(x, self.op_weight(weight), self.op_bias(bias), layer.stride, layer.padding,
+                   layer.output_padding, g, layer.dilation)
+        return out.unflatten(1, (g, s, n // g)).transpose(1, 2).flatten(2, 3)

@@ -16,7 +16,9 @@ from torch import Tensor, nn
 from .candidates import EpochReport
 from .config import PerforationConfig
 from .errors import PhaseError
-from .layers import DendriteLayer, WrapperRegistry, default_registry
+from .layers import CompositeLayer, DendriteLayer, WrapperRegistry, default_registry
+from .layers.composite import top_wrappers
+from .layers.fastpath import disable_fused_transformer, restore
 from .masking import sample_mask
 from .targeting import select_targets
 
@@ -55,6 +57,7 @@ class PerforatedModel(nn.Module):
             base = net.get_submodule(name)
             wrapper = self.registry.lookup(base)(base, config)  # type: ignore[misc]
             _set_submodule(net, name, wrapper)
+        self._fused_paths = disable_fused_transformer(net, (DendriteLayer, CompositeLayer))
         self.net = net
         self._phase = NEURON
         self._requires_grad: dict[str, bool] = {}
@@ -276,8 +279,9 @@ class PerforatedModel(nn.Module):
         """Return the original network with every wrapper replaced by its ``base_layer``."""
         if self._phase == DENDRITE:
             self._leave_dendrite_phase()
-        for name, layer in self.dendrite_layers().items():
+        for name, layer in top_wrappers(self.net).items():
             _set_submodule(self.net, name, layer.base_layer)
+        restore(self.net, self._fused_paths)
         return self.net
 
     def save_pretrained(self, directory: str | Path) -> Path:

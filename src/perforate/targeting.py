@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 
@@ -10,6 +11,8 @@ from torch import nn
 from .config import PerforationConfig, Selector
 from .errors import TargetError
 from .layers import DendriteLayer, WrapperRegistry
+
+logger = logging.getLogger(__name__)
 
 
 def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
@@ -31,23 +34,34 @@ def _as_list(selectors: Iterable[Selector] | Selector | None) -> list[Selector]:
     return list(selectors)
 
 
-def wrappable_modules(net: nn.Module, registry: WrapperRegistry) -> dict[str, nn.Module]:
-    """Every named module a wrapper exists for, in definition order."""
+def _candidate_modules(net: nn.Module, registry: WrapperRegistry
+                       ) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """({name: module} a wrapper exists for, {name: why it cannot be wrapped})."""
     parents = {id(child): parent for parent in net.modules() for child in parent.children()}
-    out = {}
+    out, refused = {}, {}
     for name, module in net.named_modules():
         if not name or registry.lookup(module) is None:
             continue
         # MultiheadAttention reads out_proj.weight directly instead of calling it.
         if isinstance(parents.get(id(module)), nn.MultiheadAttention):
             continue
-        out[name] = module
-    return out
+        reason = registry.unwrappable_reason(module)
+        if reason is None:
+            out[name] = module
+        else:
+            refused[name] = reason
+    return out, refused
+
+
+def wrappable_modules(net: nn.Module, registry: WrapperRegistry) -> dict[str, nn.Module]:
+    """Every named module a wrapper exists for, in definition order."""
+    return _candidate_modules(net, registry)[0]
 
 
 def _resolve(net: nn.Module, selectors: list[Selector], wrappable: dict[str, nn.Module],
-             field: str) -> set[str]:
+             field: str, refused: dict[str, str] | None = None) -> set[str]:
     named = [(n, m) for n, m in net.named_modules() if n]
+    refused = refused or {}
     chosen: set[str] = set()
     for sel in selectors:
         hits = [n for n, m in named if _matches(sel, n, m)]
@@ -55,6 +69,14 @@ def _resolve(net: nn.Module, selectors: list[Selector], wrappable: dict[str, nn.
         for name in hits:
             if name in wrappable:
                 picked.add(name)
+            elif name in refused:
+                if field == "exclude_modules":
+                    picked.add(name)  # excluding what is not wrapped anyway is no error
+                elif not isinstance(sel, type):  # named explicitly: say why it cannot be done
+                    raise TargetError(f"{field} entry {sel!r} selects {name!r}, which cannot "
+                                      f"be wrapped: {refused[name]}")
+                else:
+                    logger.info("not wrapping %r: %s", name, refused[name])
             else:  # a container selects every wrappable module inside it
                 picked.update(w for w in wrappable if w.startswith(name + "."))
         if not picked:
@@ -79,7 +101,7 @@ def select_targets(net: nn.Module, config: PerforationConfig,
     """Qualified names of the modules to wrap, in definition order. Raises `TargetError`."""
     if any(isinstance(m, DendriteLayer) for m in net.modules()):
         raise TargetError("the network already contains dendrite layers (perforated twice?)")
-    wrappable = wrappable_modules(net, registry)
+    wrappable, refused = _candidate_modules(net, registry)
     if not wrappable:
         kinds = ", ".join(t.__name__ for t in registry.default_types())
         hint = (" (the network is itself one layer: wrap it, e.g. nn.Sequential(layer))"
@@ -88,13 +110,14 @@ def select_targets(net: nn.Module, config: PerforationConfig,
                           f"found inside it{hint}")
     targets = _as_list(config.target_modules)
     if targets:
-        chosen = _resolve(net, targets, wrappable, "target_modules")
+        chosen = _resolve(net, targets, wrappable, "target_modules", refused)
     else:
-        defaults = registry.default_types()
-        chosen = {n for n, m in wrappable.items() if type(m) in defaults}
+        chosen = set(wrappable)
+        for name, reason in refused.items():
+            logger.info("not wrapping %r: %s", name, reason)
     excludes = _as_list(config.exclude_modules)
     if excludes:
-        chosen -= _resolve(net, excludes, wrappable, "exclude_modules")
+        chosen -= _resolve(net, excludes, wrappable, "exclude_modules", refused)
     if not chosen:
         raise TargetError("target and exclude selection left no module to wrap; wrappable "
                           f"modules are: {_listing(wrappable)}")
@@ -103,5 +126,7 @@ def select_targets(net: nn.Module, config: PerforationConfig,
         weight = getattr(module, "weight", None)
         if isinstance(weight, nn.parameter.UninitializedParameter):
             raise TargetError(f"module {name!r} ({type(module).__name__}) is lazy and not yet "
-                              "initialised: run one forward pass before perforate()")
+                              "initialised: run one forward pass on an example batch before "
+                              "perforate() (it sets the layer's shape), or exclude it with "
+                              "exclude_modules")
     return [n for n in wrappable if n in chosen]

@@ -24,10 +24,32 @@ from ..errors import PhaseError
 from ..geometry import Geometry
 
 
+def base_view(name: str) -> property:
+    """A read-only property that returns the base layer's attribute `name`.
+
+    Wrappers look like the layer they wrap: PyTorch's and third-party code that reads
+    ``linear.weight`` or ``conv.kernel_size`` (e.g. ``nn.TransformerEncoderLayer``'s fast-path
+    check) reads the base layer's value. Assigning raises ``AttributeError``: change the
+    ``base_layer`` itself.
+    """
+
+    def get(self: DendriteLayer) -> Any:
+        return getattr(self.base_layer, name)
+
+    return property(get, doc=f"The base layer's ``{name}`` (read-only view).")
+
+
 class DendriteLayer(nn.Module):
-    """Base wrapper. Subclasses set `geometry_cls` for their layer type."""
+    """Base wrapper. Subclasses set `geometry_cls` for their layer type.
+
+    ``weight`` and ``bias`` (and each subclass's shape attributes, e.g. ``in_features``) are
+    read-only views of ``base_layer``'s (see `base_view`).
+    """
 
     geometry_cls: type[Geometry] = Geometry
+
+    weight = base_view("weight")
+    bias = base_view("bias")
 
     def __init__(self, base_layer: nn.Module, config: PerforationConfig) -> None:
         super().__init__()

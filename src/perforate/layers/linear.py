@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from ..geometry import LinearGeometry
-from .base import DendriteLayer
+from .base import DendriteLayer, base_view
 
 
 class Linear(DendriteLayer):
     """`nn.Linear` with dendrites; the original layer is ``base_layer``."""
 
     geometry_cls = LinearGeometry
+
+    in_features = base_view("in_features")
+    out_features = base_view("out_features")

@@ -23,8 +23,9 @@ def test_parse_seeds() -> None:
             runner.parse_seeds(bad)
 
 
-def test_registry_has_the_five_experiments() -> None:
-    assert set(experiments()) == {"fashion-mnist", "ablation", "tox21", "physionet", "timing"}
+def test_registry_has_the_six_experiments() -> None:
+    assert set(experiments()) == {"fashion-mnist", "ablation", "tox21", "physionet", "timing",
+                                  "frontier"}
     assert get_experiment("ablation").variants == (
         "pb", "pb-head", "pb-backbone", "cc-no-perf", "gd", "restart", "width")
     with pytest.raises(ValueError, match="unknown experiment"):

@@ -133,6 +133,9 @@ class DendriteConvExport(_FusedDendrites):
 
 def export_layer(layer: DendriteLayer) -> nn.Module:
     """The plain module that computes what `layer` computes (its base layer if D = 0)."""
+    to_plain = getattr(layer, "to_plain", None)
+    if to_plain is not None:  # a wrapper that provides its own export (recurrent layers)
+        return to_plain()
     if layer.num_dendrites == 0:
         return copy.deepcopy(layer.base_layer)
     if isinstance(layer, ConvNd):

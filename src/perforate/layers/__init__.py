@@ -3,6 +3,8 @@
 from .base import DendriteLayer
 from .conv import ConvNd
 from .linear import Linear
+from .recurrent import RNN, RNNCell
 from .registry import WrapperRegistry, default_registry
 
-__all__ = ["ConvNd", "DendriteLayer", "Linear", "WrapperRegistry", "default_registry"]
+__all__ = ["RNN", "ConvNd", "DendriteLayer", "Linear", "RNNCell", "WrapperRegistry",
+           "default_registry"]

@@ -7,6 +7,7 @@ from torch import nn
 from .base import DendriteLayer
 from .conv import ConvNd
 from .linear import Linear
+from .recurrent import RNN, RNNCell
 
 
 class WrapperRegistry:
@@ -37,6 +38,7 @@ class WrapperRegistry:
 
 
 def default_registry() -> WrapperRegistry:
-    """A new registry serving Linear and Conv1d/2d/3d."""
+    """A new registry serving Linear, Conv1d/2d/3d, LSTM, GRU, LSTMCell and GRUCell."""
     return WrapperRegistry({nn.Linear: Linear, nn.Conv1d: ConvNd, nn.Conv2d: ConvNd,
-                            nn.Conv3d: ConvNd})
+                            nn.Conv3d: ConvNd,
+                            nn.LSTM: RNN, nn.GRU: RNN, nn.LSTMCell: RNNCell, nn.GRUCell: RNNCell})

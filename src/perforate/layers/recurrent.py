@@ -31,7 +31,7 @@ from .unroll import Record, UnrolledRecurrent
 
 #: Attributes of the wrapped layer that the wrapper shows as its own (read-only).
 _FORWARDED = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-              "bidirectional", "proj_size", "mode", "all_weights")
+              "bidirectional", "proj_size", "mode", "all_weights", "flatten_parameters")
 
 
 class _Recurrent(UnrolledRecurrent, DendriteLayer):

@@ -197,9 +197,12 @@ class UnrolledRecurrent:
         b_hh = p.b_hh
         if lstm and b_hh is not None:
             xg, b_hh = xg + b_hh, None
-        dx = None
+        # unbind, not x[:, t]: the backward of T selects would write T full-size gradients.
+        xgs = xg.unbind(1)
+        dxs = None
         if p.dendrite_x is not None:
-            dx = F.linear(x.detach() if detach else x, p.dendrite_x, p.dendrite_b)
+            dxs = F.linear(x.detach() if detach else x, p.dendrite_x, p.dendrite_b).unbind(1)
+        probes = None if probe is None else probe.unbind(1)
         steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
         out: list[Tensor] = []
         prev: list[Tensor] = []
@@ -207,10 +210,10 @@ class UnrolledRecurrent:
         for t in steps:
             if rec is not None:
                 prev.append(h)
-            extra = None if probe is None else probe[:, t]
-            if dx is not None:
+            extra = None if probes is None else probes[t]
+            if dxs is not None:
                 h_in = h.detach() if detach else h
-                pre = dx[:, t] + F.linear(h_in, p.dendrite_h)
+                pre = dxs[t] + F.linear(h_in, p.dendrite_h)
                 pre = pre.unflatten(-1, (-1, p.output.shape[1]))  # [B, D, n]
                 ds = cascade_outputs(pre, p.cascade, self.activation)
                 if rec is not None:
@@ -220,7 +223,7 @@ class UnrolledRecurrent:
                         extra, d_j, p.output[j])
             hg = F.linear(h, p.w_hh, b_hh)
             if lstm:
-                gates = xg[:, t] + hg if extra is None else xg[:, t] + hg + extra
+                gates = xgs[t] + hg if extra is None else xgs[t] + hg + extra
                 i, f, g, o = gates.chunk(4, -1)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(c)
@@ -228,7 +231,7 @@ class UnrolledRecurrent:
                     h = F.linear(h, p.w_hr)
             else:
                 hsz = h.shape[-1]
-                xt = xg[:, t]
+                xt = xgs[t]
                 rz = xt[:, :2 * hsz] + hg[:, :2 * hsz]
                 nx = xt[:, 2 * hsz:]
                 if extra is not None:

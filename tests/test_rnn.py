@@ -2,6 +2,9 @@
 paths, a dendrite cycle, eq. 3.4 on a cell, perforation, save/load, export, parameter count."""
 
 import copy
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,6 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import perforate as pf
 from perforate.layers import RNN, DendriteLayer, RNNCell
-from perforate.layers.unroll import Record
 
 IN, H = 5, 4  # input and hidden sizes of every test layer
 
@@ -252,11 +254,11 @@ def test_candidate_gradient_is_eq_3_4_on_an_lstm_cell() -> None:
 
 
 # ---------------------------------------------------------------------------- perforation
-def _dendrite_terms(layer: DendriteLayer, rec: Record) -> Tensor:
+def _dendrite_terms(layer: DendriteLayer, rec: list[list[Tensor]]) -> Tensor:
     """sum_j a_j d_j per gate neuron and step ``[B, T, N]`` from a recorded pass."""
     n = layer.spec.gate_width
     terms = []
-    for ld, ds in enumerate(rec.dendrites):
+    for ld, (_, *ds) in enumerate(rec):
         a = layer.output_weight.detach()[:, ld * n:(ld + 1) * n]
         terms.append(sum(a[j] * d for j, d in enumerate(ds)))
     return torch.cat(terms, -1)
@@ -318,21 +320,63 @@ def test_save_pretrained_and_load_round_trip(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", list(ALL))
-def test_export_equals_model_forward_and_backward(name: str) -> None:
+def test_export_equals_model_forward_backward_and_scripted(name: str) -> None:
     torch.manual_seed(6)
     original = ALL[name]()
     model, layer = wrap(original, perforated=False)  # the export has plain autograd
     random_dendrites(layer, 2)
-    exported = pf.export(model)
+    exported = pf.export(model)[0]
     assert not any(isinstance(m, DendriteLayer) for m in exported.modules())
+    scripted = torch.jit.script(exported)
     x, hx = inputs(original), initial_state(original)
     out_m, g_m = run_and_grads(layer, x, hx, [])
-    out_e, g_e = run_and_grads(exported[0], x, hx, [])
-    for a, b in zip(out_m + g_m, out_e + g_e, strict=True):
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    for fn in (exported, scripted):
+        out_e, g_e = run_and_grads(fn, x, hx, [])
+        for a, b in zip(out_m + g_m, out_e + g_e, strict=True):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    # No initial state, and an unbatched call.
+    x1 = x[0] if name in CELLS or batch_first(original) else x[:, 0]
+    for call in ((x,), (x1,)):
+        for a, b in zip(flat(layer(*call)), flat(scripted(*call)), strict=True):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
     # With no dendrite the export is the original layer itself.
     plain = pf.export(wrap(ALL[name]())[0])[0]
     assert type(plain) is type(original)
+
+
+class LSTMHead(nn.Module):
+    """A scriptable sequence model: LSTM, then a Linear head on every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(IN, H, num_layers=2, batch_first=True)
+        self.head = nn.Linear(H, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.rnn(x)[0])
+
+
+def test_scripted_export_runs_without_perforate(tmp_path: Path) -> None:
+    torch.manual_seed(8)
+    model = pf.perforate(LSTMHead())
+    for layer in model.dendrite_layers().values():
+        random_dendrites(layer, 1) if isinstance(layer, RNN) else layer.resize(1)
+    model.eval()
+    x = torch.randn(2, 6, IN)
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(pf.export(model)), str(path))
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["perforate"] = None
+        import torch
+        m = torch.jit.load(r"{path}")
+        torch.manual_seed(0)
+        torch.save(m(torch.load(r"{tmp_path / 'x.pt'}")), r"{tmp_path / 'y.pt'}")
+    """)
+    torch.save(x, tmp_path / "x.pt")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x).detach(), rtol=0,
+                               atol=1e-6)
 
 
 def test_parameter_count_matches_a_hand_count() -> None:

@@ -22,27 +22,31 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from ..candidates import CandidatePool, Winners
 from ..config import PerforationConfig
 from ..recurrent_geometry import RecurrentGeometry, RecurrentSpec
 from .base import DendriteLayer
-from .unroll import Record, UnrolledRecurrent
+from .recurrent_export import export_recurrent
+from .unroll import RecurrentCore, dropout_masks, output_out, state_in, state_out, to_steps
 
 #: Attributes of the wrapped layer that the wrapper shows as its own (read-only).
 _FORWARDED = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
               "bidirectional", "proj_size", "mode", "all_weights", "flatten_parameters")
 
 
-class _Recurrent(UnrolledRecurrent, DendriteLayer):
+class _Recurrent(DendriteLayer):
     """Shared by the sequence and cell wrappers."""
 
     geometry_cls = RecurrentGeometry
 
     def __init__(self, base_layer: nn.Module, config: PerforationConfig) -> None:
         super().__init__(base_layer, config)
-        self.spec: RecurrentSpec = self.geometry.spec  # type: ignore[attr-defined]
-        mask = self.spec.input_mask().to(self.dendrite_bias.dtype)
+        spec: RecurrentSpec = self.geometry.spec  # type: ignore[attr-defined]
+        self.spec = spec
+        self.core = RecurrentCore(spec.mode, spec.num_layers, spec.directions, self.activation)
+        mask = spec.input_mask().to(self.dendrite_bias.dtype)
         self.register_buffer("input_mask", mask.to(self.dendrite_bias.device), persistent=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -53,29 +57,79 @@ class _Recurrent(UnrolledRecurrent, DendriteLayer):
                 return getattr(self._modules["base_layer"], name)
             raise
 
+    # ----------------------------------------------------------------------------- forward
     def forward(self, input: Any, hx: Any = None) -> Any:
         if self.num_dendrites == 0 and self.candidates is None:
             return self.base_layer(input, hx)  # the fused kernel: the original exactly
         return self.forward_unrolled(input, hx)
 
+    def forward_unrolled(self, input: Tensor, hx: Any = None) -> Any:
+        """The layer's own call signature and return value, computed by the Python loop."""
+        if isinstance(input, PackedSequence):
+            raise TypeError(
+                f"{type(self.base_layer).__name__} with dendrites or candidates runs unrolled, "
+                "which does not take a PackedSequence: pass a padded batch instead "
+                "(torch.nn.utils.rnn.pad_packed_sequence)")
+        spec = self.spec
+        lstm = spec.mode == "LSTM"
+        x, unbatched = to_steps(input, spec.cell, spec.batch_first)
+        h, c = (hx if lstm else (hx, None)) if hx is not None else (None, None)
+        h0 = state_in(h, x, spec.cell, unbatched, spec.layer_dirs, spec.out_size)
+        c0 = state_in(c, x, spec.cell, unbatched, spec.layer_dirs, spec.hidden_size) \
+            if lstm else None
+        out, h_n, c_n = self._unrolled(x, h0, c0)
+        h1 = state_out(h_n, spec.cell, unbatched)
+        state = (h1, state_out(c_n, spec.cell, unbatched)) if c_n is not None else h1
+        if spec.cell:
+            return state
+        return output_out(out, spec.batch_first, unbatched), state
+
     def _unrolled(self, x: Tensor, h0: Tensor, c0: Tensor | None
                   ) -> tuple[Tensor, Tensor, Tensor | None]:
-        masks = self.dropout_masks(x)
+        spec = self.spec
+        masks = dropout_masks(x, spec.dropout, spec.num_layers, spec.directions * spec.out_size,
+                              self.training)
         detach = self.config.perforated
         pool, probe = self.candidates, None
         if pool is not None and (torch.is_grad_enabled() or pool.gd):
             with torch.no_grad():  # pass 1: every step's [x_t, h_{t-1}] (as pass 2 computes)
                 rec = self.run(x, h0, c0, detach=detach, masks=masks, record=True)[3]
-            c = pool(*self._candidate_inputs(rec))  # type: ignore[arg-type]
+            c = pool(*self._candidate_inputs(rec))
             probe = pool.attach(x.new_zeros(*x.shape[:2], self.num_neurons), c)
         out, h_n, c_n, _ = self.run(x, h0, c0, detach=detach, probe=probe, masks=masks)
         return out, h_n, c_n
 
-    def _candidate_inputs(self, rec: Record) -> tuple[Tensor, list[Tensor]]:
+    def run(self, x: Tensor, h0: Tensor, c0: Tensor | None, *, detach: bool,
+            probe: Tensor | None = None, masks: list[Tensor] | None = None,
+            record: bool = False) -> tuple[Tensor, Tensor, Tensor | None, list[list[Tensor]]]:
+        """`RecurrentCore.run` with this layer's weights and dendrites."""
+        params = [self.direction_params(ld) for ld in range(self.spec.layer_dirs)]
+        return self.core.run(x, h0, c0, params, detach, probe, masks, record)
+
+    def direction_params(self, ld: int) -> list[Tensor | None]:
+        """Layer-direction `ld`'s weights and its slices of the dendrite sets (`unroll.PARAMS`)."""
+        spec, base = self.spec, self.base_layer
+        sfx = spec.suffix(ld)
+        p = [getattr(base, "weight_ih" + sfx), getattr(base, "weight_hh" + sfx),
+             getattr(base, "bias_ih" + sfx) if spec.bias else None,
+             getattr(base, "bias_hh" + sfx) if spec.bias else None,
+             getattr(base, "weight_hr" + sfx, None)]
+        d = self.num_dendrites
+        if d == 0:
+            return p + [None] * 5
+        n, in_l = spec.gate_width, spec.layer_input(ld // spec.directions)
+        rows = slice(ld * n, (ld + 1) * n)
+        v = self.dendrite_weight[:, rows]
+        return [*p, v[..., :in_l].reshape(d * n, in_l),
+                v[..., in_l:in_l + spec.out_size].reshape(d * n, spec.out_size),
+                self.dendrite_bias[:, rows].reshape(d * n),
+                self.cascade_weight[:, :, rows], self.output_weight[:, rows]]
+
+    def _candidate_inputs(self, rec: list[list[Tensor]]) -> tuple[Tensor, list[Tensor]]:
         """``x [B, T, Ld, F]`` (padded rows) and the installed dendrites' outputs ``[B, T, N]``."""
         width = self.spec.width
-        x = torch.stack([F.pad(u, (0, width - u.shape[-1])) for u in rec.inputs], -2)
-        hs = [torch.cat(ds, -1) for ds in zip(*rec.dendrites, strict=True)]
+        x = torch.stack([F.pad(r[0], (0, width - r[0].shape[-1])) for r in rec], -2)
+        hs = [torch.cat([r[j] for r in rec], -1) for j in range(1, len(rec[0]))]
         return x, hs
 
     # --------------------------------------------------------------- padding of the inputs
@@ -97,10 +151,11 @@ class _Recurrent(UnrolledRecurrent, DendriteLayer):
         return super().dendrite_parameter_count() - self.num_dendrites * padding
 
     def to_plain(self) -> nn.Module:
-        """A plain module computing this layer's function (for `perforate.export`)."""
+        """A plain, TorchScript-able module computing this layer's function (`pf.export`)."""
         if self.num_dendrites == 0:
             return copy.deepcopy(self.base_layer)
-        return RecurrentExport(self)
+        return export_recurrent(self.spec, self.core,
+                                [self.direction_params(ld) for ld in range(self.spec.layer_dirs)])
 
 
 class RNN(_Recurrent):
@@ -110,25 +165,3 @@ class RNN(_Recurrent):
 class RNNCell(_Recurrent):
     """`nn.LSTMCell` / `nn.GRUCell` with dendrites on the gate neurons (one step per call:
     each call is one batch of the candidate statistics)."""
-
-
-class RecurrentExport(UnrolledRecurrent, nn.Module):
-    """Exported recurrent layer with dendrites: the unrolled loop over frozen copies of the
-    weights (plain autograd, no perforation). Eager PyTorch; not TorchScript-able."""
-
-    def __init__(self, layer: _Recurrent) -> None:
-        super().__init__()
-        self.spec = layer.spec
-        self.base_layer = copy.deepcopy(layer.base_layer)
-        self.activation = copy.deepcopy(layer.activation)
-        for name in ("dendrite_weight", "dendrite_bias", "cascade_weight", "output_weight"):
-            self.register_buffer(name, getattr(layer, name).detach().clone())
-
-    def forward(self, input: Any, hx: Any = None) -> Any:
-        return self.forward_unrolled(input, hx)
-
-    def _unrolled(self, x: Tensor, h0: Tensor, c0: Tensor | None
-                  ) -> tuple[Tensor, Tensor, Tensor | None]:
-        out, h_n, c_n, _ = self.run(x, h0, c0, detach=False, masks=self.dropout_masks(x))
-        return out, h_n, c_n
-

@@ -34,18 +34,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds(step: Callable[[], None], repeats: int, device: torch.device) -> float:
-    """Median seconds of `step` after two warm-up calls."""
-    for _ in range(2):
+def seconds(steps: list[Callable[[], None]], repeats: int, device: torch.device) -> list[float]:
+    """Median seconds of each step after two warm-up calls; the steps take turns, so that a
+    change of the machine's load moves them all alike."""
+    for step in steps:
         step()
-    times = []
+        step()
+    times: list[list[float]] = [[] for _ in steps]
     for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for step, acc in zip(steps, times, strict=True):
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            acc.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def make_layer(kind: str, args: argparse.Namespace) -> nn.Module:
@@ -91,14 +94,9 @@ def time_kind(kind: str, args: argparse.Namespace, device: torch.device) -> list
     rows.append((f"dendrite phase, D = 0, K = {args.candidates}", 0, args.candidates,
                  fwd_bwd(dp.dendrite_layers()["0"], opt.step)))
 
-    base = None
-    out = []
-    for name, d, k, step in rows:
-        t = seconds(step, args.repeats, device)
-        base = base or t
-        out.append({"layer": kind, "path": name, "D": d, "K": k, "seconds": t,
-                    "ratio": t / base})
-    return out
+    times = seconds([step for *_, step in rows], args.repeats, device)
+    return [{"layer": kind, "path": name, "D": d, "K": k, "seconds": t, "ratio": t / times[0]}
+            for (name, d, k, _), t in zip(rows, times, strict=True)]
 
 
 def main() -> None:

@@ -222,6 +222,21 @@ def test_sample_positions_are_batch_times_time() -> None:
     assert float(layer.candidates.sums.count) == 3 * 7
 
 
+def test_a_pass_without_autograd_skips_the_candidates() -> None:
+    """Validation in the dendrite phase: the fused kernel, no statistics."""
+    original = nn.LSTM(IN, H, num_layers=2, batch_first=True).double()
+    model, layer = wrap(copy.deepcopy(original), candidates=2, seed=0)
+    model.begin_dendrite_phase()
+    x = torch.randn(3, 7, IN, dtype=torch.float64)
+    with torch.no_grad():
+        out, ref = layer(x), original(x)
+    assert torch.equal(out[0], ref[0])
+    assert float(layer.candidates.sums.count) == 0 and int(layer.candidates.seen) == 0
+    layer(x)[0].sum().backward()  # float64 through the dendrite phase
+    assert float(layer.candidates.sums.count) == 3 * 7
+    assert layer.candidates.weight.grad.dtype == torch.float64
+
+
 def test_candidate_gradient_is_eq_3_4_on_an_lstm_cell() -> None:
     """dL/dc = -sign(S) (e - mean e) / std e; dL/dU = sum_p dL/dc * g'(pre) [x, h]."""
     torch.manual_seed(3)
@@ -265,22 +280,32 @@ def _dendrite_terms(layer: DendriteLayer, rec: list[list[Tensor]]) -> Tensor:
 
 
 @pytest.mark.parametrize("perforated", [True, False])
-def test_perforation_makes_dendrite_terms_constants_for_backprop(perforated: bool) -> None:
+@pytest.mark.parametrize("name", ["lstm-2l-bi-bf", "gru-2l-bi"])
+def test_perforation_makes_dendrite_terms_constants_for_backprop(name: str,
+                                                                 perforated: bool) -> None:
     """Perforated: the input and h0 get exactly the gradients of the network in which every
     step's dendrite term is a constant (no error flows back through dendrite inputs)."""
     torch.manual_seed(4)
-    _, layer = wrap(nn.LSTM(IN, H, num_layers=2, bidirectional=True, batch_first=True),
-                    perforated=perforated)
+    _, layer = wrap(SEQUENCE_LAYERS[name](), perforated=perforated)
     random_dendrites(layer, 2)
-    x, (h0, c0) = torch.randn(3, 6, IN), initial_state(layer.base_layer)
+    x, hx = inputs(layer.base_layer), initial_state(layer.base_layer)
+    h0, c0 = hx if isinstance(hx, tuple) else (hx, None)
+    x_bf = x if layer.batch_first else x.transpose(0, 1)
     with torch.no_grad():
-        *_, rec = layer.run(x, h0, c0, detach=True, record=True)
+        *_, rec = layer.run(x_bf, h0, c0, detach=True, record=True)
     terms = _dendrite_terms(layer, rec)
     plain = copy.deepcopy(layer)
     plain.resize(0)  # same weights, no dendrites: the terms enter as a constant probe
-    out_w, g_w = run_and_grads(lambda x_, hx: layer(x_, hx), x, (h0, c0), [])
-    out_c, g_c = run_and_grads(lambda x_, hx: plain.run(x_, *hx, detach=True, probe=terms)[:3],
-                               x, (h0, c0), [])
+
+    def constant_terms(x_: Tensor, hx_) -> tuple[Tensor, ...]:
+        h_, c_ = hx_ if isinstance(hx_, tuple) else (hx_, None)
+        x_ = x_ if layer.batch_first else x_.transpose(0, 1)
+        out, h_n, c_n, _ = plain.run(x_, h_, c_, detach=True, probe=terms)
+        return out if layer.batch_first else out.transpose(0, 1), h_n, c_n
+
+    out_w, g_w = run_and_grads(layer, x, hx, [])
+    out_c, g_c = run_and_grads(constant_terms, x, hx, [])
+    assert len(g_w) == len(g_c) >= 2
     torch.testing.assert_close(out_w[0], out_c[0], rtol=0, atol=1e-6)
     same = all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(g_w, g_c, strict=True))
     assert same == perforated

@@ -59,9 +59,15 @@ class _Recurrent(DendriteLayer):
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, input: Any, hx: Any = None) -> Any:
-        if self.num_dendrites == 0 and self.candidates is None:
+        if self.num_dendrites == 0 and not self._candidates_active():
             return self.base_layer(input, hx)  # the fused kernel: the original exactly
         return self.forward_unrolled(input, hx)
+
+    def _candidates_active(self) -> bool:
+        """Candidates are attached and this pass needs them (CC candidates learn only from a
+        backward pass, so a pass without autograd, e.g. validation, skips them)."""
+        pool = self.candidates
+        return pool is not None and (torch.is_grad_enabled() or pool.gd)
 
     def forward_unrolled(self, input: Tensor, hx: Any = None) -> Any:
         """The layer's own call signature and return value, computed by the Python loop."""
@@ -91,7 +97,7 @@ class _Recurrent(DendriteLayer):
                               self.training)
         detach = self.config.perforated
         pool, probe = self.candidates, None
-        if pool is not None and (torch.is_grad_enabled() or pool.gd):
+        if pool is not None and self._candidates_active():
             with torch.no_grad():  # pass 1: every step's [x_t, h_{t-1}] (as pass 2 computes)
                 rec = self.run(x, h0, c0, detach=detach, masks=masks, record=True)[3]
             c = pool(*self._candidate_inputs(rec))

@@ -230,7 +230,8 @@ def test_a_pass_without_autograd_skips_the_candidates() -> None:
     x = torch.randn(3, 7, IN, dtype=torch.float64)
     with torch.no_grad():
         out, ref = layer(x), original(x)
-    assert torch.equal(out[0], ref[0])
+    # (Not bit-equal: PyTorch's CPU kernel differs in the last bit for frozen weights.)
+    torch.testing.assert_close(out[0], ref[0], rtol=0, atol=1e-12)
     assert float(layer.candidates.sums.count) == 0 and int(layer.candidates.seen) == 0
     layer(x)[0].sum().backward()  # float64 through the dendrite phase
     assert float(layer.candidates.sums.count) == 3 * 7

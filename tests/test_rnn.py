@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import perforate as pf
 from perforate.layers import RNN, DendriteLayer, RNNCell
@@ -132,14 +132,50 @@ def test_dropout_between_layers_as_pytorch() -> None:
     assert out_o[0].abs().sum() > 0  # the last layer's output is not dropped
 
 
-def test_packed_sequence_runs_fused_at_zero_dendrites_and_is_refused_unrolled() -> None:
-    original = nn.GRU(IN, H, batch_first=True)
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+@pytest.mark.parametrize("name", ["lstm-2l-bi-bf", "gru-2l-bi", "lstm-proj-nobias"])
+def test_unrolled_packed_sequence_equals_fused_kernel(name: str, enforce_sorted: bool) -> None:
+    original = SEQUENCE_LAYERS[name]()
     _, layer = wrap(copy.deepcopy(original))
-    packed = pack_padded_sequence(torch.randn(3, 6, IN), [6, 4, 2], batch_first=True)
-    assert torch.equal(layer(packed)[1], original(packed)[1])
-    random_dendrites(layer, 1)
-    with pytest.raises(TypeError, match="PackedSequence"):
-        layer(packed)
+    lengths = [6, 4, 4, 1] if enforce_sorted else [4, 6, 1, 4]
+    padded = torch.randn(4, 6, IN)
+    hx = initial_state(original, batch=4)
+
+    def call(fn):
+        def run(x: Tensor, hx_):
+            out, state = fn(pack_padded_sequence(x, lengths, batch_first=True,
+                                                 enforce_sorted=enforce_sorted), hx_)
+            assert isinstance(out, PackedSequence)
+            return pad_packed_sequence(out, batch_first=True)[0], state
+        return run
+
+    out_o, g_o = run_and_grads(call(original), padded, hx, list(original.parameters()))
+    out_u, g_u = run_and_grads(call(layer.forward_unrolled), padded, hx,
+                               list(layer.base_layer.parameters()))
+    for a, b in zip(out_o + g_o, out_u + g_u, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_padded_steps_of_a_packed_batch_are_no_samples() -> None:
+    """The statistics of a packed batch are those of its sequences run one by one."""
+    lengths = [3, 7, 5]
+    seqs = [torch.randn(n, IN) for n in lengths]
+    sums = []
+    for packed in (True, False):
+        torch.manual_seed(0)
+        model, layer = wrap(nn.GRU(IN, H, num_layers=2, bidirectional=True), candidates=2,
+                            seed=0)
+        model.begin_dendrite_phase()
+        if packed:
+            out = layer(nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False))[0]
+            pad_packed_sequence(out)[0].square().sum().backward()
+        else:
+            for x in seqs:
+                layer(x[:, None])[0].square().sum().backward()
+        sums.append(layer.candidates.sums)
+    assert float(sums[0].count) == sum(lengths) == float(sums[1].count)
+    torch.testing.assert_close(sums[0].cand, sums[1].cand, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sums[0].err, sums[1].err, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------- a dendrite cycle

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..candidates import CandidatePool, Winners
 from ..config import PerforationConfig
@@ -69,48 +69,63 @@ class _Recurrent(DendriteLayer):
         pool = self.candidates
         return pool is not None and (torch.is_grad_enabled() or pool.gd)
 
-    def forward_unrolled(self, input: Tensor, hx: Any = None) -> Any:
+    def forward_unrolled(self, input: Tensor | PackedSequence, hx: Any = None) -> Any:
         """The layer's own call signature and return value, computed by the Python loop."""
-        if isinstance(input, PackedSequence):
-            raise TypeError(
-                f"{type(self.base_layer).__name__} with dendrites or candidates runs unrolled, "
-                "which does not take a PackedSequence: pass a padded batch instead "
-                "(torch.nn.utils.rnn.pad_packed_sequence)")
         spec = self.spec
+        packed, valid = None, None
+        if isinstance(input, PackedSequence):
+            packed = input
+            input, lengths = pad_packed_sequence(packed, batch_first=True)  # the batch's order
+            valid = torch.arange(input.shape[1]) < lengths.unsqueeze(1)  # [B, T] on the CPU
         lstm = spec.mode == "LSTM"
-        x, unbatched = to_steps(input, spec.cell, spec.batch_first)
+        x, unbatched = to_steps(input, spec.cell, spec.batch_first or packed is not None)
         h, c = (hx if lstm else (hx, None)) if hx is not None else (None, None)
         h0 = state_in(h, x, spec.cell, unbatched, spec.layer_dirs, spec.out_size)
         c0 = state_in(c, x, spec.cell, unbatched, spec.layer_dirs, spec.hidden_size) \
             if lstm else None
-        out, h_n, c_n = self._unrolled(x, h0, c0)
+        out, h_n, c_n = self._unrolled(x, h0, c0, valid)
         h1 = state_out(h_n, spec.cell, unbatched)
         state = (h1, state_out(c_n, spec.cell, unbatched)) if c_n is not None else h1
         if spec.cell:
             return state
+        if packed is not None:
+            return repack(out, lengths, packed), state
         return output_out(out, spec.batch_first, unbatched), state
 
-    def _unrolled(self, x: Tensor, h0: Tensor, c0: Tensor | None
+    def _unrolled(self, x: Tensor, h0: Tensor, c0: Tensor | None, valid: Tensor | None = None
                   ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Batch-first steps in, ``(out, h_n, c_n)`` out; ``valid [B, T]`` (CPU) marks the
+        real steps of padded sequences: the others change no state and are no samples."""
         spec = self.spec
         masks = dropout_masks(x, spec.dropout, spec.num_layers, spec.directions * spec.out_size,
                               self.training)
         detach = self.config.perforated
+        on_device = None if valid is None else valid.to(x.device)
         pool, probe = self.candidates, None
         if pool is not None and self._candidates_active():
             with torch.no_grad():  # pass 1: every step's [x_t, h_{t-1}] (as pass 2 computes)
-                rec = self.run(x, h0, c0, detach=detach, masks=masks, record=True)[3]
-            c = pool(*self._candidate_inputs(rec))
-            probe = pool.attach(x.new_zeros(*x.shape[:2], self.num_neurons), c)
-        out, h_n, c_n, _ = self.run(x, h0, c0, detach=detach, probe=probe, masks=masks)
+                rec = self.run(x, h0, c0, detach=detach, masks=masks, record=True,
+                               valid=on_device)[3]
+            u, hs = self._candidate_inputs(rec)
+            shape = (*x.shape[:2], self.num_neurons)
+            if valid is None:
+                probe = pool.attach(x.new_zeros(shape), pool(u, hs))
+            else:  # only the real steps are samples: tap them, scatter into [B, T, N]
+                idx = valid.flatten().nonzero().squeeze(1).to(x.device)
+                c = pool(u.flatten(0, 1)[idx], [h.flatten(0, 1)[idx] for h in hs])
+                tap = pool.attach(x.new_zeros(len(idx), self.num_neurons), c)
+                probe = x.new_zeros(shape).flatten(0, 1).index_copy(0, idx, tap).view(shape)
+        out, h_n, c_n, _ = self.run(x, h0, c0, detach=detach, probe=probe, masks=masks,
+                                    valid=on_device)
         return out, h_n, c_n
 
     def run(self, x: Tensor, h0: Tensor, c0: Tensor | None, *, detach: bool,
             probe: Tensor | None = None, masks: list[Tensor] | None = None,
-            record: bool = False) -> tuple[Tensor, Tensor, Tensor | None, list[list[Tensor]]]:
+            record: bool = False, valid: Tensor | None = None
+            ) -> tuple[Tensor, Tensor, Tensor | None, list[list[Tensor]]]:
         """`RecurrentCore.run` with this layer's weights and dendrites."""
         params = [self.direction_params(ld) for ld in range(self.spec.layer_dirs)]
-        return self.core.run(x, h0, c0, params, detach, probe, masks, record)
+        return self.core.run(x, h0, c0, params, detach, probe, masks, record, valid)
 
     def direction_params(self, ld: int) -> list[Tensor | None]:
         """Layer-direction `ld`'s weights and its slices of the dendrite sets (`unroll.PARAMS`)."""
@@ -171,3 +186,13 @@ class RNN(_Recurrent):
 class RNNCell(_Recurrent):
     """`nn.LSTMCell` / `nn.GRUCell` with dendrites on the gate neurons (one step per call:
     each call is one batch of the candidate statistics)."""
+
+
+def repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
+    """A batch-first padded output ``[B, T, ...]`` (the batch's order) packed as `like` is."""
+    order = like.sorted_indices
+    if order is not None:
+        out, lengths = out.index_select(0, order), lengths[order.cpu()]
+    data = pack_padded_sequence(out, lengths, batch_first=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+

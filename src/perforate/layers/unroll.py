@@ -48,13 +48,15 @@ class RecurrentCore(nn.Module):
         self.activation = activation
 
     def run(self, x: Tensor, h0: Tensor, c0: Tensor | None, params: list[list[Tensor | None]],
-            detach: bool, probe: Tensor | None, masks: list[Tensor] | None, record: bool
+            detach: bool, probe: Tensor | None, masks: list[Tensor] | None, record: bool,
+            valid: Tensor | None = None
             ) -> tuple[Tensor, Tensor, Tensor | None, list[list[Tensor]]]:
         """All layers over a batch-first ``x [B, T, I]`` from ``h0 [Ld, B, P]`` (``c0 [Ld, B,
         H]`` for LSTM). `detach`: dendrite inputs detached (perforated). ``probe [B, T, N]`` is
         added to the gate pre-activations; `masks` are the dropout masks between layers.
         Returns the last layer's output ``[B, T, dirs * P]``, ``h_n``, ``c_n`` and, if
-        `record`, per layer-direction ``[u [B, T, in_l + P], d_1 [B, T, n], ..., d_D]``."""
+        `record`, per layer-direction ``[u [B, T, in_l + P], d_1 [B, T, n], ..., d_D]``.
+        ``valid [B, T]`` (padded sequences): where False, a step leaves the state as it was."""
         records: list[list[Tensor]] = []
         hs: list[Tensor] = []
         cs: list[Tensor] = []
@@ -70,7 +72,7 @@ class RecurrentCore(nn.Module):
                 if c0 is not None:
                     c_ld = c0[ld]
                 out, h, c, rec = self.direction(x, h0[ld], c_ld, params[ld], d == 1, detach,
-                                                pr, record)
+                                                pr, record, valid)
                 outs.append(out)
                 hs.append(h)
                 if c is not None:
@@ -85,7 +87,8 @@ class RecurrentCore(nn.Module):
         return x, torch.stack(hs), c_n, records
 
     def direction(self, x: Tensor, h: Tensor, c: Tensor | None, p: list[Tensor | None],
-                  reverse: bool, detach: bool, probe: Tensor | None, record: bool
+                  reverse: bool, detach: bool, probe: Tensor | None, record: bool,
+                  valid: Tensor | None = None
                   ) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
         """One layer-direction over all steps: ``(out [B, T, P], h_T, c_T, record)``."""
         w_ih, w_hh, b_ih, b_hh, w_hr = p[0], p[1], p[2], p[3], p[4]
@@ -103,6 +106,9 @@ class RecurrentCore(nn.Module):
         probes: list[Tensor] = []
         if probe is not None:
             probes = probe.unbind(1)
+        valids: list[Tensor] = []
+        if valid is not None:
+            valids = valid.unsqueeze(-1).unbind(1)
         steps = x.shape[1]
         out: list[Tensor] = []
         prev: list[Tensor] = []
@@ -111,6 +117,7 @@ class RecurrentCore(nn.Module):
             t = steps - 1 - s if reverse else s
             if record:
                 prev.append(h)
+            h_prev, c_prev = h, c
             extra: Tensor | None = None
             if len(probes) > 0:
                 extra = probes[t]
@@ -143,6 +150,10 @@ class RecurrentCore(nn.Module):
                 r, z = torch.sigmoid(rz).chunk(2, -1)
                 n = torch.tanh(torch.addcmul(nx, r, hg[:, 2 * hsz:]))
                 h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
+            if len(valids) > 0:  # past a sequence's end (forward) or before it (reverse)
+                h = torch.where(valids[t], h, h_prev)
+                if c is not None and c_prev is not None:
+                    c = torch.where(valids[t], c, c_prev)
             out.append(h)
         rec: list[Tensor] = []
         if record:

@@ -1,7 +1,8 @@
-"""Neuron layout of recurrent layers (`nn.LSTM`, `nn.GRU`, `nn.LSTMCell`, `nn.GRUCell`).
+"""Neuron layout of recurrent layers (`nn.LSTM`, `nn.GRU`, `nn.RNN` and their cells).
 
 The neurons of a recurrent layer are the gate pre-activations of each hidden unit: ``G * H``
-per layer-direction (G = 4 for LSTM: i, f, g, o; G = 3 for GRU: r, z, n; PyTorch's row order),
+per layer-direction (G = 4 for LSTM: i, f, g, o; G = 3 for GRU: r, z, n; G = 1 for the
+tanh / ReLU `nn.RNN`; PyTorch's row order),
 ``N = L * dirs * G * H`` in all, numbered layer-direction major (index ``l * dirs + d``, as in
 ``h_n``). At time t a gate neuron sees ``[x_t, h_{t-1}]``, so its dendrite does too: it is a
 Linear neuron over that concatenation. Layer-directions of different fan-in share one padded
@@ -22,14 +23,16 @@ from torch import Tensor, nn
 
 from .geometry import LinearGeometry
 
-_GATES = {"LSTM": 4, "GRU": 3}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_CELLS = {nn.LSTMCell: "LSTM", nn.GRUCell: "GRU"}
+_SEQUENCES = {nn.LSTM: "LSTM", nn.GRU: "GRU"}
 
 
 @dataclass(frozen=True)
 class RecurrentSpec:
     """The shape of a recurrent layer, read once from the PyTorch module."""
 
-    mode: str  # "LSTM" or "GRU"
+    mode: str  # "LSTM", "GRU", "RNN_TANH" or "RNN_RELU" (as nn.RNN's ``mode``)
     input_size: int
     hidden_size: int
     out_size: int  # proj_size if set (LSTM), else hidden_size
@@ -38,16 +41,17 @@ class RecurrentSpec:
     bias: bool
     batch_first: bool
     dropout: float
-    cell: bool  # nn.LSTMCell / nn.GRUCell: one step per call
+    cell: bool  # nn.LSTMCell / nn.GRUCell / nn.RNNCell: one step per call
 
     @classmethod
     def of(cls, layer: nn.Module) -> RecurrentSpec:
-        if isinstance(layer, (nn.LSTMCell, nn.GRUCell)):
-            mode = "LSTM" if isinstance(layer, nn.LSTMCell) else "GRU"
+        if isinstance(layer, nn.RNNCellBase):
+            mode = next((m for t, m in _CELLS.items() if isinstance(layer, t)),
+                        f"RNN_{getattr(layer, 'nonlinearity', '').upper()}")
             return cls(mode, layer.input_size, layer.hidden_size, layer.hidden_size, 1, 1,
                        layer.bias, True, 0.0, True)
-        if isinstance(layer, (nn.LSTM, nn.GRU)):
-            mode = "LSTM" if isinstance(layer, nn.LSTM) else "GRU"
+        if isinstance(layer, nn.RNNBase):
+            mode = next((m for t, m in _SEQUENCES.items() if isinstance(layer, t)), layer.mode)
             proj = getattr(layer, "proj_size", 0)
             return cls(mode, layer.input_size, layer.hidden_size, proj or layer.hidden_size,
                        layer.num_layers, 2 if layer.bidirectional else 1, layer.bias,

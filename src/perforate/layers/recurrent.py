@@ -1,5 +1,5 @@
-"""Dendrites for `nn.LSTM`, `nn.GRU` (layers, directions, batch_first, bias, LSTM proj_size,
-dropout between layers), `nn.LSTMCell` and `nn.GRUCell`.
+"""Dendrites for `nn.LSTM`, `nn.GRU`, `nn.RNN` (layers, directions, batch_first, bias, LSTM
+proj_size, dropout between layers, PackedSequence) and `nn.LSTMCell`, `nn.GRUCell`, `nn.RNNCell`.
 
 Neurons are the gate pre-activations of every hidden unit (see `RecurrentGeometry`); a gate
 neuron's dendrite sees that step's ``[x_t, h_{t-1}]`` and adds ``a_j * d_j`` to that gate's
@@ -180,12 +180,12 @@ class _Recurrent(DendriteLayer):
 
 
 class RNN(_Recurrent):
-    """`nn.LSTM` / `nn.GRU` with dendrites on every layer-direction's gate neurons."""
+    """`nn.LSTM` / `nn.GRU` / `nn.RNN` with dendrites on every layer-direction's gate neurons."""
 
 
 class RNNCell(_Recurrent):
-    """`nn.LSTMCell` / `nn.GRUCell` with dendrites on the gate neurons (one step per call:
-    each call is one batch of the candidate statistics)."""
+    """`nn.LSTMCell` / `nn.GRUCell` / `nn.RNNCell` with dendrites on the gate neurons (one
+    step per call: each call is one batch of the candidate statistics)."""
 
 
 def repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:

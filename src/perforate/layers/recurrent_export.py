@@ -87,8 +87,8 @@ class LSTMExport(RecurrentExport):
                 (h_n, self._cell_state(c_n, unbatched)))
 
 
-class GRUExport(RecurrentExport):
-    """`nn.GRU` with dendrites."""
+class RNNExport(RecurrentExport):
+    """`nn.GRU` or `nn.RNN` with dendrites."""
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         out, h_n, _, unbatched = self._call(input, hx, None, False)
@@ -105,8 +105,8 @@ class LSTMCellExport(RecurrentExport):
         return h_n, self._cell_state(c_n, unbatched)
 
 
-class GRUCellExport(RecurrentExport):
-    """`nn.GRUCell` with dendrites."""
+class RNNCellExport(RecurrentExport):
+    """`nn.GRUCell` or `nn.RNNCell` with dendrites."""
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         return self._call(input, hx, None, False)[1]
@@ -115,6 +115,6 @@ class GRUCellExport(RecurrentExport):
 def export_recurrent(spec: RecurrentSpec, core: RecurrentCore,
                      params: list[list[Tensor | None]]) -> RecurrentExport:
     """The exported module of a recurrent layer (`params`: per layer-direction)."""
-    cls = {("LSTM", False): LSTMExport, ("GRU", False): GRUExport,
-           ("LSTM", True): LSTMCellExport, ("GRU", True): GRUCellExport}[spec.mode, spec.cell]
-    return cls(spec, core, params)
+    if spec.mode == "LSTM":
+        return (LSTMCellExport if spec.cell else LSTMExport)(spec, core, params)
+    return (RNNCellExport if spec.cell else RNNExport)(spec, core, params)

@@ -38,7 +38,8 @@ class WrapperRegistry:
 
 
 def default_registry() -> WrapperRegistry:
-    """A new registry serving Linear, Conv1d/2d/3d, LSTM, GRU, LSTMCell and GRUCell."""
+    """A new registry serving Linear, Conv1d/2d/3d, LSTM, GRU, RNN and their cells."""
     return WrapperRegistry({nn.Linear: Linear, nn.Conv1d: ConvNd, nn.Conv2d: ConvNd,
                             nn.Conv3d: ConvNd,
-                            nn.LSTM: RNN, nn.GRU: RNN, nn.LSTMCell: RNNCell, nn.GRUCell: RNNCell})
+                            nn.LSTM: RNN, nn.GRU: RNN, nn.RNN: RNN,
+                            nn.LSTMCell: RNNCell, nn.GRUCell: RNNCell, nn.RNNCell: RNNCell})

@@ -1,4 +1,4 @@
-"""The time-unrolled forward of an LSTM / GRU (or cell) with dendrites on its gate neurons.
+"""The time-unrolled forward of an LSTM / GRU / RNN (or cell) with dendrites on its gate neurons.
 
 PyTorch's fused kernels never expose the gate pre-activations, so once dendrites are installed
 (or candidates attached) a recurrent layer runs this Python loop over time instead. Per
@@ -13,7 +13,8 @@ LSTM: ``i, f, g, o = pre'_t``; ``c_t = s(f) c_{t-1} + s(i) tanh(g)``; ``h_t = s(
 ``r * (W_hn h + b_hn)``): ``r, z = s(pre'_r), s(pre'_z)``;
 ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn) + sum_j a_j d_j,n)``, i.e. the n neuron's dendrite
 term is added to the *full* argument of its tanh, outside the reset gate; ``h_t = (1 - z) n +
-z h_{t-1}``. With no dendrite and no probe this is exactly PyTorch's recurrence.
+z h_{t-1}``. `nn.RNN`: ``h_t = tanh(pre'_t)`` (or ReLU). With no dendrite and no probe this is
+exactly PyTorch's recurrence.
 
 `RecurrentCore` holds the computation (TorchScript-able); the wrapper and the exported module
 both call it. Its weights come per layer-direction as a list `PARAMS` of optional tensors.
@@ -36,13 +37,15 @@ class RecurrentCore(nn.Module):
     """The unrolled recurrence over all layers and directions (no parameters of its own)."""
 
     lstm: torch.jit.Final[bool]
+    gru: torch.jit.Final[bool]
+    relu: torch.jit.Final[bool]  # nn.RNN's nonlinearity (else tanh)
     num_layers: torch.jit.Final[int]
     directions: torch.jit.Final[int]
 
     def __init__(self, mode: str, num_layers: int, directions: int,
                  activation: nn.Module) -> None:
         super().__init__()
-        self.lstm = mode == "LSTM"
+        self.lstm, self.gru, self.relu = mode == "LSTM", mode == "GRU", mode == "RNN_RELU"
         self.num_layers = num_layers
         self.directions = directions
         self.activation = activation
@@ -96,7 +99,7 @@ class RecurrentCore(nn.Module):
         if w_ih is None or w_hh is None:
             raise ValueError("a recurrent layer needs w_ih and w_hh")
         xg = F.linear(x, w_ih, b_ih)  # input part of every step at once [B, T, G*H]
-        if self.lstm and b_hh is not None:
+        if not self.gru and b_hh is not None:
             xg, b_hh = xg + b_hh, None
         # unbind, not x[:, t]: the backward of T selects would write T full-size gradients.
         xgs = xg.unbind(1)
@@ -139,6 +142,9 @@ class RecurrentCore(nn.Module):
                 h = torch.sigmoid(o) * torch.tanh(c)
                 if w_hr is not None:
                     h = F.linear(h, w_hr)
+            elif not self.gru:  # nn.RNN
+                pre_t = xgs[t] + hg if extra is None else xgs[t] + hg + extra
+                h = torch.relu(pre_t) if self.relu else torch.tanh(pre_t)
             else:
                 hsz = h.shape[-1]
                 xt = xgs[t]

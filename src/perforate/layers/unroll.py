@@ -132,30 +132,7 @@ class RecurrentCore(nn.Module):
                     dends.append(step_ds)
                 for j, d_j in enumerate(step_ds):
                     extra = d_j * a[j] if extra is None else torch.addcmul(extra, d_j, a[j])
-            hg = F.linear(h, w_hh, b_hh)
-            if self.lstm:
-                if c is None:
-                    raise ValueError("an LSTM needs a cell state")
-                gates = xgs[t] + hg if extra is None else xgs[t] + hg + extra
-                i, f, g, o = gates.chunk(4, -1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-                if w_hr is not None:
-                    h = F.linear(h, w_hr)
-            elif not self.gru:  # nn.RNN
-                pre_t = xgs[t] + hg if extra is None else xgs[t] + hg + extra
-                h = torch.relu(pre_t) if self.relu else torch.tanh(pre_t)
-            else:
-                hsz = h.shape[-1]
-                xt = xgs[t]
-                rz = xt[:, :2 * hsz] + hg[:, :2 * hsz]
-                nx = xt[:, 2 * hsz:]
-                if extra is not None:
-                    rz = rz + extra[:, :2 * hsz]
-                    nx = nx + extra[:, 2 * hsz:]
-                r, z = torch.sigmoid(rz).chunk(2, -1)
-                n = torch.tanh(torch.addcmul(nx, r, hg[:, 2 * hsz:]))
-                h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
+            h, c = self._gates(xgs[t], F.linear(h, w_hh, b_hh), extra, h, c, w_hr)
             if len(valids) > 0:  # past a sequence's end (forward) or before it (reverse)
                 h = torch.where(valids[t], h, h_prev)
                 if c is not None and c_prev is not None:
@@ -167,6 +144,31 @@ class RecurrentCore(nn.Module):
             for j in range(len(dends[0]) if len(dends) > 0 else 0):
                 rec.append(self._in_order([ds[j] for ds in dends], reverse))
         return self._in_order(out, reverse), h, c, rec
+
+    def _gates(self, xt: Tensor, hg: Tensor, extra: Tensor | None, h: Tensor, c: Tensor | None,
+               w_hr: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One step from the input part ``xt``, the hidden part ``hg`` and the dendrite (and
+        probe) term ``extra`` of the gate pre-activations: the new ``(h, c)``."""
+        if self.lstm:
+            if c is None:
+                raise ValueError("an LSTM needs a cell state")
+            gates = xt + hg if extra is None else xt + hg + extra
+            i, f, g, o = gates.chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            return (h if w_hr is None else F.linear(h, w_hr)), c
+        if not self.gru:  # nn.RNN
+            pre = xt + hg if extra is None else xt + hg + extra
+            return (torch.relu(pre) if self.relu else torch.tanh(pre)), c
+        hsz = h.shape[-1]
+        rz = xt[:, :2 * hsz] + hg[:, :2 * hsz]
+        nx = xt[:, 2 * hsz:]
+        if extra is not None:
+            rz = rz + extra[:, :2 * hsz]
+            nx = nx + extra[:, 2 * hsz:]
+        r, z = torch.sigmoid(rz).chunk(2, -1)
+        n = torch.tanh(torch.addcmul(nx, r, hg[:, 2 * hsz:]))
+        return torch.lerp(n, h, z), c  # (1 - z) * n + z * h
 
     def cascade(self, pre: Tensor, cascade: Tensor) -> list[Tensor]:
         """``d_j = g(pre_j + sum_{i<j} C_j[:, i] * d_i)`` for ``pre [..., D, n]``."""

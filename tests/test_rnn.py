@@ -159,6 +159,27 @@ def test_unrolled_packed_sequence_equals_fused_kernel(name: str, enforce_sorted:
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["lstm-2l-bi-bf", "gru-2l-bi"])
+def test_packed_sequence_with_dendrites_and_its_export(name: str) -> None:
+    """With dendrites, a packed batch gives each sequence what it gets alone; so does the
+    (eager) export."""
+    model, layer = wrap(SEQUENCE_LAYERS[name](), perforated=False)
+    random_dendrites(layer, 2)
+    exported = pf.export(model)[0]
+    seqs = [torch.randn(n, IN) for n in (3, 6, 1)]
+    packed = nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
+    for fn in (layer, exported):
+        out, state = fn(packed)
+        padded = pad_packed_sequence(out, batch_first=True)[0]
+        for b, x in enumerate(seqs):
+            one = x[None] if layer.batch_first else x[:, None]
+            out_1, state_1 = layer(one)
+            out_1 = out_1[0] if layer.batch_first else out_1[:, 0]
+            torch.testing.assert_close(padded[b, :len(x)], out_1, rtol=0, atol=1e-6)
+            for s_all, s_1 in zip(flat(state), flat(state_1), strict=True):
+                torch.testing.assert_close(s_all[:, b], s_1[:, 0], rtol=0, atol=1e-6)
+
+
 def test_padded_steps_of_a_packed_batch_are_no_samples() -> None:
     """The statistics of a packed batch are those of its sequences run one by one."""
     lengths = [3, 7, 5]

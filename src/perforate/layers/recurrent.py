@@ -22,14 +22,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from ..candidates import CandidatePool, Winners
 from ..config import PerforationConfig
 from ..recurrent_geometry import RecurrentGeometry, RecurrentSpec
 from .base import DendriteLayer
 from .recurrent_export import export_recurrent
-from .unroll import RecurrentCore, dropout_masks, output_out, state_in, state_out, to_steps
+from .unroll import (
+    RecurrentCore,
+    dropout_masks,
+    output_out,
+    repack,
+    state_in,
+    state_out,
+    to_steps,
+    unpack,
+)
 
 #: Attributes of the wrapped layer that the wrapper shows as its own (read-only).
 _FORWARDED = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
@@ -75,8 +84,7 @@ class _Recurrent(DendriteLayer):
         packed, valid = None, None
         if isinstance(input, PackedSequence):
             packed = input
-            input, lengths = pad_packed_sequence(packed, batch_first=True)  # the batch's order
-            valid = torch.arange(input.shape[1]) < lengths.unsqueeze(1)  # [B, T] on the CPU
+            input, lengths, valid = unpack(packed)
         lstm = spec.mode == "LSTM"
         x, unbatched = to_steps(input, spec.cell, spec.batch_first or packed is not None)
         h, c = (hx if lstm else (hx, None)) if hx is not None else (None, None)
@@ -186,13 +194,4 @@ class RNN(_Recurrent):
 class RNNCell(_Recurrent):
     """`nn.LSTMCell` / `nn.GRUCell` / `nn.RNNCell` with dendrites on the gate neurons (one
     step per call: each call is one batch of the candidate statistics)."""
-
-
-def repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
-    """A batch-first padded output ``[B, T, ...]`` (the batch's order) packed as `like` is."""
-    order = like.sorted_indices
-    if order is not None:
-        out, lengths = out.index_select(0, order), lengths[order.cpu()]
-    data = pack_padded_sequence(out, lengths, batch_first=True).data
-    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 

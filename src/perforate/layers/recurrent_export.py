@@ -2,16 +2,29 @@
 
 Each holds frozen copies of the layer's weights (parameters) and dendrites (buffers) per
 layer-direction, and runs `RecurrentCore`, the loop the wrapper runs, with plain autograd
-(no perforation). Call signatures and return values are those of the PyTorch layer.
+(no perforation). Call signatures and return values are those of the PyTorch layer; a
+`PackedSequence` is taken in eager mode (a scripted module takes padded tensors).
 """
 
 import copy
 from typing import Final
 
+import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from ..recurrent_geometry import RecurrentSpec
-from .unroll import PARAMS, RecurrentCore, dropout_masks, output_out, state_in, state_out, to_steps
+from .unroll import (
+    PARAMS,
+    RecurrentCore,
+    dropout_masks,
+    output_out,
+    repack,
+    state_in,
+    state_out,
+    to_steps,
+    unpack,
+)
 
 
 class _DirectionWeights(nn.Module):
@@ -57,8 +70,24 @@ class RecurrentExport(nn.Module):
         self.dirs = nn.ModuleList(_DirectionWeights(p) for p in params)
 
     def _call(self, input: Tensor, h: Tensor | None, c: Tensor | None, lstm: bool
-              ) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+              ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The output, ``h_n`` and ``c_n`` in the layer's own layouts."""
+        if not torch.jit.is_scripting() and isinstance(input, PackedSequence):
+            return self._packed_call(input, h, c, lstm)
         x, unbatched = to_steps(input, self.cell, self.batch_first)
+        out, h_n, c_n = self._steps(x, h, c, lstm, unbatched, None)
+        return output_out(out, self.batch_first, unbatched), h_n, c_n
+
+    @torch.jit.unused
+    def _packed_call(self, packed: PackedSequence, h: Tensor | None, c: Tensor | None,
+                     lstm: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Eager only: a `PackedSequence` in, one out (TorchScript takes padded tensors)."""
+        x, lengths, valid = unpack(packed)
+        out, h_n, c_n = self._steps(x, h, c, lstm, False, valid.to(x.device))
+        return repack(out, lengths, packed), h_n, c_n  # type: ignore[return-value]
+
+    def _steps(self, x: Tensor, h: Tensor | None, c: Tensor | None, lstm: bool, unbatched: bool,
+               valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         h0 = state_in(h, x, self.cell, unbatched, self.layer_dirs, self.out_size)
         c0: Tensor | None = None
         if lstm:
@@ -67,13 +96,17 @@ class RecurrentExport(nn.Module):
         for m in self.dirs:
             params.append(m.tensors())
         masks = dropout_masks(x, self.dropout, self.num_layers, self.width, self.training)
-        out, h_n, c_n, _ = self.core.run(x, h0, c0, params, False, None, masks, False)
-        return out, state_out(h_n, self.cell, unbatched), c_n, unbatched
+        out, h_n, c_n, _ = self.core.run(x, h0, c0, params, False, None, masks, False, valid)
+        c_out: Tensor | None = None
+        if c_n is not None:
+            c_out = state_out(c_n, self.cell, unbatched)
+        return out, state_out(h_n, self.cell, unbatched), c_out
 
-    def _cell_state(self, c_n: Tensor | None, unbatched: bool) -> Tensor:
-        if c_n is None:
-            raise RuntimeError("an LSTM returned no cell state")
-        return state_out(c_n, self.cell, unbatched)
+
+def _required(c_n: Tensor | None) -> Tensor:
+    if c_n is None:
+        raise RuntimeError("an LSTM returned no cell state")
+    return c_n
 
 
 class LSTMExport(RecurrentExport):
@@ -82,17 +115,16 @@ class LSTMExport(RecurrentExport):
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         h, c = (None, None) if hx is None else (hx[0], hx[1])
-        out, h_n, c_n, unbatched = self._call(input, h, c, True)
-        return (output_out(out, self.batch_first, unbatched),
-                (h_n, self._cell_state(c_n, unbatched)))
+        out, h_n, c_n = self._call(input, h, c, True)
+        return out, (h_n, _required(c_n))
 
 
 class RNNExport(RecurrentExport):
     """`nn.GRU` or `nn.RNN` with dendrites."""
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        out, h_n, _, unbatched = self._call(input, hx, None, False)
-        return output_out(out, self.batch_first, unbatched), h_n
+        out, h_n, _ = self._call(input, hx, None, False)
+        return out, h_n
 
 
 class LSTMCellExport(RecurrentExport):
@@ -101,8 +133,8 @@ class LSTMCellExport(RecurrentExport):
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
                 ) -> tuple[Tensor, Tensor]:
         h, c = (None, None) if hx is None else (hx[0], hx[1])
-        _, h_n, c_n, unbatched = self._call(input, h, c, True)
-        return h_n, self._cell_state(c_n, unbatched)
+        _, h_n, c_n = self._call(input, h, c, True)
+        return h_n, _required(c_n)
 
 
 class RNNCellExport(RecurrentExport):

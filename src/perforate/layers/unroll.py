@@ -23,6 +23,7 @@ both call it. Its weights come per layer-direction as a list `PARAMS` of optiona
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 #: Order of one layer-direction's tensors in the lists `RecurrentCore.run` takes.
 PARAMS = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr",  # the layer's own (biases, w_hr optional)
@@ -233,3 +234,21 @@ def output_out(out: Tensor, batch_first: bool, unbatched: bool) -> Tensor:
     if unbatched:
         return out.squeeze(0)
     return out if batch_first else out.transpose(0, 1)
+
+
+# ------------------------------------------------ PackedSequence (eager only, not scripted)
+def unpack(packed: PackedSequence) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch-first padded steps in the batch's own order, the lengths, and ``valid [B, T]``
+    (True on real steps; lengths and mask on the CPU)."""
+    x, lengths = pad_packed_sequence(packed, batch_first=True)
+    return x, lengths, torch.arange(x.shape[1]) < lengths.unsqueeze(1)
+
+
+def repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
+    """A batch-first padded output ``[B, T, ...]`` (the batch's order) packed as `like` is."""
+    order = like.sorted_indices
+    if order is not None:
+        out, lengths = out.index_select(0, order), lengths[order.cpu()]
+    data = pack_padded_sequence(out, lengths, batch_first=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+

@@ -1,5 +1,6 @@
-"""Recurrent layers (LSTM, GRU, LSTMCell, GRUCell): D = 0 identity on the fused and unrolled
-paths, a dendrite cycle, eq. 3.4 on a cell, perforation, save/load, export, parameter count."""
+"""Recurrent layers (LSTM, GRU, RNN and their cells): D = 0 identity on the fused and unrolled
+paths, packed sequences, a dendrite cycle, eq. 3.4 on a cell, perforation, save/load, export
+(+ TorchScript), parameter count."""
 
 import copy
 import subprocess
@@ -54,7 +55,7 @@ def initial_state(layer: nn.Module, batch: int = 3):
         h = torch.randn(batch, H)
         return (h, torch.randn(batch, H)) if isinstance(layer, nn.LSTMCell) else h
     ld = layer.num_layers * (2 if layer.bidirectional else 1)
-    h = torch.randn(ld, batch, layer.proj_size or H if isinstance(layer, nn.LSTM) else H)
+    h = torch.randn(ld, batch, layer.proj_size or H)
     return (h, torch.randn(ld, batch, H)) if isinstance(layer, nn.LSTM) else h
 
 
@@ -271,6 +272,20 @@ def test_dendrite_cycle_keeps_the_function_at_install(name: str, learning: str) 
     with torch.no_grad():
         layer.output_weight.fill_(1.0)
     assert (model(probe).detach() - before).abs().max() > 1e-3
+
+
+def test_candidates_see_the_hidden_states_of_the_pass_they_learn_from() -> None:
+    """With dropout between layers, the recording pass and the autograd pass share masks: the
+    candidates of layer 1 see as h_{t-1} exactly the output the loss is computed from."""
+    model, layer = wrap(nn.LSTM(IN, H, num_layers=2, dropout=0.5, batch_first=True),
+                        candidates=2, seed=0)
+    model.begin_dendrite_phase()
+    seen = []
+    layer.candidates.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    out = layer(torch.randn(3, 6, IN))[0]
+    u = seen[0]  # [B, T, layer-directions, F]: row 1 is [x_t of layer 1, h_{t-1}, padding]
+    torch.testing.assert_close(u[:, 1:, 1, H:2 * H], out[:, :-1].detach(), rtol=0, atol=0)
+    assert (u[:, :, 1, :H] == 0).float().mean() > 0.2  # layer 1's input was dropped out
 
 
 def test_sample_positions_are_batch_times_time() -> None:

@@ -288,6 +288,18 @@ def test_candidates_see_the_hidden_states_of_the_pass_they_learn_from() -> None:
     assert (u[:, :, 1, :H] == 0).float().mean() > 0.2  # layer 1's input was dropped out
 
 
+def test_candidates_are_drawn_at_each_layers_own_fan_in() -> None:
+    """Layer 0 has fan-in 3 + 16 = 19, layer 1 16 + 16 = 32 (the padded width)."""
+    model, layer = wrap(nn.LSTM(3, 16, num_layers=2), candidates=4, seed=0)
+    model.begin_dendrite_phase()
+    w = layer.candidates.weight.detach()
+    g = 4 * 16
+    assert w[:, :g, 19:].abs().max() == 0  # padding of layer 0
+    for rows, fan_in in ((slice(0, g), 19), (slice(g, 2 * g), 32)):
+        std = float(w[:, rows, :fan_in].std())
+        assert abs(std * fan_in ** 0.5 - 1.0) < 0.1, (fan_in, std)
+
+
 def test_sample_positions_are_batch_times_time() -> None:
     model, layer = wrap(nn.GRU(IN, H, num_layers=2, bidirectional=True, batch_first=True),
                         candidates=2, seed=0)

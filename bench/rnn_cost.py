@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -35,14 +36,18 @@ def sync(device: torch.device) -> None:
 
 
 def seconds(steps: list[Callable[[], None]], repeats: int, device: torch.device) -> list[float]:
-    """Median seconds of each step after two warm-up calls; the steps take turns, so that a
-    change of the machine's load moves them all alike."""
+    """Median seconds of each step after two warm-up calls; the steps take turns in a new
+    random order each round, so that neither the machine's load nor the cache left by the
+    previous step favours one of them."""
     for step in steps:
         step()
         step()
     times: list[list[float]] = [[] for _ in steps]
+    order = random.Random(0)
     for _ in range(repeats):
-        for step, acc in zip(steps, times, strict=True):
+        turns = list(zip(steps, times, strict=True))
+        order.shuffle(turns)
+        for step, acc in turns:
             sync(device)
             start = time.perf_counter()
             step()

@@ -513,3 +513,20 @@ def test_wrapper_shows_the_layer_attributes() -> None:
     layer.flatten_parameters()
     with pytest.raises(AttributeError):
         _ = layer.no_such_attribute
+
+
+def test_a_subclass_with_its_own_forward_is_refused() -> None:
+    class Peephole(nn.LSTM):
+        def forward(self, x, hx=None):
+            return super().forward(x * 2, hx)
+
+    class Plain(nn.GRU):
+        pass
+
+    with pytest.raises(pf.TargetError, match=r"overrides nn\.LSTM\.forward"):
+        pf.perforate(nn.Sequential(Peephole(IN, H)),
+                     pf.PerforationConfig(target_modules=[nn.LSTM]))
+    model = pf.perforate(nn.Sequential(Plain(IN, H)),
+                         pf.PerforationConfig(target_modules=[nn.GRU]))
+    assert isinstance(model.net[0], RNN)
+

@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..candidates import CandidatePool, Winners
 from ..config import PerforationConfig
+from ..errors import TargetError
 from ..recurrent_geometry import RecurrentGeometry, RecurrentSpec
 from .base import DendriteLayer
 from .recurrent_export import export_recurrent
@@ -40,6 +41,8 @@ from .unroll import (
     unpack,
 )
 
+_PYTORCH_TYPES = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+
 #: Attributes of the wrapped layer that the wrapper shows as its own (read-only).
 _FORWARDED = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
               "bidirectional", "proj_size", "mode", "all_weights", "flatten_parameters")
@@ -51,6 +54,12 @@ class _Recurrent(DendriteLayer):
     geometry_cls = RecurrentGeometry
 
     def __init__(self, base_layer: nn.Module, config: PerforationConfig) -> None:
+        for cls in _PYTORCH_TYPES:
+            if isinstance(base_layer, cls) and type(base_layer).forward is not cls.forward:
+                raise TargetError(
+                    f"{type(base_layer).__name__} overrides nn.{cls.__name__}.forward: with "
+                    f"dendrites it would run nn.{cls.__name__}'s recurrence instead of yours; "
+                    "exclude it (exclude_modules) or target the layers inside it")
         super().__init__(base_layer, config)
         spec: RecurrentSpec = self.geometry.spec  # type: ignore[attr-defined]
         self.spec = spec

@@ -59,7 +59,7 @@ class _Recurrent(DendriteLayer):
                 raise TargetError(
                     f"{type(base_layer).__name__} overrides nn.{cls.__name__}.forward: with "
                     f"dendrites it would run nn.{cls.__name__}'s recurrence instead of yours; "
-                    "exclude it (exclude_modules) or target the layers inside it")
+                    "leave it out of target_modules (or add it to exclude_modules)")
         super().__init__(base_layer, config)
         spec: RecurrentSpec = self.geometry.spec  # type: ignore[attr-defined]
         self.spec = spec

@@ -36,7 +36,8 @@ class PerforationConfig:
     """
 
     target_modules: Sequence[Selector] | Selector | None = None
-    """Which layers get dendrites: names, suffixes, regexes or types. None = every Linear/ConvNd."""
+    """Which layers get dendrites: names, suffixes, regexes or types. None = every Linear,
+    ConvNd, LSTM, GRU, RNN and their cells."""
     exclude_modules: Sequence[Selector] | Selector | None = None
     """Layers to leave alone, same selector forms as `target_modules`."""
     candidates: int = 4

@@ -200,6 +200,9 @@ def export_layer(layer: DendriteLayer, tied: bool = False) -> nn.Module:
     `tied`: the base layer's parameters are shared with other modules; the result then keeps
     (does not copy) the base layer, so the sharing survives.
     """
+    to_plain = getattr(layer, "to_plain", None)
+    if to_plain is not None:  # a wrapper that provides its own export (recurrent layers)
+        return to_plain()
     if layer.num_dendrites == 0:
         return layer.base_layer if tied else copy.deepcopy(layer.base_layer)
     if isinstance(layer, ConvNd):

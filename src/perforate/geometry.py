@@ -30,8 +30,15 @@ class Geometry:
 
     def __init__(self, layer: nn.Module) -> None:
         self.layer = layer
-        # Read once: a parametrised weight (weight_norm, spectral_norm) is recomputed per read.
-        self.weight_shape: tuple[int, ...] = tuple(layer.weight.shape)
+        self._weight_shape: tuple[int, ...] | None = None
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """The shape of `weight`, read once: a parametrised weight (weight_norm,
+        spectral_norm) is recomputed at every read."""
+        if self._weight_shape is None:
+            self._weight_shape = tuple(self.weight.shape)
+        return self._weight_shape
 
     @property
     def weight(self) -> Tensor:

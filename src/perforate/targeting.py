@@ -106,6 +106,8 @@ def select_targets(net: nn.Module, config: PerforationConfig,
         kinds = ", ".join(t.__name__ for t in registry.default_types())
         hint = (" (the network is itself one layer: wrap it, e.g. nn.Sequential(layer))"
                 if registry.lookup(net) is not None else "")
+        if refused:
+            hint = "; " + "; ".join(f"{n!r}: {r}" for n, r in refused.items())
         raise TargetError(f"{type(net).__name__} has nothing to wrap: no {kinds} module "
                           f"found inside it{hint}")
     targets = _as_list(config.target_modules)

@@ -6,7 +6,8 @@ from .composite import CompositeLayer
 from .conv import ConvNd
 from .conv_transpose import ConvTransposeNd
 from .linear import Linear
+from .recurrent import RNN, RNNCell
 from .registry import WrapperRegistry, default_registry
 
-__all__ = ["CompositeLayer", "ConvNd", "ConvTransposeNd", "DendriteLayer", "Linear",
-           "MultiheadAttention", "WrapperRegistry", "default_registry"]
+__all__ = ["RNN", "CompositeLayer", "ConvNd", "ConvTransposeNd", "DendriteLayer", "Linear",
+           "MultiheadAttention", "RNNCell", "WrapperRegistry", "default_registry"]

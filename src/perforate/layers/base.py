@@ -58,7 +58,7 @@ class DendriteLayer(nn.Module):
         self.geometry = self.geometry_cls(base_layer)
         self.activation = make_activation(config.dendrite_activation)
         self._activation_ = INPLACE.get(config.dendrite_activation)
-        w = base_layer.weight
+        w = self.geometry.weight
         n, shape = self.geometry.num_neurons, self.geometry.neuron_weight_shape
         kw = {"device": w.device, "dtype": w.dtype}
         # Installed dendrite sets, stacked: V [D, N, *w], bias [D, N], cascade C [D, D, N]

@@ -10,6 +10,7 @@ from .composite import CompositeLayer
 from .conv import ConvNd
 from .conv_transpose import ConvTransposeNd
 from .linear import Linear
+from .recurrent import RNN, RNNCell
 
 Wrapper = type[DendriteLayer] | type[CompositeLayer]
 
@@ -64,10 +65,12 @@ class WrapperRegistry:
 
 
 def default_registry() -> WrapperRegistry:
-    """A new registry serving Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d and
-    MultiheadAttention."""
+    """A new registry serving Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d,
+    MultiheadAttention, LSTM, GRU, RNN and their cells."""
     mapping: dict[type[nn.Module], Wrapper] = {
         nn.Linear: Linear, nn.Conv1d: ConvNd, nn.Conv2d: ConvNd, nn.Conv3d: ConvNd,
         nn.ConvTranspose1d: ConvTransposeNd, nn.ConvTranspose2d: ConvTransposeNd,
-        nn.ConvTranspose3d: ConvTransposeNd, nn.MultiheadAttention: MultiheadAttention}
+        nn.ConvTranspose3d: ConvTransposeNd, nn.MultiheadAttention: MultiheadAttention,
+        nn.LSTM: RNN, nn.GRU: RNN, nn.RNN: RNN,
+        nn.LSTMCell: RNNCell, nn.GRUCell: RNNCell, nn.RNNCell: RNNCell}
     return WrapperRegistry(mapping)

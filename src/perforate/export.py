@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .errors import PhaseError
 from .layers import ConvNd, DendriteLayer
+from .targeting import set_submodule
 
 
 class _FusedDendrites(nn.Module):
@@ -144,10 +145,8 @@ def export(model: nn.Module) -> nn.Module:
     """A deep copy of ``model.net`` with every dendrite layer replaced by a plain module."""
     if getattr(model, "phase", "neuron") != "neuron":
         raise PhaseError("export() needs the neuron phase: end the dendrite phase first")
-    from .model import _set_submodule
-
     layers = model.dendrite_layers()
     net = copy.deepcopy(model.net)
     for name in layers:
-        _set_submodule(net, name, export_layer(net.get_submodule(name)))
+        set_submodule(net, name, export_layer(net.get_submodule(name)))
     return net

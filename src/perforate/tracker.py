@@ -30,6 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from . import artifacts
+from ._extras import available, require
+from .atomic import atomic_write
 from .config import PerforationConfig
 from .errors import LoadError, PhaseError
 from .metrics import error_reduction
@@ -83,7 +85,8 @@ class Tracker:
     Args beyond the contract: ``correlation_threshold`` (dendrite plateau, DEFAULT 1e-3),
     ``min_dendrites`` (growth steps before the stop rule applies), ``add_dendrites``
     (False = the restart control), ``max_epochs`` (safety cap), ``checkpoint_every``
-    (also checkpoint every N epochs; needs ``out_dir``), ``plot`` (write training.png),
+    (also checkpoint every N epochs; needs ``out_dir``), ``plot`` (write training.png; default:
+    if matplotlib is installed; ``True`` requires it at once),
     ``net_factory`` ("module:function" that builds the network, recorded for the CLI).
     """
 
@@ -94,7 +97,7 @@ class Tracker:
                  improvement_threshold: float = 0.0, correlation_threshold: float = 1e-3,
                  min_dendrites: int = 0, add_dendrites: bool = True,
                  max_epochs: int | None = None, out_dir: str | Path | None = None,
-                 checkpoint_every: int | None = None, plot: bool = True,
+                 checkpoint_every: int | None = None, plot: bool | None = None,
                  net_factory: str | None = None) -> None:
         if not isinstance(model, PerforatedModel):
             raise TypeError(f"Tracker needs a PerforatedModel (pf.perforate(net)), got "
@@ -128,7 +131,7 @@ class Tracker:
                                  max_epochs=max_epochs)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.checkpoint_every = checkpoint_every
-        self.plot = bool(plot)
+        self.plot = _plot_setting(plot, out_dir)
         self.net_factory = net_factory
         self.history: list[dict[str, Any]] = []
         """One record per epoch (columns: `artifacts.HISTORY_COLUMNS` plus extra scores)."""
@@ -493,7 +496,7 @@ class Tracker:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         sd = self.state_dict(include_rng=True)
-        path = artifacts.atomic_write(out / CHECKPOINT_FILE, lambda f: torch.save(sd, f),
+        path = atomic_write(out / CHECKPOINT_FILE, lambda f: torch.save(sd, f),
                                       fsync=True)
         artifacts.write_json(out / CHECKPOINT_META, {
             "format": FORMAT, "format_version": FORMAT_VERSION, "epoch": self.epoch,
@@ -565,6 +568,19 @@ def resume(directory: str | Path, net: nn.Module, optimizer_factory: OptimizerFa
 
 
 # ------------------------------------------------------------------------------ helpers
+def _plot_setting(plot: bool | None, out_dir: str | Path | None) -> bool:
+    """``plot=True`` needs matplotlib now (not at the first phase switch); ``None`` plots if
+    matplotlib is installed and says once that training.png is skipped if not."""
+    if plot is None:
+        plot = available("matplotlib")
+        if not plot and out_dir is not None:
+            logger.warning("training.png is not written: it needs matplotlib, "
+                           "pip install 'perforate[train]'")
+    elif plot:
+        require("matplotlib", "train", "Tracker(plot=True) (training.png)")
+    return bool(plot)
+
+
 def _opt_float(name: str, value: Any) -> float | None:
     if value is None:
         return None

@@ -5,7 +5,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
-LINTED  := src tests bench scripts experiments
+LINTED  := src tests bench scripts experiments conftest.py
 
 .PHONY: demo test bench lint venv wheel-check clean
 

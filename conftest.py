@@ -1,4 +1,5 @@
-"""Fixtures of the harness's tests: the library suite's seed and thread settings."""
+"""Fixtures of every test in the repository (library and research harness): a fixed seed and
+one torch thread."""
 
 from __future__ import annotations
 

@@ -1,17 +1,20 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv as needed.
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv as needed:
+# the library (editable, with the dev extras) and the research harness in experiments/.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
+LINTED  := src tests bench scripts experiments conftest.py
 
-.PHONY: demo test bench lint venv clean
+.PHONY: demo test bench lint venv wheel-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml experiments/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e ./experiments
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -20,15 +23,22 @@ demo: $(STAMP)
 	$(BIN)/perforate demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check $(LINTED)
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory wheel-check
+
+# The library's wheel holds the library only (no research harness), with py.typed.
+wheel-check: $(STAMP)
+	rm -rf build/wheel
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation . -w build/wheel
+	$(BIN)/python scripts/check_wheel.py build/wheel/perforate-*.whl
 
 bench: $(STAMP)
 	$(BIN)/python bench/epoch_cost.py
 	$(BIN)/python bench/tracker_step.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check $(LINTED)
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info experiments/*.egg-info experiments/build

@@ -15,7 +15,7 @@ import statistics
 import torch
 
 from perforate import demo
-from perforate.experiments.runner import parse_seeds
+from perforate_experiments.runner import parse_seeds
 
 
 def main() -> None:

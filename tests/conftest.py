@@ -1,24 +1,9 @@
-"""Shared fixtures: small networks and deterministic seeds."""
+"""Shared helpers of the library's tests: small networks (seed and threads: ../conftest.py)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: small models run faster and timings vary less on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class SmallCNN(nn.Module):

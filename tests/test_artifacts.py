@@ -13,6 +13,7 @@ from torch import nn
 import perforate as pf
 from perforate import artifacts
 from perforate import tracker as tracker_module
+from perforate.atomic import atomic_write, atomic_write_text
 from perforate.errors import LoadError
 
 
@@ -128,14 +129,14 @@ def test_restart_control_artifacts(tmp_path):
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     path = tmp_path / "f.txt"
-    artifacts.atomic_write_text(path, "old")
+    atomic_write_text(path, "old")
 
     def broken(f):
         f.write(b"partial")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        artifacts.atomic_write(path, broken)
+        atomic_write(path, broken)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 

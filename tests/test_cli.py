@@ -212,3 +212,33 @@ def test_inspect_attention_projections_with_input_shape():
     assert (q["type"], q["neurons"], q["fan_in"], q["positions"], q["params"]) == (
         "AttentionProjection", 8, 8, 5, 72)
     assert rows["layers.0.linear1"]["positions"] == 5
+
+
+def test_debug_shows_the_traceback_the_one_line_error_hides(capsys):
+    code, _, err = run_main(capsys, "inspect", "perforate.demo:nothing")
+    assert_one_line_error(code, err, "has no attribute")
+    code, _, err = run_main(capsys, "--debug", "inspect", "perforate.demo:nothing")
+    assert code == 2
+    assert err.startswith("Traceback (most recent call last):")
+    assert "import_factory" in err and "CLIError" in err
+    assert err.strip().splitlines()[-1] == \
+        "perforate: error: module 'perforate.demo' has no attribute 'nothing'"
+
+
+def test_experiment_and_report_without_the_harness_say_how_to_install(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "perforate_experiments", None)  # not installed
+    monkeypatch.setitem(sys.modules, "perforate_experiments.cli", None)
+    for argv in (["experiment", "tox21", "--seeds", "0-2"], ["report", "results/x"]):
+        code, _, err = run_main(capsys, *argv)
+        assert_one_line_error(code, err, f"`perforate {argv[0]}` needs the research harness",
+                              "pip install -e ./experiments")
+    code, _, err = run_main(capsys, "demo", "--bogus")
+    assert_one_line_error(code, err, "unrecognized arguments: --bogus")
+
+
+def test_experiment_and_report_come_from_the_harness_when_installed(capsys):
+    pytest.importorskip("perforate_experiments")
+    code, _, err = run_main(capsys, "experiment", "no-such-experiment")
+    assert_one_line_error(code, err, "unknown experiment 'no-such-experiment'")
+    code, _, err = run_main(capsys, "report", "/nonexistent/results")
+    assert_one_line_error(code, err, "results directory /nonexistent/results does not exist")

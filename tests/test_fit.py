@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -83,19 +86,40 @@ def test_fit_decision_metric_records_the_metric_as_extras():
     assert tracker.error_reduction("test_accuracy") == 0.0  # one architecture only
 
 
-def test_fit_progress_bars_go_to_stderr_and_change_nothing(capsys):
+def test_fit_progress_goes_to_stderr_as_plain_lines_in_a_pipe_and_changes_nothing(capsys):
     runs = []
     for progress in (True, False):
         train, val, _ = loaders()
         t = pf.fit(model(), train, val, nn.CrossEntropyLoss(), adam,
                    tracker_kwargs={**KW, "max_dendrite_epochs": 1}, progress=progress)
         runs.append([{k: v for k, v in r.items() if k != "seconds"} for r in t.history])
-        err = capsys.readouterr().err
-        if progress:
-            assert "perforate" in err and "batch" in err and "dendrites=1" in err
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        if progress:  # capsys's stderr is not a terminal: plain lines, no cursor control
+            lines = captured.err.splitlines()
+            assert lines[0].startswith("perforate: epoch 1, next phase neuron, 0 dendrite")
+            assert any("next phase dendrite" in line for line in lines)
+            assert f"epoch {t.epoch}," in lines[-1] and "1 dendrite set(s)" in lines[-1]
+            assert "\r" not in captured.err and "\x1b" not in captured.err
         else:
-            assert err == ""
+            assert captured.err == ""
     assert runs[0] == runs[1]
+
+
+def test_fit_progress_bars_on_a_terminal(monkeypatch):
+    pytest.importorskip("tqdm")
+
+    class FakeTTY(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", err)
+    train, val, _ = loaders()
+    pf.fit(model(), train, val, nn.CrossEntropyLoss(), adam,
+           tracker_kwargs={**KW, "max_dendrite_epochs": 1})
+    text = err.getvalue()
+    assert "\r" in text and "batch" in text and "dendrites=1" in text
 
 
 def test_fit_argument_errors():

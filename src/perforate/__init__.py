@@ -4,6 +4,7 @@
     model = pf.perforate(net, pf.PerforationConfig())
 """
 
+from ._version import __version__
 from .candidates import EpochReport
 from .config import PerforationConfig
 from .errors import ConfigError, LoadError, NonFiniteError, PerforateError, PhaseError, TargetError
@@ -11,8 +12,6 @@ from .export import export
 from .layers import DendriteLayer, WrapperRegistry, default_registry
 from .model import PerforatedModel, perforate
 from .serialization import load
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "DendriteLayer", "EpochReport", "LoadError", "NonFiniteError",

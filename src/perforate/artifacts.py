@@ -10,11 +10,12 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from .atomic import atomic_write_text
+from .plotting import plot_training
 
 #: Fixed columns of ``history.csv`` (extra scores passed to ``Tracker.step`` follow them).
 HISTORY_COLUMNS = ("epoch", "phase", "cycle", "dendrites", "params", "train", "val", "test",
@@ -29,34 +30,6 @@ ARCHITECTURES_FILE = "architectures.csv"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "training.png"
 CHECKPOINT_DIR = "checkpoint"
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *,
-                 fsync: bool = False) -> Path:
-    """Call ``write(f)`` on a temp file next to `path`, then rename it over `path`.
-
-    A reader (or a run killed at any instant) sees either the old file or the new one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` atomically."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _cell(value: Any) -> Any:
@@ -110,7 +83,5 @@ def write_run_artifacts(tracker: Any, out_dir: str | Path, *, plot: bool = True)
               [*ARCHITECTURE_COLUMNS, *(f"{e}_at_best_val" for e in extras)])
     write_json(out / SUMMARY_FILE, tracker.summary())
     if plot:
-        from .plotting import plot_training
-
         plot_training(tracker, out / PLOT_FILE)
     return out

@@ -1,7 +1,10 @@
-"""The ``perforate`` command: ``demo``, ``inspect`` and ``export``.
+"""The ``perforate`` command: ``demo``, ``inspect`` and ``export``; ``experiment`` and
+``report`` when the research harness (``perforate_experiments``, in the repository's
+``experiments/``) is installed.
 
 Bad arguments, missing data sets and unreadable checkpoints end with one line
-``perforate: error: ...`` on stderr and exit code 2 (no traceback).
+``perforate: error: ...`` on stderr and exit code 2; ``perforate --debug ...`` also prints the
+traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import importlib
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,11 +22,31 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
+from . import __version__
+from .atomic import atomic_write
+from .config import PerforationConfig
+from .demo import DATASETS, run_demo
+from .demo_data import DatasetMissing
+from .errors import CLIError, PerforateError
+from .export import export
+from .layers import default_registry
+from .model import perforate
+from .rebuild import rebuild
+from .serialization import CONFIG_FILE
+from .serialization import load as load_pretrained
+from .targeting import select_targets
+from .tracker import NET_FILE, read_checkpoint
+from .training.checkpoint import deployable_weights, saved_config
+
 EXIT_ERROR = 2
+#: The research harness's module that adds ``experiment`` and ``report`` (`add_commands`).
+HARNESS_CLI = "perforate_experiments.cli"
+HARNESS_MISSING = ("`perforate {command}` needs the research harness, which is not installed: "
+                   "from a clone of the repository run `make venv` (or "
+                   "`pip install -e ./experiments`)")
 
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
+__all__ = ["CLIError", "build_parser", "import_factory", "inspect_model", "load_for_export",
+           "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,8 +89,6 @@ def _build_net(spec: str) -> nn.Module:
 
 
 def _parse_config(text: str | None) -> Any:
-    from .config import PerforationConfig
-
     if text is None:
         return PerforationConfig()
     source = text
@@ -100,8 +122,6 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
 
 # ----------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     if args.seed < 0:
         raise CLIError(f"--seed must be >= 0, got {args.seed}")
     if args.seeds < 1:
@@ -117,14 +137,9 @@ def inspect_model(net: nn.Module, config: Any, input_shape: tuple[int, ...] | No
     """Dry run: per targeted layer, neurons, fan-in, parameters and multiply-adds that one
     dendrite set and one candidate pool add (the first set: no cascade inputs yet; set j
     adds ``(j - 1) * neurons`` cascade weights and as many multiply-adds per position)."""
-    from .model import perforate
-
     positions: dict[str, int] = {}
     if input_shape is not None:
         hooks = []
-        from .layers import default_registry
-        from .targeting import select_targets
-
         for name in select_targets(net, config, default_registry()):
             module = net.get_submodule(name)
 
@@ -210,12 +225,6 @@ def _net_factory_of(directory: Path, recorded: str | None, override: str | None)
 def load_for_export(directory: str | Path, net_spec: str | None = None) -> Any:
     """A neuron-phase `PerforatedModel` from a ``save_pretrained`` directory or a tracker
     checkpoint (the final model if the run is done, else the best weights so far)."""
-    from .rebuild import rebuild
-    from .serialization import CONFIG_FILE
-    from .serialization import load as load_pretrained
-    from .tracker import NET_FILE, read_checkpoint
-    from .training.checkpoint import deployable_weights, saved_config
-
     src = Path(directory)
     if not src.exists():
         raise CLIError(f"{src} does not exist")
@@ -235,9 +244,6 @@ def load_for_export(directory: str | Path, net_spec: str | None = None) -> Any:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .artifacts import atomic_write
-    from .export import export
-
     model = load_for_export(args.checkpoint, args.net)
     try:
         scripted = torch.jit.script(export(model).eval())
@@ -251,42 +257,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_experiment(args: argparse.Namespace) -> int:
-    import logging
-
-    from .experiments.registry import get_experiment
-    from .experiments.runner import parse_seeds, run_sweep
-
-    exp = get_experiment(args.name)
-    seeds = parse_seeds(args.seeds) if args.seeds else list(exp.default_seeds)
-    variants = [v for part in args.variant for v in part.split(",") if v] or None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S")
-    counts = run_sweep(exp.name, seeds, variants, quick=args.quick, out=args.out,
-                       device=args.device)
-    print(f"{exp.name}: {counts['done']} run(s) done, {counts['skipped']} already on disk, "
-          f"{counts['failed']} failed; results in {args.out}")
-    return 1 if counts["failed"] else 0
+# ------------------------------------------------------------------- experiment, report
+def _harness_missing(args: argparse.Namespace) -> int:
+    raise CLIError(HARNESS_MISSING.format(command=args.command))
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from .experiments.report import build_report
-
-    if not Path(args.results).is_dir():
-        raise CLIError(f"results directory {args.results} does not exist")
-    page = build_report(args.results, args.output, include_quick=args.include_quick)
-    print(f"wrote {page}")
-    return 0
+def add_harness_commands(sub: Any) -> bool:
+    """Let the research harness add ``experiment`` and ``report``; if it is not installed, add
+    stand-ins that say how to install it. Returns whether the harness was found."""
+    try:
+        harness = importlib.import_module(HARNESS_CLI)
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("perforate_experiments", HARNESS_CLI):
+            raise
+        for name in ("experiment", "report"):
+            stand_in = sub.add_parser(name, help="(needs the research harness: `make venv`)",
+                                      add_help=False)
+            stand_in.set_defaults(func=_harness_missing)
+        return False
+    harness.add_commands(sub)
+    return True
 
 
 # ----------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .demo import DATASETS
-
     parser = _Parser(prog="perforate", description="Perforated Backpropagation with "
                      "Cascade-Correlation dendrites for PyTorch models.")
     parser.add_argument("--version", action="version", version=f"perforate {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, also print the traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -330,46 +329,29 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how to build the network, if the checkpoint does not record it")
     exp.set_defaults(func=cmd_export)
 
-    run = sub.add_parser("experiment", help="run a paper experiment's sweep (resumable)",
-                         description="Run every (variant, seed) of an experiment not yet on "
-                         "disk, one process each: fashion-mnist, ablation, tox21, physionet, "
-                         "timing.")
-    run.add_argument("name", metavar="NAME")
-    run.add_argument("--seeds", metavar="LIST", help="e.g. 0-9 or 0,2,5 (default: the "
-                     "experiment's own)")
-    run.add_argument("--variant", action="append", default=[], metavar="NAME[,NAME]",
-                     help="run only these variants (default: all of the experiment's)")
-    run.add_argument("--quick", action="store_true", help="tiny protocol (smoke test)")
-    run.add_argument("--out", default="runs/experiments", metavar="DIR")
-    run.add_argument("--device", default="cpu")
-    run.set_defaults(func=cmd_experiment)
-
-    rep = sub.add_parser("report", help="aggregate experiment results into tables and PNGs",
-                         description="Write the results page (Markdown + PNGs) from a "
-                         "results directory written by `perforate experiment`.")
-    rep.add_argument("results", metavar="DIR")
-    rep.add_argument("--output", default="docs/results.md", metavar="FILE.md")
-    rep.add_argument("--include-quick", action="store_true",
-                     help="also aggregate --quick runs")
-    rep.set_defaults(func=cmd_report)
+    add_harness_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``perforate`` console script; returns the exit code."""
-    from .demo import DatasetMissing
-    from .errors import PerforateError
-
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list  # known before parsing, so parse errors show it too
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(args_list)
+        if unknown and args.func is not _harness_missing:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         return int(args.func(args))
     except (CLIError, PerforateError, DatasetMissing) as exc:
-        message = str(exc)
+        error, message = exc, str(exc)
     except (OSError, ValueError, TypeError, ImportError, RuntimeError) as exc:
-        message = f"{type(exc).__name__}: {exc}"
+        error, message = exc, f"{type(exc).__name__}: {exc}"
     except KeyboardInterrupt:
         print("perforate: interrupted", file=sys.stderr)
         return 130
+    if debug:
+        traceback.print_exception(error, file=sys.stderr)
     first = message.strip().splitlines()[0] if message.strip() else "failed"
     print(f"perforate: error: {first}", file=sys.stderr)
     return EXIT_ERROR

@@ -28,7 +28,7 @@ SIGN_SOURCES = ("batch", "running")
 
 @dataclass
 class PerforationConfig:
-    """How dendrites are added and trained (see ``shared/docs/algorithm.md``).
+    """How dendrites are added and trained (see ``docs/algorithm.md``).
 
     Defaults are the document's DEFAULTs. The paper's literal choices are
     ``centering="running"`` and ``normalize_error=False``; its Figure 7 variants are
@@ -206,7 +206,8 @@ def _check_number(name: str, value: Any, *, positive: bool) -> None:
         raise ConfigError(f"{name} must be {kind} finite number, got {value!r}")
 
 
-def _as_list(selectors: Sequence[Selector] | Selector | None) -> list[Selector]:
+def selector_list(selectors: Sequence[Selector] | Selector | None) -> list[Selector]:
+    """`selectors` as a list: None -> [], one selector -> [it]."""
     if selectors is None:
         return []
     if isinstance(selectors, (str, type)):
@@ -220,7 +221,7 @@ def _check_selectors(name: str, selectors: Any) -> None:
     if not isinstance(selectors, (str, type, list, tuple)):
         raise ConfigError(f"{name} must be None, a str, a module type or a list of those; "
                           f"got {type(selectors).__name__}")
-    items = _as_list(selectors)
+    items = selector_list(selectors)
     if not items:
         raise ConfigError(f"{name} is empty; use None to mean 'all'")
     for item in items:
@@ -236,14 +237,14 @@ def _selectors_to_json(selectors: Any) -> list[str] | None:
     if selectors is None:
         return None
     return [f"type:{s.__module__}.{s.__qualname__}" if isinstance(s, type) else s
-            for s in _as_list(selectors)]
+            for s in selector_list(selectors)]
 
 
 def _selectors_from_json(items: Any) -> list[Selector] | None:
     if items is None:
         return None
     out: list[Selector] = []
-    for item in _as_list(items):
+    for item in selector_list(items):
         if isinstance(item, str) and item.startswith("type:"):
             module_name, _, cls_name = item[5:].rpartition(".")
             try:

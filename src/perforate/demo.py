@@ -17,23 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .config import PerforationConfig
+from .demo_data import load_digits_split, load_fashion_mnist
 from .fit import fit
 from .metrics import accuracy, neg_loss
 from .model import perforate
 from .tracker import Tracker
 
 DATASETS = ("digits", "fashion-mnist")
-SPLIT_SEED = 0
-
-
-class DatasetMissing(FileNotFoundError):
-    """A demo data set is not installed (the message says how to install it)."""
 
 
 def digits_mlp() -> nn.Module:
@@ -49,61 +44,14 @@ def fashion_cnn() -> nn.Module:
         nn.Flatten(), nn.Linear(16 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
-def load_digits_split() -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-    """Digits scaled to [0, 1], split 1,000 / 360 / 437 by a fixed permutation."""
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    perm = np.random.RandomState(SPLIT_SEED).permutation(len(x))
-    xt = torch.tensor(x[perm] / 16.0, dtype=torch.float32)
-    yt = torch.tensor(y[perm], dtype=torch.long)
-    return (TensorDataset(xt[:1000], yt[:1000]), TensorDataset(xt[1000:1360], yt[1000:1360]),
-            TensorDataset(xt[1360:], yt[1360:]))
-
-
-def load_fashion_mnist(root: str | Path | None = None, *, n_train: int = 10_000,
-                       n_val: int = 2_000, n_test: int = 5_000
-                       ) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-    """A fixed subset of Fashion-MNIST: train and val from the training set, test from t10k
-    (files read by `perforate.experiments.data.fashion_mnist`; `root` defaults to
-    ``$PERFORATE_DATA/fashion-mnist`` or /usr/share/datasets/fashion-mnist)."""
-    from .experiments.data.fashion_mnist import (
-        FASHION_MNIST_MEAN,
-        FASHION_MNIST_STD,
-        default_fashion_mnist_dir,
-        read_fashion_mnist_arrays,
-        to_normalized_tensor,
-    )
-
-    root = Path(root) if root is not None else default_fashion_mnist_dir()
-    try:
-        arrays = read_fashion_mnist_arrays(root)
-    except FileNotFoundError:
-        raise DatasetMissing(
-            f"Fashion-MNIST not found in {root}; install it with "
-            "`apt-get install -y dataset-fashion-mnist` (files in /usr/share/datasets/"
-            "fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz), or pass "
-            "--data-dir DIR") from None
-    rng = np.random.RandomState(SPLIT_SEED)
-    perm = rng.permutation(len(arrays["train_labels"]))[: n_train + n_val]
-    test = rng.permutation(len(arrays["test_labels"]))[:n_test]
-
-    def tensors(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
-        x = to_normalized_tensor(images, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
-        return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
-
-    xtr, ytr = arrays["train_images"], arrays["train_labels"]
-    return (tensors(xtr[perm[:n_train]], ytr[perm[:n_train]]),
-            tensors(xtr[perm[n_train:]], ytr[perm[n_train:]]),
-            tensors(arrays["test_images"][test], arrays["test_labels"][test]))
-
-
 @dataclass
 class DemoSetup:
     """One data set's demo: data, network, and the schedule (full and quick)."""
 
     name: str
     net_factory: str
+    """"module:function" recorded in checkpoints (for ``perforate export``)."""
+    build: Callable[[], nn.Module]
     description: str
     batch_size: int
     lr: float
@@ -120,7 +68,7 @@ def demo_setup(dataset: str, *, quick: bool) -> DemoSetup:
                        max_dendrites=3))
         # A 64-32-10 MLP is far too small for intra-op threads: one thread is fastest and
         # does not suffer when the cores are shared.
-        return DemoSetup("digits", "perforate.demo:digits_mlp",
+        return DemoSetup("digits", "perforate.demo:digits_mlp", digits_mlp,
                          "digits 8x8 (1,000 train / 360 val / 437 test), 64-32-10 MLP",
                          batch_size=32, lr=1e-3,
                          tracker_kwargs={**kwargs, "dendrite_patience": 3}, threads=1)
@@ -129,7 +77,7 @@ def demo_setup(dataset: str, *, quick: bool) -> DemoSetup:
                        max_dendrites=2) if quick else
                   dict(neuron_patience=5, max_dendrite_epochs=10, min_dendrites=2,
                        max_dendrites=3))
-        return DemoSetup("fashion-mnist", "perforate.demo:fashion_cnn",
+        return DemoSetup("fashion-mnist", "perforate.demo:fashion_cnn", fashion_cnn,
                          "Fashion-MNIST subset, CNN conv 8 / conv 16 / fc 32",
                          batch_size=64, lr=1e-3,
                          tracker_kwargs={**kwargs, "dendrite_patience": 3}, threads=None)
@@ -148,11 +96,9 @@ def load_data(dataset: str, *, quick: bool, data_dir: str | Path | None = None
 def run_variant(setup: DemoSetup, data: tuple[TensorDataset, ...], *, seed: int,
                 add_dendrites: bool, out_dir: Path | None, progress: bool) -> Tracker:
     """Train one run (PB or, with ``add_dendrites=False``, the restart control)."""
-    from .cli import import_factory
-
     train, val, test = data
     torch.manual_seed(seed)
-    net = import_factory(setup.net_factory)()
+    net = setup.build()
     model = perforate(net, PerforationConfig())
     loader = DataLoader(train, batch_size=setup.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))

@@ -25,3 +25,11 @@ class NonFiniteError(PerforateError, FloatingPointError):
 
 class LoadError(PerforateError, ValueError):
     """Saved weights or a checkpoint do not fit the network they are loaded into."""
+
+
+class MissingExtraError(PerforateError, ImportError):
+    """An optional dependency is not installed (the message names the ``pip install``)."""
+
+
+class CLIError(PerforateError):
+    """A user-facing error of the ``perforate`` command: printed as one line, exit code 2."""

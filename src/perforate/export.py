@@ -29,6 +29,7 @@ from torch.nn.utils import parametrize
 from .errors import PhaseError
 from .layers import ConvNd, DendriteLayer
 from .layers.composite import CompositeLayer, top_wrappers
+from .targeting import set_submodule
 
 FORMATS = ("module", "onnx")
 
@@ -223,8 +224,6 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model.net`` with every dendrite layer replaced by a plain module."""
     if getattr(model, "phase", "neuron") != "neuron":
         raise PhaseError("export() needs the neuron phase: end the dendrite phase first")
-    from .model import _set_submodule
-
     net = copy.deepcopy(model.net)  # keeps ties: shared parameters are copied once
     shared = _shared_parameters(net)
     done: dict[int, nn.Module] = {}  # a layer used at several places stays one module
@@ -237,7 +236,7 @@ def _plain_copy(model: nn.Module) -> nn.Module:
         if id(layer) not in done:
             done[id(layer)] = (layer.export(plain) if isinstance(layer, CompositeLayer)
                                else plain(layer))
-        _set_submodule(net, name, done[id(layer)])
+        set_submodule(net, name, done[id(layer)])
     return net
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from .errors import NonFiniteError
 from .metrics import Metric, metric_name, task_metric
 from .model import DENDRITE, PerforatedModel
+from .progress import make_progress
 from .tracker import Decision, OptimizerFactory, SchedulerFactory, Tracker
 
 logger = logging.getLogger(__name__)
@@ -59,17 +60,6 @@ def predict(model: nn.Module, loader: Iterable[Any],
     return torch.cat(outs), torch.cat(ys)
 
 
-def _tqdm(progress: bool) -> Callable[..., Any] | None:
-    if not progress:
-        return None
-    try:
-        from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on wrap
-    except ImportError:  # pragma: no cover - depends on the environment
-        logger.warning("progress bars need tqdm (pip install tqdm); continuing without")
-        return None
-    return tqdm
-
-
 def _choose_metric(targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Metric:
     metric = task_metric(targets, loss_fn)
     kind = "floating-point" if targets.is_floating_point() else "integer class"
@@ -107,7 +97,9 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
     every neuron-phase optimizer step: OneCycleLR, warm-up); it is rebuilt fresh each neuron
     cycle. `tracker`: continue a resumed run (then `optimizer_factory`, `scheduler_factory`,
     `scheduler_interval` and `tracker_kwargs` are not used). `on_epoch_end(tracker, decision)`
-    runs after each step. `progress=False` turns off the tqdm bars.
+    runs after each step. `progress`: tqdm bars on a terminal; in a pipe or a log file (or
+    without tqdm) plain lines at phase switches and every few seconds (`perforate.progress`);
+    ``False``: nothing.
     """
     if tracker is None:
         if optimizer_factory is None:
@@ -132,11 +124,7 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
     tracker.track_generators(*generators)
     device = next(model.parameters()).device
 
-    tqdm = _tqdm(progress)
-    bar = None
-    if tqdm is not None:
-        bar = tqdm(total=tracker.schedule.max_epochs, initial=tracker.epoch, desc="perforate",
-                   unit="epoch", dynamic_ncols=True)
+    shown = make_progress(progress, total=tracker.schedule.max_epochs, initial=tracker.epoch)
     try:
         while not tracker.done:
             dendrite = model.phase == DENDRITE
@@ -144,13 +132,8 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
             model.train()
             outs: list[Tensor] = []
             ys: list[Tensor] = []
-            batch_bar = None
-            if tqdm is not None:
-                # A bar updated by hand: the loader is iterated exactly as without progress,
-                # so bars never change the data order (a wrapping bar may call iter() twice).
-                total = len(train_loader) if hasattr(train_loader, "__len__") else None
-                batch_bar = tqdm(total=total, desc=f"epoch {tracker.epoch + 1} ({model.phase})",
-                                 unit="batch", leave=False, dynamic_ncols=True)
+            shown.start_epoch(tracker.epoch, model.phase, len(train_loader)
+                              if hasattr(train_loader, "__len__") else None)
             for batch in train_loader:
                 x, y = _split(batch)
                 x, y = _to(x, device), _to(y, device)
@@ -163,10 +146,7 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
                 if track_train and not dendrite:
                     outs.append(out.detach())
                     ys.append(y)
-                if batch_bar is not None:
-                    batch_bar.update(1)
-            if batch_bar is not None:
-                batch_bar.close()
+                shown.batch()
             if dendrite:
                 decision = tracker.step()
             else:
@@ -193,15 +173,10 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
                         extra[f"{name}_{extra_name}"] = metric(o, t)
                 decision = tracker.step(scores["val"], test_score=scores["test"],
                                         train_score=scores["train"], extra=extra or None)
-            if bar is not None:
-                val = tracker.history[-1]["val"]
-                bar.set_postfix(phase=decision.phase, dendrites=decision.dendrites,
-                                val=f"{val:.4g}" if val is not None else "-",
-                                refresh=False)
-                bar.update(1)
+            shown.end_epoch(decision.epoch, decision.phase, decision.dendrites,
+                            tracker.history[-1]["val"])
             if on_epoch_end is not None:
                 on_epoch_end(tracker, decision)
     finally:
-        if bar is not None:
-            bar.close()
+        shown.close()
     return tracker

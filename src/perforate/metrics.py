@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ._extras import require
+
 Metric = Callable[[Tensor, Tensor], float]
 
 
@@ -63,15 +65,12 @@ def neg_mse(outputs: Tensor, targets: Tensor) -> float:
 
 
 def roc_auc(outputs: Tensor, targets: Tensor) -> float:
-    """Area under the ROC curve (scikit-learn, imported lazily).
+    """Area under the ROC curve (scikit-learn, imported when called: ``perforate[demo]``).
 
     Binary: ``outputs [B]`` / ``[B, 1]`` scores or ``[B, 2]`` logits. Multi-class ``[B, C]``:
     one-vs-rest on softmax probabilities, macro-averaged.
     """
-    try:
-        from sklearn.metrics import roc_auc_score
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("roc_auc needs scikit-learn: pip install scikit-learn") from exc
+    roc_auc_score = require("sklearn.metrics", "demo", "pf.metrics.roc_auc").roc_auc_score
     out = outputs.detach().double().cpu()
     y = targets.detach().cpu().reshape(-1).numpy()
     if out.dim() == 1 or out.shape[1] == 1:

@@ -20,17 +20,13 @@ from .layers import CompositeLayer, DendriteLayer, WrapperRegistry, default_regi
 from .layers.composite import top_wrappers
 from .layers.fastpath import disable_fused_transformer, restore
 from .masking import sample_mask
+from .storage import check_structure, save_pretrained
 from .targeting import select_targets
+from .targeting import set_submodule as _set_submodule
 
 logger = logging.getLogger(__name__)
 
 NEURON, DENDRITE = "neuron", "dendrite"
-
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
 
 
 def _tracked_norms(net: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -262,8 +258,6 @@ class PerforatedModel(nn.Module):
             self._leave_dendrite_phase()
             for layer in self.dendrite_layers().values():
                 layer.candidates = None
-        from .serialization import check_structure
-
         check_structure(self, state["structure"])
         self.resize_dendrites(state["structure"])
         if state["phase"] == DENDRITE:
@@ -286,8 +280,6 @@ class PerforatedModel(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write config JSON + safetensors weights (no pickle) of the deployable model."""
-        from .serialization import save_pretrained
-
         return save_pretrained(self, directory)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_write
+from .atomic import atomic_write
 
 _COLORS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 

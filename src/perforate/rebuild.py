@@ -14,7 +14,7 @@ from .config import PerforationConfig
 from .errors import ConfigError, LoadError, TargetError
 from .layers import WrapperRegistry
 from .model import PerforatedModel, perforate
-from .serialization import check_structure
+from .storage import check_structure
 
 #: Weights of the dendrites, reported after the network's own (those explain a mismatch better).
 _DENDRITE_KEYS = ("output_weight", "dendrite_weight", "dendrite_bias", "cascade_weight")

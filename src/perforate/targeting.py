@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
 
 from torch import nn
 
-from .config import PerforationConfig, Selector
+from .config import PerforationConfig, Selector, selector_list
 from .errors import TargetError
 from .layers import DendriteLayer, WrapperRegistry
 
@@ -26,12 +25,11 @@ def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
         return False
 
 
-def _as_list(selectors: Iterable[Selector] | Selector | None) -> list[Selector]:
-    if selectors is None:
-        return []
-    if isinstance(selectors, (str, type)):
-        return [selectors]
-    return list(selectors)
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule of `root` at dotted `name` by `module` (wrap, unwrap, export)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
 
 
 def _candidate_modules(net: nn.Module, registry: WrapperRegistry
@@ -110,14 +108,14 @@ def select_targets(net: nn.Module, config: PerforationConfig,
             hint = "; " + "; ".join(f"{n!r}: {r}" for n, r in refused.items())
         raise TargetError(f"{type(net).__name__} has nothing to wrap: no {kinds} module "
                           f"found inside it{hint}")
-    targets = _as_list(config.target_modules)
+    targets = selector_list(config.target_modules)
     if targets:
         chosen = _resolve(net, targets, wrappable, "target_modules", refused)
     else:
         chosen = set(wrappable)
         for name, reason in refused.items():
             logger.info("not wrapping %r: %s", name, reason)
-    excludes = _as_list(config.exclude_modules)
+    excludes = selector_list(config.exclude_modules)
     if excludes:
         chosen -= _resolve(net, excludes, wrappable, "exclude_modules", refused)
     if not chosen:

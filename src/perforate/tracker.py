@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from . import artifacts
+from ._extras import available, require
 from .errors import LoadError, PhaseError
 from .model import DENDRITE, NEURON, PerforatedModel
 from .rebuild import rebuild
@@ -99,7 +100,8 @@ class Tracker:
     ``min_dendrites`` (growth steps before the stop rule applies), ``dendrite_tries`` (a set
     that did not improve is retried until this many tries failed in a row), ``add_dendrites``
     (False = the restart control), ``max_epochs`` (safety cap), ``checkpoint_every``
-    (also checkpoint every N epochs; needs ``out_dir``), ``plot`` (write training.png),
+    (also checkpoint every N epochs; needs ``out_dir``), ``plot`` (write training.png; default:
+    if matplotlib is installed; ``True`` requires it at once),
     ``net_factory`` ("module:function" that builds the network, recorded for the CLI),
     ``scheduler_interval`` ("epoch": `step` steps the scheduler; "batch": `batch_step` does,
     after every neuron-phase optimizer step).
@@ -112,7 +114,7 @@ class Tracker:
                  improvement_threshold: float = 0.0, correlation_threshold: float = 1e-3,
                  min_dendrites: int = 0, add_dendrites: bool = True,
                  max_epochs: int | None = None, out_dir: str | Path | None = None,
-                 checkpoint_every: int | None = None, plot: bool = True,
+                 checkpoint_every: int | None = None, plot: bool | None = None,
                  net_factory: str | None = None, scheduler_interval: str = "epoch",
                  dendrite_tries: int = 1, plateau: str = "max") -> None:
         if not isinstance(model, PerforatedModel):
@@ -145,7 +147,7 @@ class Tracker:
                                  plateau=plateau)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.checkpoint_every = checkpoint_every
-        self.plot = bool(plot)
+        self.plot = _plot_setting(plot, out_dir)
         self.net_factory = net_factory
         self.records = RunRecords(model.count_parameters())
         """History and the other records (`perforate.training.records`)."""
@@ -520,3 +522,16 @@ def resume(directory: str | Path, net: nn.Module, optimizer_factory: OptimizerFa
     logger.info("resumed at epoch %d (%s phase, cycle %d, %d dendrite set(s))", tracker.epoch,
                 tracker.phase, tracker.cycle, model.num_dendrites)
     return tracker
+
+
+def _plot_setting(plot: bool | None, out_dir: str | Path | None) -> bool:
+    """``plot=True`` needs matplotlib now (not at the first phase switch); ``None`` plots if
+    matplotlib is installed and says once that training.png is skipped if not."""
+    if plot is None:
+        plot = available("matplotlib")
+        if not plot and out_dir is not None:
+            logger.warning("training.png is not written: it needs matplotlib, "
+                           "pip install 'perforate[train]'")
+    elif plot:
+        require("matplotlib", "train", "Tracker(plot=True) (training.png)")
+    return bool(plot)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import artifacts
+from ..atomic import atomic_write
 from ..config import PerforationConfig
 from ..errors import LoadError
 
@@ -36,7 +37,7 @@ def write_checkpoint(directory: str | Path, state: Mapping[str, Any],
     format) to ``checkpoint.json`` in `directory`; return the ``.pt`` path."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    path = artifacts.atomic_write(out / CHECKPOINT_FILE, lambda f: torch.save(state, f),
+    path = atomic_write(out / CHECKPOINT_FILE, lambda f: torch.save(state, f),
                                   fsync=True)
     artifacts.write_json(out / CHECKPOINT_META,
                          {"format": FORMAT, "format_version": FORMAT_VERSION, **meta})

@@ -1,5 +1,7 @@
 """PerforatedModel phases, errors, unload, exact training-state round trip."""
 
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -107,3 +109,72 @@ def test_signed_output_init_is_minus_the_sign_of_the_correlation_times_eps() -> 
     signs = torch.cat([torch.sign(layer.output_weight[-1].detach())
                        for layer in model.dendrite_layers().values()])
     assert {-1.0, 1.0} <= set(signs.tolist())  # both signs occur: the sign is per neuron
+
+
+def _grown(sets: int = 2) -> pf.PerforatedModel:
+    torch.manual_seed(0)
+    model = pf.perforate(mlp(), pf.PerforationConfig(candidates=2, seed=1))
+    data = _data()
+    for _ in range(sets):
+        model.begin_dendrite_phase()
+        train_candidates(model, data, nn.functional.cross_entropy)
+        model.end_dendrite_phase()
+    with torch.no_grad():
+        for layer in model.dendrite_layers().values():
+            layer.output_weight.normal_()
+    return model
+
+
+def test_state_dict_loads_into_a_fresh_model_with_fewer_sets():
+    trained = _grown(2)
+    fresh = pf.perforate(mlp(), pf.PerforationConfig(candidates=2, seed=1))
+    fresh.load_state_dict(trained.state_dict())  # resized on load, strict
+    assert fresh.structure() == trained.structure() == {"0": 2, "2": 2, "4": 2}
+    x = torch.randn(6, 5)
+    assert torch.equal(fresh(x), trained(x))
+    assert fresh.count_parameters() == trained.count_parameters()
+    buf = io.BytesIO()  # torch.save / torch.load of the state dict, as Lightning does
+    torch.save(trained.state_dict(), buf)
+    buf.seek(0)
+    again = pf.perforate(mlp(), pf.PerforationConfig(candidates=2, seed=1))
+    again.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(again(x), trained(x))
+
+
+def test_a_plain_checkpoint_loads_after_perforate():
+    torch.manual_seed(3)
+    plain = mlp()
+    x = torch.randn(4, 5)
+    for target in ("model", "net"):
+        model = pf.perforate(mlp(), pf.PerforationConfig())
+        (model if target == "model" else model.net).load_state_dict(plain.state_dict())
+        assert torch.equal(model(x), plain(x)) and model.num_dendrites == 0
+    grown = _grown(1)
+    with pytest.raises(RuntimeError, match="Missing key"):  # sets exist: say what is missing
+        grown.load_state_dict(plain.state_dict())
+
+
+def test_dendrite_parameters_keep_their_identity_through_install_and_removal():
+    model = pf.perforate(mlp(), pf.PerforationConfig(candidates=2, seed=1))
+    before = [id(p) for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # built before any install
+    data = _data()
+    model.begin_dendrite_phase()
+    train_candidates(model, data, nn.functional.cross_entropy)
+    model.end_dendrite_phase()
+    assert [id(p) for p in model.parameters()] == before
+    layer = model.dendrite_layers()["2"]
+    assert isinstance(layer.dendrite_weight, nn.Parameter) and \
+        not layer.dendrite_weight.requires_grad  # frozen parameters: seen by parameters()
+    with torch.no_grad():
+        layer.output_weight.fill_(0.1)
+    a0 = layer.output_weight.detach().clone()
+    loss = nn.functional.cross_entropy(model(data[0][0]), data[0][1])
+    loss.backward()
+    opt.step()  # the optimizer built before the install trains the new output weights
+    assert not torch.equal(layer.output_weight.detach(), a0)
+    held = nn.functional.cross_entropy(model(data[0][0]), data[0][1])  # a graph still held
+    model.remove_last_dendrites()
+    assert [id(p) for p in model.parameters()] == before and model.num_dendrites == 0
+    nn.functional.cross_entropy(model(data[0][0]), data[0][1]).backward()  # no stale shape
+    del held

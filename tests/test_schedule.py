@@ -141,3 +141,49 @@ def test_invalid_arguments(kwargs, match):
 def test_non_finite_score_rejected():
     with pytest.raises(ValueError, match="finite"):
         Schedule().neuron_epoch(float("nan"))
+
+
+def test_a_set_that_did_not_improve_is_retried_until_the_tries_run_out():
+    from perforate.schedule import RETRY
+
+    s = Schedule(neuron_patience=1, dendrite_patience=1, max_dendrite_epochs=1,
+                 dendrite_tries=2, max_dendrites=2)
+    got = run(s, [*neuron(0.5, 0.4), *dendrite(0.1)])  # cycle 0 best 0.5; set 1
+    assert [a for _, a, _ in got] == [CONTINUE, GROW, INSTALL]
+    got = run(s, [*neuron(0.45, 0.4), *dendrite(0.1)])  # cycle 1: no improvement -> retry
+    assert [a for _, a, _ in got] == [CONTINUE, RETRY, INSTALL]
+    assert (s.retries, s.failed_tries, s.growth_steps) == (1, 1, 1)
+    got = run(s, [*neuron(0.6, 0.5), *dendrite(0.1)])  # the retried set improves: grow on
+    assert [a for _, a, _ in got] == [CONTINUE, GROW, INSTALL]
+    assert (s.best_cycle, s.failed_tries, s.growth_steps) == (2, 0, 2)
+    got = run(s, neuron(0.55, 0.5))  # set 2 fails: retried (a retry replaces, never adds)
+    assert [a for _, a, _ in got] == [CONTINUE, RETRY]
+    got = run(s, [*dendrite(0.1), *neuron(0.58, 0.5)])  # fails again: tries used up -> stop
+    assert [a for _, a, _ in got] == [INSTALL, CONTINUE, STOP]
+    assert s.done and "did not improve" in s.stop_reason and s.best_cycle == 2
+
+
+def test_the_restart_control_retries_too():
+    from perforate.schedule import RETRY
+
+    s = Schedule(neuron_patience=1, add_dendrites=False, dendrite_tries=2)
+    got = run(s, neuron(0.5, 0.4, 0.45, 0.4, 0.48, 0.4))
+    assert [a for _, a, _ in got] == [CONTINUE, RESTART, CONTINUE, RETRY, CONTINUE, STOP]
+
+
+def test_the_mean_plateau_reads_the_mean_gain():
+    s = Schedule(neuron_patience=1, dendrite_patience=2, plateau="mean")
+    run(s, neuron(0.5, 0.4))
+    assert s.dendrite_epoch(0.5, 0.01).action == CONTINUE  # the max alone would continue too
+    assert s.dendrite_epoch(0.5, 0.0005).action == CONTINUE
+    assert s.dendrite_epoch(0.5, 0.0002).action == INSTALL  # two stale means end the phase
+    with pytest.raises(ValueError, match="mean_improvement"):
+        _mean_needed()
+    with pytest.raises(ValueError, match="plateau"):
+        Schedule(plateau="median")
+
+
+def _mean_needed() -> None:
+    s = Schedule(neuron_patience=1, plateau="mean")
+    run(s, neuron(0.5, 0.4))
+    s.dendrite_epoch(0.1)

@@ -253,3 +253,51 @@ def test_state_dict_roundtrip_mid_phase(where):
     assert strip(a.history) == strip(b.history)
     assert strip(a.architectures) == strip(b.architectures)
     assert_state_equal(b.model, clone_state(a.model))
+
+
+def test_retry_drops_the_failed_set_restores_the_best_weights_and_grows_again():
+    model = tiny_model()
+    tracker = pf.Tracker(model, sgd, neuron_patience=1, dendrite_patience=5,
+                         max_dendrite_epochs=1, dendrite_tries=2)
+    snapshots = {}
+    for epoch, score in enumerate([0.3, 0.2], start=1):  # cycle 0: best 0.3 at epoch 1
+        stamp(model, epoch)
+        snapshots[epoch] = clone_state(model)
+        tracker.step(score)
+    train_candidates(model, tracker.optimizer)
+    assert tracker.step().event == "install" and model.num_dendrites == 1
+    first_set = model.dendrite_layers()["0"].dendrite_weight.detach().clone()
+    for epoch, score in zip((4, 5), [0.25, 0.2], strict=True):  # cycle 1 does not improve
+        stamp(model, epoch)
+        d = tracker.step(score)
+    assert (d.event, d.phase, d.dendrites) == ("retry", "dendrite", 0)
+    got = {k: v for k, v in model.state_dict().items() if ".candidates." not in k}
+    assert got.keys() == snapshots[1].keys()
+    for k, v in snapshots[1].items():  # the best cycle's weights, without the failed set
+        assert torch.equal(got[k], v), k
+    assert tracker.optimizer is model.candidate_optimizer()
+    train_candidates(model, tracker.optimizer, seed=1)
+    d = tracker.step()
+    assert d.event == "install" and model.num_dendrites == 1
+    assert tracker.history[-1]["val"] == 0.3  # dendrite epochs record the restored scores
+    # the retry drew other candidates than the failed try
+    assert not torch.equal(model.dendrite_layers()["0"].dendrite_weight.detach(), first_set)
+    for score in (0.4, 0.3):  # the retried set improves: training goes on
+        d = tracker.step(score)
+    assert d.event == "grow" and not tracker.done
+    assert [a["improved"] for a in tracker.architectures] == [True, False, True]
+    assert tracker.settings()["dendrite_tries"] == 2
+
+
+def test_untrained_dendrites_are_added_without_a_dendrite_phase():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    model = pf.perforate(net, pf.PerforationConfig.anchor(seed=0))
+    tracker = pf.Tracker(model, sgd, neuron_patience=1)
+    tracker.step(0.3)
+    d = tracker.step(0.2)
+    assert (d.event, d.phase, d.dendrites, d.cycle) == ("grow", "neuron", 1, 1)
+    assert tracker.dendrite_phases[0]["epochs"] == 0
+    params = {id(p) for g in tracker.optimizer.param_groups for p in g["params"]}
+    layer = model.dendrite_layers()["0"]
+    assert {id(layer.dendrite_weight), id(layer.output_weight)} <= params  # trained now

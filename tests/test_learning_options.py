@@ -1,0 +1,206 @@
+"""The dendrite-learning options: scale-invariant objective, running sign, least-squares output
+weight, candidates installed untrained, dendrites trained after the install (perforated or
+not), dendrites that see a subset of inputs; and the presets."""
+
+import pytest
+import torch
+from torch import nn
+
+import perforate as pf
+from conftest import train_candidates
+from perforate.geometry import LinearGeometry
+
+
+def _pool(**config):
+    """A candidate pool on a Linear(6 -> 3) layer, K=2."""
+    model = pf.perforate(nn.Sequential(nn.Linear(6, 3)),
+                         pf.PerforationConfig(candidates=2, seed=0, **config))
+    model.begin_dendrite_phase()
+    return model.dendrite_layers()["0"].candidates
+
+
+def test_correlation_objective_gradient_is_autograd_of_the_batch_correlation() -> None:
+    pool = _pool(objective="correlation")
+    g = torch.Generator().manual_seed(1)
+    c = torch.randn(16, 2, 3, generator=g, dtype=torch.float64) * 3 + 1
+    e = torch.randn(16, 3, generator=g, dtype=torch.float64) * 0.01
+    grad = pool.observe(c.float(), e.float())
+    leaf = c.clone().requires_grad_(True)
+    cc, ee = leaf - leaf.mean(0), e - e.mean(0)
+    r = (cc * ee.unsqueeze(1)).mean(0) / (cc.pow(2).mean(0).sqrt() * ee.pow(2).mean(0).sqrt())
+    (-16 * r.abs().sum()).backward()  # -P * sum |r|, P = 16 positions
+    torch.testing.assert_close(grad.double(), leaf.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_correlation_objective_is_scale_invariant() -> None:
+    """Scaling a candidate's output scales its gradient by 1/scale: no pull to grow."""
+    pool = _pool(objective="correlation")
+    c, e = torch.randn(32, 2, 3), torch.randn(32, 3)
+    g1 = pool.observe(c, e)
+    g10 = _pool(objective="correlation").observe(10 * c, e)
+    torch.testing.assert_close(g10 * 10, g1, rtol=1e-4, atol=1e-6)
+    # the gradient is orthogonal to the candidate's own (centred) output: d|r|/d(scale) = 0
+    centred = c - c.mean(0)
+    torch.testing.assert_close((g1 * centred).sum(0), torch.zeros(2, 3), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("objective", ["covariance", "correlation"])
+def test_relu_candidates_stay_bounded_only_under_the_correlation_objective(objective) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    x = torch.randn(256, 8)
+    y = (x[:, :1] * x[:, 1:2]).tanh()  # a target the network below cannot fit linearly
+    model = pf.perforate(net, pf.PerforationConfig(target_modules=["2"], seed=0,
+                                                   dendrite_activation="relu",
+                                                   objective=objective))
+    model.begin_dendrite_phase()
+    pool = model.dendrite_layers()["2"].candidates
+    norm0 = pool.weight.detach().norm()
+    opt = model.candidate_optimizer()
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    growth = float(pool.weight.detach().norm() / norm0)
+    if objective == "covariance":
+        assert growth > 5  # |S| rewards scale: the weights run away
+    else:
+        assert growth < 2
+
+
+def test_running_sign_follows_the_ema_of_the_batch_covariance() -> None:
+    pool = _pool(sign_source="running", running_momentum=0.5)
+    geo: LinearGeometry = pool.geometry
+    g = torch.Generator().manual_seed(2)
+    expected = None
+    for _ in range(3):
+        c, e = torch.randn(8, 2, 3, generator=g), torch.randn(8, 3, generator=g)
+        cov = ((c - c.mean(0)) * (e - e.mean(0)).unsqueeze(1)).mean(0)
+        expected = cov if expected is None else 0.5 * expected + 0.5 * cov
+        grad = pool.observe(c, e)
+    torch.testing.assert_close(pool.cov, expected, rtol=1e-5, atol=1e-6)
+    inv_s = pool.error_var.rsqrt()
+    centred = (e - e.mean(0)).unsqueeze(1)
+    torch.testing.assert_close(grad, -torch.sign(expected) * inv_s * centred)
+    assert geo.num_neurons == 3
+
+
+def test_least_squares_output_weight_is_the_regression_of_the_residual() -> None:
+    """With fixed candidates (no optimizer step) and an MSE loss, a_n = -P cov(h, e) / var(h),
+    i.e. the least-squares fit of the residual y - z by a * h; installing it cuts the loss."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 2))
+    x = torch.randn(64, 4)
+    y = net(x).detach() + torch.tanh(2 * x[:, :1] - 1) * torch.tensor([1.0, -0.5])
+    model = pf.perforate(net, pf.PerforationConfig(candidates=3, seed=0,
+                                                   output_init="least_squares"))
+    loss_before = float(nn.functional.mse_loss(model(x), y))
+    model.begin_dendrite_phase()
+    pool = model.dendrite_layers()["0"].candidates
+    for xb, yb in zip(x.split(32), y.split(32), strict=True):  # 2 batches, no step
+        nn.functional.mse_loss(model(xb), yb).backward()
+    model.end_epoch()
+    with torch.no_grad():
+        c = pool(x, [])  # [64, K, N] the candidates' outputs (unchanged: no step)
+        residual = y - net[0].base_layer(x)
+    # the error of mean-reduced MSE over N=2 outputs is -residual / 32 per batch of 32: the
+    # winner is the candidate most correlated with the residual
+    cc, rc = c - c.mean(0), residual - residual.mean(0)
+    corr = (cc * rc.unsqueeze(1)).sum(0) / (cc.pow(2).sum(0) * rc.pow(2).sum(0)).sqrt()
+    k = corr.abs().argmax(0)
+    h = c[:, k, torch.arange(2)]  # the winners [64, N]
+    hc = h - h.mean(0)
+    slope = (hc * rc).sum(0) / hc.pow(2).sum(0)
+    model.end_dendrite_phase()
+    layer = model.dendrite_layers()["0"]
+    torch.testing.assert_close(layer.output_weight.detach()[0], slope, rtol=1e-4, atol=1e-5)
+    assert float(nn.functional.mse_loss(model(x), y)) < 0.9 * loss_before
+
+
+def test_untrained_candidates_are_installed_at_once_with_the_function_unchanged() -> None:
+    net = nn.Sequential(nn.Linear(50, 20), nn.ReLU(), nn.Linear(20, 3))
+    model = pf.perforate(net, pf.PerforationConfig.anchor(seed=0))
+    x = torch.randn(7, 50)
+    before = model(x)
+    stats = model.grow()
+    assert model.num_dendrites == 1 and model.phase == "neuron" and set(stats) == {"0", "2"}
+    torch.testing.assert_close(model(x), before)  # a = 0
+    v = model.dendrite_layers()["0"].dendrite_weight.detach()
+    assert v.shape == (1, 20, 50) and 0.008 < float(v.std()) < 0.012  # N(0, 0.01^2), no fan-in
+    assert model.dendrite_layers()["0"].dendrite_weight.requires_grad  # trained afterwards
+    with pytest.raises(pf.PhaseError, match="dendrite phase"):
+        pf.perforate(nn.Sequential(nn.Linear(3, 2)), pf.PerforationConfig()).grow()
+
+
+def _installed(train: bool, perforated: bool) -> pf.PerforatedModel:
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    model = pf.perforate(net, pf.PerforationConfig(target_modules=["2"], seed=0,
+                                                   train_dendrites=train, perforated=perforated))
+    data = [(torch.randn(16, 4), torch.randint(0, 3, (16,))) for _ in range(2)]
+    model.begin_dendrite_phase()
+    train_candidates(model, data, nn.functional.cross_entropy)
+    model.end_dendrite_phase()
+    with torch.no_grad():
+        model.dendrite_layers()["2"].output_weight.fill_(0.7)
+    return model
+
+
+@pytest.mark.parametrize("perforated", [True, False])
+def test_trained_dendrites_learn_v_bias_and_stay_perforated_when_asked(perforated) -> None:
+    frozen = _installed(train=False, perforated=True)
+    trained = _installed(train=True, perforated=perforated)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    for m in (frozen, trained):
+        nn.functional.cross_entropy(m(x), y).backward()
+    layer, ref = trained.dendrite_layers()["2"], frozen.dendrite_layers()["2"]
+    assert ref.dendrite_weight.grad is None  # frozen: only a learns
+    assert layer.dendrite_weight.grad.abs().sum() > 0 and layer.dendrite_bias.grad.abs().sum() > 0
+    torch.testing.assert_close(layer.output_weight.grad, ref.output_weight.grad)
+    same = torch.allclose(trained.net[0].weight.grad, frozen.net[0].weight.grad)
+    assert same == perforated  # perforated: earlier layers see only the neurons' error
+    opt = torch.optim.SGD([p for p in trained.parameters() if p.requires_grad], lr=0.1)
+    v0 = layer.dendrite_weight.detach().clone()
+    opt.step()
+    assert not torch.equal(layer.dendrite_weight.detach(), v0)
+
+
+def test_dendrites_that_see_m_inputs_are_counted_and_stay_sparse() -> None:
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(30, 8), nn.ReLU(), nn.Linear(8, 2))
+    model = pf.perforate(net, pf.PerforationConfig.anchor(seed=0, dendrite_inputs=5,
+                                                          target_modules=["0"]))
+    base = model.count_parameters()
+    model.grow()
+    layer = model.dendrite_layers()["0"]
+    mask = layer.dendrite_mask[0]
+    assert mask.shape == (8, 30) and torch.equal(mask.sum(1), torch.full((8,), 5.0))
+    assert torch.equal(layer.dendrite_weight.detach()[0] * (1 - mask), torch.zeros(8, 30))
+    assert model.count_parameters() == base + 8 * 5 + 8 + 8  # V entries seen, bias, a
+    with torch.no_grad():
+        layer.output_weight.fill_(1.0)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(16, 30)).square().sum().backward()
+        opt.step()
+    assert torch.equal(layer.dendrite_weight.detach()[0] * (1 - mask), torch.zeros(8, 30))
+
+
+def test_presets() -> None:
+    paper = pf.PerforationConfig.paper()
+    assert (paper.dendrite_learning, paper.train_dendrites, paper.objective) == (
+        "cc", False, "covariance")
+    literal = pf.PerforationConfig.paper(literal=True)
+    assert (literal.centering, literal.normalize_error) == ("running", False)
+    anchor = pf.PerforationConfig.anchor(perforated=False)
+    assert (anchor.dendrite_learning, anchor.dendrite_activation, anchor.candidate_init,
+            anchor.candidate_weight_std, anchor.train_dendrites, anchor.perforated) == (
+        "none", "sigmoid", "normal", 0.01, True, False)
+    with pytest.raises(pf.ConfigError, match="least_squares"):
+        pf.PerforationConfig.anchor(output_init="least_squares")
+    with pytest.raises(pf.ConfigError, match="dendrite_inputs"):
+        pf.PerforationConfig(dendrite_inputs=0)
+    for name, bad in (("objective", "l2"), ("sign_source", "x"), ("candidate_init", "xavier")):
+        with pytest.raises(pf.ConfigError, match=name):
+            pf.PerforationConfig(**{name: bad})

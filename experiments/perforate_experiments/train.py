@@ -107,8 +107,8 @@ def run_one(experiment: Experiment, variant: str, seed: int, *, quick: bool = Fa
     tracker_kwargs = {**setup.tracker_kwargs, **tracker_fields}
     if variant in ("restart", "width", "plain"):
         tracker_kwargs["add_dendrites"] = False
-    if variant == "plain":
-        tracker_kwargs["max_dendrites"] = 0
+    if variant == "plain":  # one cycle
+        tracker_kwargs.update(max_dendrites=0, min_dendrites=0)
     start = time.perf_counter()
     tracker = fit(model, setup.train, setup.val, setup.loss_fn, setup.optimizer_factory,
                   test_loader=setup.test, metric=setup.metric,

@@ -14,6 +14,7 @@ from typing import Any
 from perforate.atomic import atomic_write_text
 
 from .figures import plot_error_reduction_boxes, plot_first_vs_final, plot_params_vs_score
+from .frontier import frontier_section, plot_frontier
 from .markdown import (
     NA,
     flatten,
@@ -43,8 +44,11 @@ from .stats import ALPHA, beat, error_reduction, finite, mean_std, paired, quart
 logger = logging.getLogger(__name__)
 
 #: Experiments the page always lists (a missing one is "not run yet"); others follow, sorted.
-KNOWN_EXPERIMENTS = ("fashion-mnist", "ablation", "tox21", "physionet", "timing")
+KNOWN_EXPERIMENTS = ("frontier", "fashion-mnist", "ablation", "tox21", "physionet", "timing")
 DESCRIPTIONS = {
+    "frontier": "Protocol P, the capacity-limited benchmark: Fashion-MNIST, all the data, an MLP "
+                "784 → h → 10 narrow enough that added capacity can pay; every way of learning "
+                "dendrites against the restart control and the width frontier",
     "fashion-mnist": "the paper's EMNIST network (PyTorch MNIST-example CNN) on Fashion-MNIST",
     "ablation": "the paper's Figure 7 ablation: which parts of PB matter",
     "tox21": "molecular property prediction on Tox21 (the paper's drug-discovery experiment)",
@@ -316,7 +320,11 @@ def _protocol(group: Group) -> list[str]:
     lines = ["### Protocol", "",
              "As recorded in the rows (data sizes, epochs, patience: the deviations from the "
              "paper's protocol).", ""]
-    protocols = distinct(group.rows, "protocol")
+    # the sweep's own axes (its options, e.g. a width) are not part of the protocol
+    rows = [{**r, "protocol": {k: v for k, v in (r.get("protocol") or {}).items()
+                               if k not in (r.get("options") or {})} or None}
+            for r in group.rows]
+    protocols = distinct(rows, "protocol")
     for protocol, rows in protocols:
         if len(protocols) > 1:
             combos = sorted({options_id(r.get("options") or {}) for r in rows})
@@ -355,6 +363,12 @@ def _section(group: Group, figures_dir: Path, page_dir: Path,
               f"reported metric: {metrics}; "
               f"decisions on validation {' / '.join(decisions) or metrics}.", ""]
     lines += _protocol(g)
+    if g.experiment == "frontier":
+        figure = None
+        if any(r["variant"] == "plain" for r in g.rows):
+            path = plot_frontier_figure(g, figures_dir)
+            figure = Path(os.path.relpath(path, page_dir))
+        return [*lines, *frontier_section(g, figure), *_failures_section(failures)]
     combos = g.combos()
     labelled = [(options_label(o), v) for o, v in combos]
     many = len(combos) > 1 or bool(combos and combos[0][0])
@@ -383,6 +397,12 @@ def _section(group: Group, figures_dir: Path, page_dir: Path,
     lines += _failures_section(failures)
     lines += _figures(g, labelled, combos, figures_dir, page_dir)
     return lines
+
+
+def plot_frontier_figure(g: Group, figures_dir: Path) -> Path:
+    from .frontier import by_width
+
+    return plot_frontier(by_width(g.rows), figures_dir / f"{g.slug}-params-vs-test.png")
 
 
 def _figures(g: Group, labelled: Sequence[tuple[str, dict[str, list[Row]]]],

@@ -27,9 +27,9 @@ from ..data.batches import TensorBatches
 FULL = {"neuron_patience": 5, "dendrite_patience": 3, "max_dendrite_epochs": 10,
         "max_dendrites": 3, "max_epochs": 150, "n_train": None, "n_eval": None}
 QUICK = {"neuron_patience": 1, "dendrite_patience": 1, "max_dendrite_epochs": 1,
-         "max_dendrites": 1, "max_epochs": 6, "n_train": 512, "n_eval": 256}
+         "max_dendrites": 1, "min_dendrites": 1, "max_epochs": 12, "n_train": 512, "n_eval": 256}
 TRACKER_KEYS = ("neuron_patience", "dendrite_patience", "max_dendrite_epochs", "max_dendrites",
-                "max_epochs")
+                "min_dendrites", "max_epochs")
 #: Hidden widths of the PB arms, and of the plain width frontier.
 HIDDEN = (4, 8, 16)
 WIDTHS = (4, 6, 8, 12, 16, 24, 32, 64, 96, 128)
@@ -92,7 +92,7 @@ def frontier_setup(seed: int, quick: bool, *, h: int = 8, root: str | None = Non
         loss_fn=nn.functional.cross_entropy,
         metric=accuracy,
         optimizer_factory=lambda params: torch.optim.Adam(params, lr=LR),
-        tracker_kwargs={k: p[k] for k in TRACKER_KEYS},
+        tracker_kwargs={k: p[k] for k in TRACKER_KEYS if k in p},
         protocol={**p, "h": h, "batch_size": BATCH_SIZE, "optimizer": f"Adam(lr={LR})",
                   "decision": "val accuracy", "split_seed": SPLIT_SEED,
                   "data": "Fashion-MNIST 50k/10k/10k, flattened"},

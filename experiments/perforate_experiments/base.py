@@ -3,15 +3,18 @@
 Variants are configurations, not forks (algorithm.md, Figure 7 and "Controls"):
 
 =================  =========================================================================
-``pb``             library defaults (batch centering, error normalisation)
-``pb-paper``       the paper's literal choices: ``centering="running"``, no error scaling
+``pb``             library defaults (`PerforationConfig()`)
+``pb-cc``          the paper's algorithm with this library's measured choices
+                   (`PerforationConfig.paper()`: Cascade-Correlation, frozen dendrites)
+``pb-paper``       the paper's literal choices (`PerforationConfig.paper(literal=True)`:
+                   running centering, no error scaling)
 ``restart``        restart control: the same controller and schedule, dendrites disabled
 ``width``          width control: the plain network widened to PB's final parameter count
                    (same seed), trained with the restart controller
-``pb-head``        dendrites on the output layer only
-``pb-backbone``    dendrites on every layer but the output layer
-``cc-no-perf``     Cascade-Correlation dendrites without perforation
-``gd``             dendrites trained by gradient descent on the task loss
+``pb-head``        ``pb-cc`` with dendrites on the output layer only
+``pb-backbone``    ``pb-cc`` with dendrites on every layer but the output layer
+``cc-no-perf``     ``pb-cc`` without perforation
+``gd``             ``pb-cc`` with candidates trained by gradient descent on the task loss
 ``plain``          the plain network, one cycle (a point of the width frontier)
 =================  =========================================================================
 
@@ -26,8 +29,11 @@ from typing import Any
 
 from torch import nn
 
+from perforate.config import PAPER, PAPER_LITERAL
+
 VARIANTS: dict[str, str] = {
     "pb": "PB (library defaults)",
+    "pb-cc": "PB, the paper's algorithm (Cascade-Correlation, frozen dendrites)",
     "pb-paper": "PB, the paper's literal choices (running centering, no error scaling)",
     "restart": "restart control (same controller, no dendrites)",
     "width": "width control (plain net widened to PB's final parameter count)",
@@ -39,16 +45,25 @@ VARIANTS: dict[str, str] = {
 }
 
 
+def paper_fields(**changes: Any) -> dict[str, Any]:
+    """The PerforationConfig fields of the paper's algorithm (`perforate.config.PAPER`), with
+    `changes`: the base of the Figure 7 variants, whatever the library's defaults."""
+    return {**PAPER, **changes}
+
+
 def config_overrides(variant: str, head: str) -> dict[str, Any]:
     """PerforationConfig fields of a variant (`head` = qualified name of the output layer)."""
-    return {
-        "pb": {}, "restart": {}, "width": {},
-        "pb-paper": {"centering": "running", "normalize_error": False},
+    if variant in ("pb", "restart", "width", "plain"):
+        return {}
+    if variant == "pb-paper":
+        return paper_fields(**PAPER_LITERAL)
+    return paper_fields(**{
+        "pb-cc": {},
         "pb-head": {"target_modules": [head]},
         "pb-backbone": {"exclude_modules": [head]},
         "cc-no-perf": {"perforated": False},
         "gd": {"dendrite_learning": "gd"},
-    }[variant]
+    }[variant])
 
 
 @dataclass

@@ -26,6 +26,21 @@ OBJECTIVES = ("covariance", "correlation")
 SIGN_SOURCES = ("batch", "running")
 
 
+#: `PerforationConfig.paper()`: the paper's algorithm with this library's measured choices.
+PAPER: dict[str, Any] = {
+    "dendrite_learning": "cc", "train_dendrites": False, "dendrite_activation": "tanh",
+    "objective": "covariance", "sign_source": "batch", "candidate_init": "fan_in",
+    "candidate_weight_std": 1.0, "candidate_bias_std": 1.0, "output_init": "zero",
+    "dendrite_inputs": None, "perforated": True, "centering": "batch", "normalize_error": True}
+#: `PerforationConfig.paper(literal=True)`: the paper's own centering and error scale.
+PAPER_LITERAL: dict[str, Any] = {"centering": "running", "normalize_error": False}
+#: `PerforationConfig.anchor()`: the official open package's dendrites on this engine.
+ANCHOR: dict[str, Any] = {
+    "dendrite_learning": "none", "dendrite_activation": "sigmoid", "candidate_init": "normal",
+    "candidate_weight_std": 0.01, "candidate_bias_std": 0.01, "train_dendrites": True,
+    "output_init": "zero", "dendrite_inputs": None}
+
+
 @dataclass
 class PerforationConfig:
     """How dendrites are added and trained (see ``docs/algorithm.md``).
@@ -145,29 +160,19 @@ class PerforationConfig:
 
     @classmethod
     def paper(cls, *, literal: bool = False, **changes: Any) -> PerforationConfig:
-        """The paper's algorithm: Cascade-Correlation candidates, installed frozen, only the
-        output weight learns afterwards. `literal`: also the paper's running-mean centering
-        and no error scaling (the choices this library's measurements replaced)."""
-        base: dict[str, Any] = {
-            "dendrite_learning": "cc", "train_dendrites": False, "dendrite_activation": "tanh",
-            "objective": "covariance", "sign_source": "batch", "candidate_init": "fan_in",
-            "candidate_weight_std": 1.0, "candidate_bias_std": 1.0, "output_init": "zero",
-            "dendrite_inputs": None, "perforated": True, "centering": "batch",
-            "normalize_error": True}
-        if literal:
-            base.update(centering="running", normalize_error=False)
+        """The paper's algorithm (`PAPER`): Cascade-Correlation candidates, installed frozen,
+        only the output weight learns afterwards. `literal`: also the paper's running-mean
+        centering and no error scaling (the choices this library's measurements replaced)."""
+        base = {**PAPER, **(PAPER_LITERAL if literal else {})}
         return cls(**{**base, **changes})
 
     @classmethod
     def anchor(cls, **changes: Any) -> PerforationConfig:
-        """The recipe of the official open package's dendrites on this engine: sigmoid
-        dendrites with weights and biases ~ N(0, 0.01²), no candidate training, trained with
-        the network in every neuron phase (perforated here, unless ``perforated=False``)."""
-        base: dict[str, Any] = {
-            "dendrite_learning": "none", "dendrite_activation": "sigmoid",
-            "candidate_init": "normal", "candidate_weight_std": 0.01, "candidate_bias_std": 0.01,
-            "train_dendrites": True, "output_init": "zero"}
-        return cls(**{**base, **changes})
+        """The recipe of the official open package's dendrites on this engine (`ANCHOR`):
+        sigmoid dendrites with weights and biases ~ N(0, 0.01²), no candidate training,
+        trained with the network in every neuron phase (perforated here, unless
+        ``perforated=False``)."""
+        return cls(**{**ANCHOR, **changes})
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; module types become ``"type:module.Class"`` strings."""

@@ -21,7 +21,7 @@ from torch import nn
 
 from perforate.metrics import accuracy
 
-from ..base import Experiment, Setup
+from ..base import Experiment, Setup, paper_fields
 from ..data.batches import TensorBatches
 
 FULL = {"neuron_patience": 5, "dendrite_patience": 3, "max_dendrite_epochs": 10,
@@ -37,27 +37,32 @@ SPLIT_SEED = 0
 BATCH_SIZE = 128
 LR = 1e-3
 
-#: PB variants: PerforationConfig fields ("config") and Tracker arguments ("tracker").
+#: PB variants: PerforationConfig fields ("config") and Tracker arguments ("tracker"). The
+#: cc-* variants build on the paper's algorithm (`PerforationConfig.paper()`), ANCHOR on the
+#: official open package's recipe (`PerforationConfig.anchor()`), whatever the defaults are.
+PAPER = paper_fields()
 ANCHOR = {"dendrite_learning": "none", "dendrite_activation": "sigmoid",
           "candidate_init": "normal", "candidate_weight_std": 0.01, "candidate_bias_std": 0.01,
           "train_dendrites": True}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "cc": {"config": {}},
-    "cc-train": {"config": {"train_dendrites": True}},
-    "cc-train-unperf": {"config": {"train_dendrites": True, "perforated": False}},
+    "cc": {"config": PAPER},
+    "cc-train": {"config": {**PAPER, "train_dendrites": True}},
+    "cc-train-unperf": {"config": {**PAPER, "train_dendrites": True, "perforated": False}},
     "anchor": {"config": ANCHOR},
     "anchor-unperf": {"config": {**ANCHOR, "perforated": False}},
     "anchor-retry": {"config": ANCHOR, "tracker": {"dendrite_tries": 2}},
-    "cc-corr": {"config": {"objective": "correlation"}},
-    "cc-corr-train": {"config": {"objective": "correlation", "train_dendrites": True}},
-    "cc-running-sign": {"config": {"sign_source": "running"}},
-    "cc-ls": {"config": {"output_init": "least_squares"}},
-    "cc-relu-corr": {"config": {"objective": "correlation", "dendrite_activation": "relu"}},
-    "cc-mean-plateau": {"config": {}, "tracker": {"plateau": "mean"}},
-    "gd": {"config": {"dendrite_learning": "gd"}},
+    "cc-corr": {"config": {**PAPER, "objective": "correlation"}},
+    "cc-corr-train": {"config": {**PAPER, "objective": "correlation", "train_dendrites": True}},
+    "cc-running-sign": {"config": {**PAPER, "sign_source": "running"}},
+    "cc-ls": {"config": {**PAPER, "output_init": "least_squares"}},
+    "cc-relu-corr": {"config": {**PAPER, "objective": "correlation",
+                                "dendrite_activation": "relu"}},
+    "cc-mean-plateau": {"config": PAPER, "tracker": {"plateau": "mean"}},
+    "gd": {"config": {**PAPER, "dendrite_learning": "gd"}},
     "anchor-sparse32": {"config": {**ANCHOR, "dendrite_inputs": 32}},
-    "cc-train-retry": {"config": {"train_dendrites": True}, "tracker": {"dendrite_tries": 2}},
-    "restart-retry": {"config": {}, "tracker": {"add_dendrites": False, "dendrite_tries": 2}},
+    "cc-train-retry": {"config": {**PAPER, "train_dendrites": True},
+                       "tracker": {"dendrite_tries": 2}},
+    "restart-retry": {"tracker": {"add_dendrites": False, "dendrite_tries": 2}},
 }
 
 

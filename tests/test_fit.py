@@ -274,3 +274,20 @@ def test_task_metric():
     assert f(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 2.0]])) == -0.5
     with pytest.raises(ValueError, match="regression"):
         metrics.accuracy(torch.tensor([[0.1, 0.9]]), torch.tensor([[0.0, 3.0]]))
+
+
+@pytest.mark.parametrize("output_init", ["zero", "least_squares"])
+def test_fit_records_the_validation_score_right_after_each_install(output_init):
+    train, val, _ = loaders()
+    torch.manual_seed(0)
+    m = pf.perforate(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)),
+                     pf.PerforationConfig.paper(seed=0, output_init=output_init))
+    loss_fn = nn.CrossEntropyLoss()
+    tracker = pf.fit(m, train, val, loss_fn, adam, metric=pf.metrics.neg_loss(loss_fn),
+                     progress=False, tracker_kwargs={**KW, "improvement_threshold": 0.0})
+    phase = tracker.dendrite_phases[0]
+    best0 = tracker.architectures[0]["best_val"]  # the restored weights' score
+    if output_init == "zero":
+        assert phase["val_at_install"] == pytest.approx(best0, abs=1e-6)  # a = 0: unchanged
+    else:
+        assert phase["val_at_install"] != pytest.approx(best0, abs=1e-6)  # the install moved it

@@ -173,6 +173,13 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
                         extra[f"{name}_{extra_name}"] = metric(o, t)
                 decision = tracker.step(scores["val"], test_score=scores["test"],
                                         train_score=scores["train"], extra=extra or None)
+            if tracker.dendrite_phases and tracker.dendrite_phases[-1].get("end_epoch") == \
+                    decision.epoch and not tracker.done and metric is not None:
+                # a set was just installed: its validation score before any training shows
+                # what the install itself did (unchanged with a = 0; moved by least squares)
+                outputs, targets = predict(model, val_loader, device)
+                tracker.dendrite_phases[-1]["val_at_install"] = (decision_metric or metric)(
+                    outputs, targets)
             shown.end_epoch(decision.epoch, decision.phase, decision.dendrites,
                             tracker.history[-1]["val"])
             if on_epoch_end is not None:

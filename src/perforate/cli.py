@@ -25,7 +25,7 @@ from torch import nn
 from . import __version__
 from .atomic import atomic_write
 from .config import PerforationConfig
-from .demo import DATASETS, run_demo
+from .demo import DATASETS, PRESETS, run_demo
 from .demo_data import DatasetMissing
 from .errors import CLIError, PerforateError
 from .export import export
@@ -127,7 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise CLIError(f"--seeds must be >= 1, got {args.seeds}")
     run_demo(args.dataset, out=args.out, seed=args.seed, seeds=args.seeds, quick=args.quick,
-             progress=not args.no_progress, data_dir=args.data_dir)
+             progress=not args.no_progress, data_dir=args.data_dir, preset=args.preset)
     return 0
 
 
@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, default=1, metavar="K",
                       help="also run seeds N+1 .. N+K-1 and print the paired comparison")
     demo.add_argument("--quick", action="store_true", help="short schedule (CI smoke test)")
+    demo.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                      help="PB's configuration: the library's defaults, the paper's algorithm "
+                      "(Cascade-Correlation, frozen dendrites) or the official package's recipe")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument("--data-dir", default=None, metavar="DIR",
                       help="Fashion-MNIST directory (default $PERFORATE_DATA/fashion-mnist, else "

@@ -29,6 +29,10 @@ from .model import perforate
 from .tracker import Tracker
 
 DATASETS = ("digits", "fashion-mnist")
+#: Configurations the demo can train PB with (``perforate demo --preset``).
+PRESETS: dict[str, Callable[[], PerforationConfig]] = {
+    "default": PerforationConfig, "paper": PerforationConfig.paper,
+    "anchor": PerforationConfig.anchor}
 
 
 def digits_mlp() -> nn.Module:
@@ -94,12 +98,14 @@ def load_data(dataset: str, *, quick: bool, data_dir: str | Path | None = None
 
 
 def run_variant(setup: DemoSetup, data: tuple[TensorDataset, ...], *, seed: int,
-                add_dendrites: bool, out_dir: Path | None, progress: bool) -> Tracker:
-    """Train one run (PB or, with ``add_dendrites=False``, the restart control)."""
+                add_dendrites: bool, out_dir: Path | None, progress: bool,
+                config: PerforationConfig | None = None) -> Tracker:
+    """Train one run (PB or, with ``add_dendrites=False``, the restart control); `config`
+    defaults to the library's defaults."""
     train, val, test = data
     torch.manual_seed(seed)
     net = setup.build()
-    model = perforate(net, PerforationConfig())
+    model = perforate(net, config or PerforationConfig())
     loader = DataLoader(train, batch_size=setup.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     val_loader = DataLoader(val, batch_size=1024)
@@ -115,10 +121,13 @@ def run_variant(setup: DemoSetup, data: tuple[TensorDataset, ...], *, seed: int,
 
 def run_demo(dataset: str = "digits", *, out: str | Path | None = "runs/demo", seed: int = 0,
              seeds: int = 1, quick: bool = False, progress: bool = True,
-             data_dir: str | Path | None = None,
+             data_dir: str | Path | None = None, preset: str = "default",
              echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run PB and the restart control (on `seeds` consecutive seeds from `seed`), print the
-    table of the first seed (and the paired comparison over all), return the trackers."""
+    """Run PB (configured by `preset`, one of `PRESETS`) and the restart control (on `seeds`
+    consecutive seeds from `seed`), print the table of the first seed (and the paired
+    comparison over all), return the trackers."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     setup = demo_setup(dataset, quick=quick)
@@ -135,7 +144,7 @@ def run_demo(dataset: str = "digits", *, out: str | Path | None = "runs/demo", s
             for label, add in (("PB", True), ("restart control", False)):
                 sub = None if base is None else base / ("pb" if add else "restart")
                 runs[label] = run_variant(setup, data, seed=s, add_dendrites=add, out_dir=sub,
-                                          progress=progress)
+                                          progress=progress, config=PRESETS[preset]())
             all_runs.append(runs)
     finally:
         torch.set_num_threads(threads)
@@ -149,6 +158,15 @@ def run_demo(dataset: str = "digits", *, out: str | Path | None = "runs/demo", s
         for line in format_paired(all_runs, first_seed=seed):
             echo(line)
     return {"runs": all_runs[0], "all_runs": all_runs, "seconds": seconds, "setup": setup}
+
+
+def describe(config: PerforationConfig) -> str:
+    """One line: how this configuration's dendrites learn."""
+    learn = {"cc": "Cascade-Correlation candidates", "gd": "candidates trained on the loss",
+             "none": "untrained candidates"}[config.dendrite_learning]
+    after = "trained with the network" if config.train_dendrites else "frozen"
+    return (f"{learn}, then {after} ({config.dendrite_activation}, "
+            f"{'perforated' if config.perforated else 'not perforated'})")
 
 
 def format_paired(all_runs: list[dict[str, Tracker]], *, first_seed: int) -> list[str]:
@@ -173,7 +191,8 @@ def format_paired(all_runs: list[dict[str, Tracker]], *, first_seed: int) -> lis
 def format_report(setup: DemoSetup, runs: dict[str, Tracker], *, seed: int, quick: bool,
                   seconds: float, where: str | None) -> list[str]:
     """The demo's closing table: one row per architecture of each run, then error reduction."""
-    lines = [f"perforate demo: {setup.description}, seed {seed}{' (quick)' if quick else ''}",
+    lines = [f"perforate demo: {setup.description}, seed {seed}{' (quick)' if quick else ''}, "
+             f"PB: {describe(runs['PB'].model.config)}",
              "decisions on the validation loss (continuous); accuracies at the epoch of the best "
              "validation loss", ""]
     head = (f"{'run':<16} {'cycle':>5} {'dendrites':>9} {'params':>7} {'epochs':>6} "

@@ -79,7 +79,7 @@ def main() -> None:
         model = tracker.model
     else:
         torch.manual_seed(0)
-        model = pf.perforate(make_net(), pf.PerforationConfig())
+        model = pf.perforate(make_net(), pf.PerforationConfig.paper())
         tracker = pf.Tracker(model, optimizer_factory, scheduler_factory, neuron_patience=3,
                              dendrite_patience=2, max_dendrite_epochs=4, min_dendrites=2,
                              max_dendrites=2, improvement_threshold=2e-3,

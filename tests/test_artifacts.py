@@ -24,7 +24,7 @@ def make_net() -> nn.Module:
 def scripted_run(out_dir, *, add_dendrites=True, plot=True):
     """15 epochs: cycle 0 (4) + dendrite (2) + cycle 1 (4) + dendrite (2) + cycle 2 (3)."""
     torch.manual_seed(0)
-    model = pf.perforate(make_net(), pf.PerforationConfig(seed=0))
+    model = pf.perforate(make_net(), pf.PerforationConfig.paper(seed=0))
     tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, lr=0.1), neuron_patience=2,
                          dendrite_patience=5, max_dendrite_epochs=2, out_dir=out_dir,
                          add_dendrites=add_dendrites, plot=plot,
@@ -143,7 +143,7 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     torch.manual_seed(0)
-    model = pf.perforate(make_net())
+    model = pf.perforate(make_net(), pf.PerforationConfig.paper())
     tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, lr=0.1))
     tracker.step(0.5)
     tracker.save_checkpoint(tmp_path)

@@ -14,7 +14,7 @@ from conftest import SmallCNN, grow
 def test_dendrite_phase_freezes_network_and_trains_candidates() -> None:
     net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
                         nn.Linear(4 * 6 * 6, 5), nn.ReLU(), nn.Linear(5, 3))
-    model = pf.perforate(net, pf.PerforationConfig(seed=0))
+    model = pf.perforate(net, pf.PerforationConfig.paper(seed=0))
     model.train()
     data = [(torch.randn(8, 2, 8, 8), torch.randint(0, 3, (8,))) for _ in range(3)]
     # One neuron-phase set first, so installed dendrites and output weights are in play too.
@@ -51,7 +51,7 @@ def test_dendrite_phase_freezes_network_and_trains_candidates() -> None:
 
 
 def _hand_setup(layer: nn.Module, x: torch.Tensor, target: torch.Tensor):
-    model = pf.perforate(nn.Sequential(layer), pf.PerforationConfig(candidates=3, seed=4))
+    model = pf.perforate(nn.Sequential(layer), pf.PerforationConfig.paper(candidates=3, seed=4))
     model.begin_dendrite_phase()
     out = model(x)
     ((out - target) ** 2).sum().backward()
@@ -108,7 +108,7 @@ def test_candidate_gradient_is_eq_3_4_conv2d() -> None:
 
 
 def test_epoch_correlation_is_exact_pearson_over_all_batches() -> None:
-    model = pf.perforate(nn.Sequential(nn.Linear(4, 2)), pf.PerforationConfig(candidates=2))
+    model = pf.perforate(nn.Sequential(nn.Linear(4, 2)), pf.PerforationConfig.paper(candidates=2))
     model.begin_dendrite_phase()
     pool = model.dendrite_layers()["0"].candidates
     cs, es = [], []
@@ -127,7 +127,7 @@ def test_epoch_correlation_is_exact_pearson_over_all_batches() -> None:
 
 
 def test_constant_candidate_never_wins() -> None:
-    model = pf.perforate(nn.Sequential(nn.Linear(3, 1)), pf.PerforationConfig(candidates=2))
+    model = pf.perforate(nn.Sequential(nn.Linear(3, 1)), pf.PerforationConfig.paper(candidates=2))
     model.begin_dendrite_phase()
     pool = model.dendrite_layers()["0"].candidates
     with torch.no_grad():
@@ -143,7 +143,7 @@ def test_constant_candidate_never_wins() -> None:
 
 
 def test_running_centering_uses_previous_batches_means() -> None:
-    cfg = pf.PerforationConfig(candidates=1, centering="running", normalize_error=False,
+    cfg = pf.PerforationConfig.paper(candidates=1, centering="running", normalize_error=False,
                                running_momentum=0.5)
     model = pf.perforate(nn.Sequential(nn.Linear(3, 1)), cfg)
     model.begin_dendrite_phase()
@@ -167,7 +167,7 @@ def test_running_centering_uses_previous_batches_means() -> None:
 
 
 def test_gd_variant_trains_candidates_on_the_loss() -> None:
-    cfg = pf.PerforationConfig(candidates=2, dendrite_learning="gd", seed=0)
+    cfg = pf.PerforationConfig.paper(candidates=2, dendrite_learning="gd", seed=0)
     model = pf.perforate(SmallCNN(), cfg)
     x, y = torch.randn(6, 2, 8, 8), torch.randint(0, 3, (6,))
     before = model(x).detach()
@@ -185,7 +185,7 @@ def test_gd_variant_trains_candidates_on_the_loss() -> None:
 
 
 def test_non_finite_errors_raise_at_epoch_end() -> None:
-    model = pf.perforate(nn.Sequential(nn.Linear(3, 2)), pf.PerforationConfig())
+    model = pf.perforate(nn.Sequential(nn.Linear(3, 2)), pf.PerforationConfig.paper())
     model.begin_dendrite_phase()
     out = model(torch.randn(4, 3))
     (out * torch.tensor([float("inf"), 1.0])).sum().backward()
@@ -194,15 +194,15 @@ def test_non_finite_errors_raise_at_epoch_end() -> None:
 
 
 def test_seed_makes_candidates_reproducible() -> None:
-    a = pf.perforate(nn.Sequential(nn.Linear(3, 2)), pf.PerforationConfig(seed=11))
-    b = pf.perforate(nn.Sequential(nn.Linear(3, 2)), pf.PerforationConfig(seed=11))
+    a = pf.perforate(nn.Sequential(nn.Linear(3, 2)), pf.PerforationConfig.paper(seed=11))
+    b = pf.perforate(nn.Sequential(nn.Linear(3, 2)), pf.PerforationConfig.paper(seed=11))
     a.begin_dendrite_phase()
     b.begin_dendrite_phase()
     wa = a.dendrite_layers()["0"].candidates.weight
     wb = b.dendrite_layers()["0"].candidates.weight
     assert torch.equal(wa, wb)
     # DEFAULT init: weights ~ N(0, 1/fan_in), bias ~ N(0, 1)
-    big = pf.perforate(nn.Sequential(nn.Linear(400, 300)), pf.PerforationConfig(seed=1))
+    big = pf.perforate(nn.Sequential(nn.Linear(400, 300)), pf.PerforationConfig.paper(seed=1))
     big.begin_dendrite_phase()
     pool = big.dendrite_layers()["0"].candidates
     assert pool.weight.std().item() == pytest.approx(400**-0.5, rel=0.02)
@@ -215,7 +215,7 @@ def test_inplace_activation_after_a_wrapped_layer_gives_the_same_gradients() -> 
     for inplace in (False, True):
         torch.manual_seed(0)
         net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=inplace), nn.Linear(6, 2))
-        model = pf.perforate(net, pf.PerforationConfig(seed=0))
+        model = pf.perforate(net, pf.PerforationConfig.paper(seed=0))
         model.begin_dendrite_phase()
         x, y = torch.randn(9, 4), torch.randint(0, 2, (9,))
         nn.functional.cross_entropy(model(x), y).backward()
@@ -230,7 +230,7 @@ def _error_scale_run(normalize: bool, batches):
     """One wrapped Linear(4, 3); loss = sum(z * g), so each neuron's error is exactly g."""
     torch.manual_seed(0)
     model = pf.perforate(nn.Sequential(nn.Linear(4, 3)),
-                         pf.PerforationConfig(seed=0, normalize_error=normalize))
+                         pf.PerforationConfig.paper(seed=0, normalize_error=normalize))
     model.begin_dendrite_phase()
     pool = model.net[0].candidates
     out = []
@@ -247,7 +247,7 @@ def test_running_error_scale_after_the_first_and_second_batch() -> None:
                for scale in (1.0, 3.0)]
     normalized = _error_scale_run(True, batches)
     plain = _error_scale_run(False, batches)
-    m = pf.PerforationConfig().running_momentum
+    m = pf.PerforationConfig.paper().running_momentum
     var1 = batches[0][1].var(0, unbiased=False)
     var2 = batches[1][1].var(0, unbiased=False)
     expected = [var1, m * var1 + (1 - m) * var2]  # the first batch initialises the EMA

@@ -81,7 +81,7 @@ def test_unreadable_checkpoints(capsys, tmp_path):
 def small_run(out_dir: Path, *, net_factory: str | None = DIGITS, steps: int = 100):
     """A digits-MLP tracker through one install (scripted scores), checkpointed."""
     torch.manual_seed(0)
-    model = pf.perforate(digits_mlp())
+    model = pf.perforate(digits_mlp(), pf.PerforationConfig.paper())
     tracker = pf.Tracker(model, lambda p: torch.optim.Adam(p, 1e-2), neuron_patience=1,
                          max_dendrite_epochs=2, max_dendrites=1, out_dir=out_dir, plot=False,
                          net_factory=net_factory)
@@ -150,7 +150,7 @@ def test_inspect_counts_match_a_real_install(capsys):
     assert rows["total"][1:3] == ["2,410", "2,452"]
     # the real thing: one installed set adds exactly that many parameters
     torch.manual_seed(0)
-    model = pf.perforate(digits_mlp())
+    model = pf.perforate(digits_mlp(), pf.PerforationConfig.paper())
     before = model.count_parameters()
     model.begin_dendrite_phase()
     F.cross_entropy(model(torch.rand(8, 64)), torch.zeros(8, dtype=torch.long)).backward()
@@ -207,7 +207,7 @@ def test_inspect_attention_projections_with_input_shape():
 
     net = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1,
                                 enable_nested_tensor=False)
-    rows = {r["layer"]: r for r in inspect_model(net, pf.PerforationConfig(), (5, 8))["layers"]}
+    rows = {r["layer"]: r for r in inspect_model(net, pf.PerforationConfig.paper(), (5, 8))["layers"]}
     q = rows["layers.0.self_attn.q_proj"]
     assert (q["type"], q["neurons"], q["fan_in"], q["positions"], q["params"]) == (
         "AttentionProjection", 8, 8, 5, 72)

@@ -13,7 +13,7 @@ CONVS = [nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1, grou
 
 
 def _with_dendrites(conv: nn.Module, sets: int) -> pf.PerforatedModel:
-    model = pf.perforate(nn.Sequential(conv))
+    model = pf.perforate(nn.Sequential(conv), pf.PerforationConfig.paper())
     layer = model.dendrite_layers()["0"]
     layer.resize(sets)
     with torch.no_grad():
@@ -63,7 +63,7 @@ def test_export_scripts_with_two_sets(conv: nn.Module) -> None:
 
 def test_views_and_output_size() -> None:
     conv = nn.ConvTranspose2d(3, 4, 3, stride=2, output_padding=1)
-    wrapper = pf.perforate(nn.Sequential(conv)).net[0]
+    wrapper = pf.perforate(nn.Sequential(conv), pf.PerforationConfig.paper()).net[0]
     assert (wrapper.in_channels, wrapper.out_channels, wrapper.stride,
             wrapper.output_padding) == (3, 4, (2, 2), (1, 1))
     assert wrapper.weight is conv.weight and wrapper.bias is conv.bias

@@ -15,7 +15,7 @@ from perforate.layers import DendriteLayer
 
 
 def _with_dendrites(net: nn.Module, data, sets: int = 2) -> pf.PerforatedModel:
-    model = pf.perforate(net, pf.PerforationConfig(candidates=2, seed=0))
+    model = pf.perforate(net, pf.PerforationConfig.paper(candidates=2, seed=0))
     grow(model, data, nn.functional.cross_entropy, sets, cascade=True)
     return model
 
@@ -55,7 +55,7 @@ def test_export_equals_model_and_survives_script_save_load(tmp_path: Path) -> No
 @pytest.mark.parametrize("conv", [nn.Conv1d(4, 6, 3, groups=2, padding=1),
                                   nn.Conv3d(2, 4, 2, stride=2, bias=False)])
 def test_export_conv_variants(conv: nn.Module) -> None:
-    model = pf.perforate(nn.Sequential(conv))
+    model = pf.perforate(nn.Sequential(conv), pf.PerforationConfig.paper())
     layer = model.dendrite_layers()["0"]
     layer.resize(3)
     with torch.no_grad():
@@ -70,7 +70,7 @@ def test_export_conv_variants(conv: nn.Module) -> None:
 
 def test_export_without_dendrites_is_the_original_layers() -> None:
     net = SmallCNN()
-    model = pf.perforate(net)
+    model = pf.perforate(net, pf.PerforationConfig.paper())
     exported = pf.export(model)
     assert type(exported.fc1) is nn.Linear and type(exported.conv1) is nn.Conv2d
     x = torch.randn(2, 2, 8, 8)
@@ -99,7 +99,7 @@ def _grads(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def test_backward_through_the_export_equals_the_model(perforated: bool) -> None:
     """D = 3: the function's gradient (the model's with perforated=False; with perforation the
     model stops the error at its dendrites, so only the last layer's gradients agree)."""
-    model = pf.perforate(SmallCNN(), pf.PerforationConfig(perforated=perforated))
+    model = pf.perforate(SmallCNN(), pf.PerforationConfig.paper(perforated=perforated))
     _random_sets(model, 3)
     x = torch.randn(3, 2, 8, 8)
     exported = pf.export(model)
@@ -135,7 +135,7 @@ class TiedLM(nn.Module):
 
 
 def test_tied_weights_stay_tied_in_the_export() -> None:
-    model = pf.perforate(TiedLM(), pf.PerforationConfig(perforated=False))
+    model = pf.perforate(TiedLM(), pf.PerforationConfig.paper(perforated=False))
     _random_sets(model, 2)
     exported = pf.export(model)
     head = exported.head
@@ -157,7 +157,7 @@ def test_tied_weights_stay_tied_in_the_export() -> None:
 
 def test_a_layer_used_twice_stays_shared() -> None:
     lin = nn.Linear(4, 4)
-    model = pf.perforate(nn.Sequential(lin, nn.Tanh(), lin, nn.Tanh(), nn.Linear(4, 2)))
+    model = pf.perforate(nn.Sequential(lin, nn.Tanh(), lin, nn.Tanh(), nn.Linear(4, 2)), pf.PerforationConfig.paper())
     assert list(model.dendrite_layers()) == ["0", "4"]  # the second use of lin is the plain lin
     model.net[4] = model.net[0]  # a wrapper used at two places
     _random_sets(model, 1)
@@ -174,7 +174,7 @@ def test_export_to_onnx_equals_the_model(tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
-    model = pf.perforate(SmallCNN())
+    model = pf.perforate(SmallCNN(), pf.PerforationConfig.paper())
     _random_sets(model, 2)
     model.eval()
     x = torch.randn(4, 2, 8, 8)
@@ -188,7 +188,7 @@ def test_export_to_onnx_equals_the_model(tmp_path: Path) -> None:
 
 
 def test_export_argument_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    model = pf.perforate(SmallCNN())
+    model = pf.perforate(SmallCNN(), pf.PerforationConfig.paper())
     with pytest.raises(ValueError, match="format"):
         pf.export(model, format="tflite")
     with pytest.raises(TypeError, match="path="):

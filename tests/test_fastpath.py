@@ -19,7 +19,7 @@ def _encoder(nested: bool) -> nn.TransformerEncoder:
 
 
 def _with_dendrites(net: nn.Module) -> pf.PerforatedModel:
-    model = pf.perforate(net)
+    model = pf.perforate(net, pf.PerforationConfig.paper())
     for layer in model.dendrite_layers().values():
         layer.resize(1)
         with torch.no_grad():
@@ -54,7 +54,7 @@ def test_eval_with_dendrites_equals_the_standard_path(nested: bool) -> None:
 
 
 def test_layer_attributes_read_by_pytorch_are_views() -> None:
-    model = pf.perforate(nn.Sequential(_encoder(False)))
+    model = pf.perforate(nn.Sequential(_encoder(False)), pf.PerforationConfig.paper())
     layer = model.net[0].layers[0]
     assert layer.linear1.weight is layer.linear1.base_layer.weight
     assert layer.linear1.in_features == 8 and layer.linear2.out_features == 8

@@ -30,7 +30,7 @@ class SeqNet(nn.Module):
 def test_zero_dendrites_match_original_outputs_and_gradients(factory, shape) -> None:
     torch.manual_seed(1)
     original = factory()
-    wrapped = pf.perforate(_clone(original))
+    wrapped = pf.perforate(_clone(original), pf.PerforationConfig.paper())
     x = torch.randn(*shape)
     out_o, out_w = original(x), wrapped(x)
     assert torch.equal(out_o, out_w)
@@ -52,7 +52,7 @@ def _net_with_dendrites(perforated: bool) -> tuple[nn.Module, pf.PerforatedModel
     """L0 -> tanh -> L1 (wrapped, one dendrite set with random weights and a != 0)."""
     torch.manual_seed(2)
     plain = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
-    model = pf.perforate(_clone(plain), pf.PerforationConfig(target_modules=["2"],
+    model = pf.perforate(_clone(plain), pf.PerforationConfig.paper(target_modules=["2"],
                                                              perforated=perforated))
     layer = model.dendrite_layers()["2"]
     layer.resize(1)
@@ -104,7 +104,7 @@ def _batches(n: int = 4, b: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def test_install_takes_argmax_candidate_per_neuron_and_keeps_function() -> None:
-    model = pf.perforate(mlp(), pf.PerforationConfig(candidates=3, seed=0))
+    model = pf.perforate(mlp(), pf.PerforationConfig.paper(candidates=3, seed=0))
     batches = _batches()
     x = batches[0][0]
     before = model(x).detach()
@@ -141,7 +141,7 @@ def test_install_takes_argmax_candidate_per_neuron_and_keeps_function() -> None:
 
 
 def test_second_dendrite_receives_first_through_cascade() -> None:
-    cfg = pf.PerforationConfig(candidates=2, seed=1, target_modules=["2"])
+    cfg = pf.PerforationConfig.paper(candidates=2, seed=1, target_modules=["2"])
     model = pf.perforate(mlp(), cfg)
     batches = _batches()
     for _ in range(2):
@@ -170,7 +170,7 @@ def test_second_dendrite_receives_first_through_cascade() -> None:
 
 
 def test_remove_last_dendrites_restores_previous_structure() -> None:
-    model = pf.perforate(mlp(), pf.PerforationConfig(candidates=2, seed=0))
+    model = pf.perforate(mlp(), pf.PerforationConfig.paper(candidates=2, seed=0))
     batches = _batches(2)
     model.begin_dendrite_phase()
     train_candidates(model, batches, nn.functional.cross_entropy)
@@ -191,7 +191,7 @@ def test_remove_last_dendrites_restores_previous_structure() -> None:
 def test_conv_dendrites_match_per_set_convolution(groups: int) -> None:
     base = nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=1, groups=groups,
                      padding_mode="reflect")
-    model = pf.perforate(nn.Sequential(base))
+    model = pf.perforate(nn.Sequential(base), pf.PerforationConfig.paper())
     layer = model.dendrite_layers()["0"]
     layer.resize(2)
     with torch.no_grad():
@@ -217,7 +217,7 @@ def test_conv_dendrites_match_per_set_convolution(groups: int) -> None:
 def test_count_parameters_counts_deployable_weights_only() -> None:
     net = mlp()
     plain = sum(p.numel() for p in net.parameters())
-    model = pf.perforate(net, pf.PerforationConfig(candidates=3, seed=0))
+    model = pf.perforate(net, pf.PerforationConfig.paper(candidates=3, seed=0))
     assert model.count_parameters() == plain
     model.begin_dendrite_phase()
     assert model.count_parameters() == plain  # candidates are not deployable
@@ -229,7 +229,7 @@ def test_count_parameters_counts_deployable_weights_only() -> None:
 
 
 def test_wrappers_expose_the_base_layers_attributes_read_only() -> None:
-    model = pf.perforate(SmallCNN())
+    model = pf.perforate(SmallCNN(), pf.PerforationConfig.paper())
     fc, conv = model.net.fc1, model.net.conv2
     assert fc.weight is fc.base_layer.weight and fc.bias is fc.base_layer.bias
     assert (fc.in_features, fc.out_features) == (54, 8)

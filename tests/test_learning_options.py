@@ -129,7 +129,7 @@ def test_untrained_candidates_are_installed_at_once_with_the_function_unchanged(
     assert v.shape == (1, 20, 50) and 0.008 < float(v.std()) < 0.012  # N(0, 0.01^2), no fan-in
     assert model.dendrite_layers()["0"].dendrite_weight.requires_grad  # trained afterwards
     with pytest.raises(pf.PhaseError, match="dendrite phase"):
-        pf.perforate(nn.Sequential(nn.Linear(3, 2)), pf.PerforationConfig()).grow()
+        pf.perforate(nn.Sequential(nn.Linear(3, 2)), pf.PerforationConfig.paper()).grow()
 
 
 def _installed(train: bool, perforated: bool) -> pf.PerforatedModel:

@@ -21,7 +21,7 @@ def _padded_batch(channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, torc
 def _run(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
          mask: torch.Tensor | None) -> pf.PerforatedModel:
     """One dendrite-phase batch; the loss is a mean over the non-padded positions."""
-    model = pf.perforate(net, pf.PerforationConfig(candidates=3, seed=0))
+    model = pf.perforate(net, pf.PerforationConfig.paper(candidates=3, seed=0))
     model.begin_dendrite_phase()
     if mask is None:
         out = model(x)
@@ -68,7 +68,7 @@ def test_masked_padded_batch_equals_the_unpadded_batch(kind: str) -> None:
 
 
 def test_a_mask_that_fits_no_layer_raises() -> None:
-    model = pf.perforate(nn.Sequential(nn.Linear(5, 3)), pf.PerforationConfig(candidates=2))
+    model = pf.perforate(nn.Sequential(nn.Linear(5, 3)), pf.PerforationConfig.paper(candidates=2))
     model.begin_dendrite_phase()
     with pytest.raises(ValueError, match=r"shape \(4, 2\)"), \
             model.sample_mask(torch.ones(4, 2, dtype=torch.bool)):
@@ -87,7 +87,7 @@ def test_mask_applies_only_to_layers_with_its_positions() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(torch.tanh(self.tok(x)).mean(1))
 
-    model = pf.perforate(Pooled(), pf.PerforationConfig(candidates=2))
+    model = pf.perforate(Pooled(), pf.PerforationConfig.paper(candidates=2))
     model.begin_dendrite_phase()
     mask = torch.tensor([[True, True, False], [True, False, False]])
     with model.sample_mask(mask):

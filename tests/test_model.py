@@ -15,7 +15,7 @@ def _data(n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def test_phase_errors_are_clear() -> None:
-    model = pf.perforate(mlp())
+    model = pf.perforate(mlp(), pf.PerforationConfig.paper())
     assert model.phase == "neuron"
     with pytest.raises(pf.PhaseError, match=r"end_dendrite_phase.*neuron phase"):
         model.end_dendrite_phase()
@@ -40,7 +40,7 @@ def test_phase_errors_are_clear() -> None:
 def test_unload_returns_the_original_modules() -> None:
     net = SmallCNN()
     originals = {n: m for n, m in net.named_children()}
-    model = pf.perforate(net)
+    model = pf.perforate(net, pf.PerforationConfig.paper())
     x = torch.randn(2, 2, 8, 8)
     ref = model(x)
     base = model.unload()
@@ -50,7 +50,7 @@ def test_unload_returns_the_original_modules() -> None:
 
 
 def test_training_state_round_trip_in_the_dendrite_phase() -> None:
-    cfg = pf.PerforationConfig(candidates=2, seed=3)
+    cfg = pf.PerforationConfig.paper(candidates=2, seed=3)
     model = pf.perforate(mlp(), cfg)
     data = _data()
     model.begin_dendrite_phase()
@@ -75,15 +75,15 @@ def test_training_state_round_trip_in_the_dendrite_phase() -> None:
 
 
 def test_load_training_state_rejects_other_structure() -> None:
-    model = pf.perforate(mlp(), pf.PerforationConfig(target_modules=["0"]))
-    other = pf.perforate(mlp(), pf.PerforationConfig(target_modules=["2"]))
+    model = pf.perforate(mlp(), pf.PerforationConfig.paper(target_modules=["0"]))
+    other = pf.perforate(mlp(), pf.PerforationConfig.paper(target_modules=["2"]))
     with pytest.raises(pf.LoadError, match="'2'"):
         other.load_training_state(model.training_state())
 
 
 def test_logs_instead_of_printing(caplog: pytest.LogCaptureFixture, capsys) -> None:
     with caplog.at_level("INFO", logger="perforate"):
-        model = pf.perforate(mlp())
+        model = pf.perforate(mlp(), pf.PerforationConfig.paper())
         model.begin_dendrite_phase()
     assert "perforated 3 layer(s)" in caplog.text
     assert capsys.readouterr().out == ""
@@ -93,7 +93,7 @@ def test_signed_output_init_is_minus_the_sign_of_the_correlation_times_eps() -> 
     torch.manual_seed(0)
     eps = 0.05
     model = pf.perforate(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)),
-                         pf.PerforationConfig(seed=0, output_init="signed", output_init_eps=eps))
+                         pf.PerforationConfig.paper(seed=0, output_init="signed", output_init_eps=eps))
     model.begin_dendrite_phase()
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(64, 4, generator=gen), torch.randint(0, 3, (64,), generator=gen)
@@ -113,7 +113,7 @@ def test_signed_output_init_is_minus_the_sign_of_the_correlation_times_eps() -> 
 
 def _grown(sets: int = 2) -> pf.PerforatedModel:
     torch.manual_seed(0)
-    model = pf.perforate(mlp(), pf.PerforationConfig(candidates=2, seed=1))
+    model = pf.perforate(mlp(), pf.PerforationConfig.paper(candidates=2, seed=1))
     data = _data()
     for _ in range(sets):
         model.begin_dendrite_phase()
@@ -127,7 +127,7 @@ def _grown(sets: int = 2) -> pf.PerforatedModel:
 
 def test_state_dict_loads_into_a_fresh_model_with_fewer_sets():
     trained = _grown(2)
-    fresh = pf.perforate(mlp(), pf.PerforationConfig(candidates=2, seed=1))
+    fresh = pf.perforate(mlp(), pf.PerforationConfig.paper(candidates=2, seed=1))
     fresh.load_state_dict(trained.state_dict())  # resized on load, strict
     assert fresh.structure() == trained.structure() == {"0": 2, "2": 2, "4": 2}
     x = torch.randn(6, 5)
@@ -136,7 +136,7 @@ def test_state_dict_loads_into_a_fresh_model_with_fewer_sets():
     buf = io.BytesIO()  # torch.save / torch.load of the state dict, as Lightning does
     torch.save(trained.state_dict(), buf)
     buf.seek(0)
-    again = pf.perforate(mlp(), pf.PerforationConfig(candidates=2, seed=1))
+    again = pf.perforate(mlp(), pf.PerforationConfig.paper(candidates=2, seed=1))
     again.load_state_dict(torch.load(buf, weights_only=True))
     assert torch.equal(again(x), trained(x))
 
@@ -146,7 +146,7 @@ def test_a_plain_checkpoint_loads_after_perforate():
     plain = mlp()
     x = torch.randn(4, 5)
     for target in ("model", "net"):
-        model = pf.perforate(mlp(), pf.PerforationConfig())
+        model = pf.perforate(mlp(), pf.PerforationConfig.paper())
         (model if target == "model" else model.net).load_state_dict(plain.state_dict())
         assert torch.equal(model(x), plain(x)) and model.num_dendrites == 0
     grown = _grown(1)
@@ -155,7 +155,7 @@ def test_a_plain_checkpoint_loads_after_perforate():
 
 
 def test_dendrite_parameters_keep_their_identity_through_install_and_removal():
-    model = pf.perforate(mlp(), pf.PerforationConfig(candidates=2, seed=1))
+    model = pf.perforate(mlp(), pf.PerforationConfig.paper(candidates=2, seed=1))
     before = [id(p) for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.5)  # built before any install
     data = _data()

@@ -16,7 +16,7 @@ from perforate.training import TrainableParameters
 def tiny_model(seed: int = 0) -> pf.PerforatedModel:
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
-    return pf.perforate(net, pf.PerforationConfig(seed=0))
+    return pf.perforate(net, pf.PerforationConfig.paper(seed=0))
 
 
 def make_net() -> nn.Module:
@@ -117,7 +117,7 @@ def test_fit_and_resume_take_a_param_groups_factory(tmp_path):
     def factory(params):
         return torch.optim.Adam(pf.param_groups(params, weight_decay=0.01), lr=1e-2)
 
-    model = pf.perforate(make_net(), pf.PerforationConfig(seed=0))
+    model = pf.perforate(make_net(), pf.PerforationConfig.paper(seed=0))
     tracker = pf.fit(model, loader, loader, nn.CrossEntropyLoss(), factory, progress=False,
                      tracker_kwargs={"max_epochs": 2, "out_dir": tmp_path, "plot": False,
                                      "checkpoint_every": 1})

@@ -19,7 +19,7 @@ def test_cascade_correlation_finds_the_planted_nonlinearity() -> None:
         layer.weight.copy_(sol[:d].T)
         layer.bias.copy_(sol[d])
     net = nn.Sequential(layer)
-    model = pf.perforate(net, pf.PerforationConfig(seed=0))
+    model = pf.perforate(net, pf.PerforationConfig.paper(seed=0))
     mse_before = nn.functional.mse_loss(model(x), y).item()
 
     model.begin_dendrite_phase()

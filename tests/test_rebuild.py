@@ -15,7 +15,7 @@ from perforate.training.checkpoint import deployable_weights, read_checkpoint
 
 def grown_model() -> pf.PerforatedModel:
     torch.manual_seed(0)
-    model = pf.perforate(mlp(), pf.PerforationConfig(seed=0, candidates=2))
+    model = pf.perforate(mlp(), pf.PerforationConfig.paper(seed=0, candidates=2))
     data = [(torch.randn(8, 5), torch.randint(0, 3, (8,)))]
     grow(model, data, nn.functional.cross_entropy, sets=2, cascade=True)
     return model
@@ -51,7 +51,7 @@ def test_rebuild_names_what_does_not_fit():
 
 def test_a_checkpoint_rebuilds_through_the_same_function(tmp_path):
     torch.manual_seed(0)
-    model = pf.perforate(mlp(), pf.PerforationConfig(seed=0))
+    model = pf.perforate(mlp(), pf.PerforationConfig.paper(seed=0))
     tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, lr=0.1), neuron_patience=1)
     tracker.step(0.5)
     tracker.save_checkpoint(tmp_path)

@@ -60,7 +60,7 @@ def initial_state(layer: nn.Module, batch: int = 3):
 
 
 def wrap(layer: nn.Module, **config) -> tuple[pf.PerforatedModel, DendriteLayer]:
-    model = pf.perforate(nn.Sequential(layer), pf.PerforationConfig(**config))
+    model = pf.perforate(nn.Sequential(layer), pf.PerforationConfig.paper(**config))
     return model, model.dendrite_layers()["0"]
 
 
@@ -240,7 +240,7 @@ def task(batches: int = 3) -> list[tuple[Tensor, Tensor]]:
 @pytest.mark.parametrize("name", ["lstm-2l-bi-bf", "gru-2l-bi", "lstm-proj-nobias",
                                   "rnn-relu-2l-bi", "lstmcell", "grucell", "rnncell"])
 def test_dendrite_cycle_keeps_the_function_at_install(name: str, learning: str) -> None:
-    model = pf.perforate(SeqModel(ALL[name]()), pf.PerforationConfig(
+    model = pf.perforate(SeqModel(ALL[name]()), pf.PerforationConfig.paper(
         candidates=3, seed=0, dendrite_learning=learning))
     assert set(model.dendrite_layers()) == {"rnn", "head"}  # default targets
     layer = model.dendrite_layers()["rnn"]
@@ -419,7 +419,7 @@ def test_save_pretrained_and_load_round_trip(name: str, tmp_path: Path) -> None:
     torch.manual_seed(5)
     net = SeqModel(ALL[name]())
     fresh = copy.deepcopy(net)
-    model = pf.perforate(net, pf.PerforationConfig(candidates=2, seed=0))
+    model = pf.perforate(net, pf.PerforationConfig.paper(candidates=2, seed=0))
     for layer in model.dendrite_layers().values():
         if isinstance(layer, (RNN, RNNCell)):
             random_dendrites(layer, 2)
@@ -471,7 +471,7 @@ class LSTMHead(nn.Module):
 
 def test_scripted_export_runs_without_perforate(tmp_path: Path) -> None:
     torch.manual_seed(8)
-    model = pf.perforate(LSTMHead())
+    model = pf.perforate(LSTMHead(), pf.PerforationConfig.paper())
     for layer in model.dendrite_layers().values():
         random_dendrites(layer, 1) if isinstance(layer, RNN) else layer.resize(1)
     model.eval()
@@ -524,11 +524,11 @@ def test_a_subclass_with_its_own_forward_is_refused() -> None:
         pass
 
     with pytest.raises(pf.TargetError, match=r"overrides"):  # named: refused with the reason
-        pf.perforate(nn.Sequential(Peephole(IN, H)), pf.PerforationConfig(target_modules=["0"]))
+        pf.perforate(nn.Sequential(Peephole(IN, H)), pf.PerforationConfig.paper(target_modules=["0"]))
     with pytest.raises(pf.TargetError, match=r"nothing to wrap.*overrides"):  # by type: skipped
         pf.perforate(nn.Sequential(Peephole(IN, H)),
-                     pf.PerforationConfig(target_modules=[nn.LSTM]))
+                     pf.PerforationConfig.paper(target_modules=[nn.LSTM]))
     model = pf.perforate(nn.Sequential(Plain(IN, H)),
-                         pf.PerforationConfig(target_modules=[nn.GRU]))
+                         pf.PerforationConfig.paper(target_modules=[nn.GRU]))
     assert isinstance(model.net[0], RNN)
 

@@ -15,7 +15,7 @@ from conftest import grow, mlp
 
 
 def _trained(tmp_path: Path) -> tuple[pf.PerforatedModel, torch.Tensor]:
-    model = pf.perforate(mlp(), pf.PerforationConfig(candidates=2, seed=0,
+    model = pf.perforate(mlp(), pf.PerforationConfig.paper(candidates=2, seed=0,
                                                      exclude_modules=["4"]))
     data = [(torch.randn(8, 5), torch.randint(0, 3, (8,))) for _ in range(2)]
     grow(model, data, nn.functional.cross_entropy, 2)
@@ -48,7 +48,7 @@ def test_round_trip_in_a_fresh_process(tmp_path: Path) -> None:
 def test_tied_weights_survive(tmp_path: Path) -> None:
     net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     net[1].weight = net[0].weight
-    model = pf.perforate(net, pf.PerforationConfig(target_modules=["0"]))
+    model = pf.perforate(net, pf.PerforationConfig.paper(target_modules=["0"]))
     model.save_pretrained(tmp_path)
     fresh = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     fresh[1].weight = fresh[0].weight

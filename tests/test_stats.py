@@ -27,7 +27,7 @@ def _data(representable_in: torch.dtype) -> list[tuple[torch.Tensor, torch.Tenso
 
 
 def _dendrite_phase(net: nn.Module, representable_in: torch.dtype) -> pf.PerforatedModel:
-    model = pf.perforate(net, pf.PerforationConfig(candidates=4, seed=0))
+    model = pf.perforate(net, pf.PerforationConfig.paper(candidates=4, seed=0))
     model.begin_dendrite_phase()
     with torch.no_grad():
         for layer in model.dendrite_layers().values():
@@ -92,7 +92,7 @@ def test_bfloat16_model_matches_float32() -> None:
 
 
 def test_batch_with_a_non_finite_error_is_skipped() -> None:
-    model = pf.perforate(nn.Sequential(nn.Linear(3, 2)), pf.PerforationConfig(seed=0))
+    model = pf.perforate(nn.Sequential(nn.Linear(3, 2)), pf.PerforationConfig.paper(seed=0))
     model.begin_dendrite_phase()
     pool = model.dendrite_layers()["0"].candidates
     scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
@@ -123,7 +123,7 @@ def test_batch_with_a_non_finite_error_is_skipped() -> None:
 
 
 def test_an_epoch_of_only_non_finite_batches_raises() -> None:
-    model = pf.perforate(nn.Sequential(nn.Linear(3, 2)), pf.PerforationConfig())
+    model = pf.perforate(nn.Sequential(nn.Linear(3, 2)), pf.PerforationConfig.paper())
     model.begin_dendrite_phase()
     out = model(torch.randn(4, 3))
     (out * torch.tensor([float("nan"), 1.0])).sum().backward()

@@ -13,7 +13,7 @@ from perforate.targeting import select_targets
 
 
 def targets(net: nn.Module, **kw: object) -> list[str]:
-    return select_targets(net, pf.PerforationConfig(**kw), default_registry())
+    return select_targets(net, pf.PerforationConfig.paper(**kw), default_registry())
 
 
 def test_default_wraps_every_linear_and_conv() -> None:
@@ -45,9 +45,9 @@ def test_target_matching_nothing_lists_what_exists() -> None:
 
 def test_nothing_to_wrap_and_everything_excluded() -> None:
     with pytest.raises(pf.TargetError, match="nothing to wrap"):
-        pf.perforate(nn.Sequential(nn.ReLU(), nn.LayerNorm(3)))
+        pf.perforate(nn.Sequential(nn.ReLU(), nn.LayerNorm(3)), pf.PerforationConfig.paper())
     with pytest.raises(pf.TargetError, match=r"itself one layer.*nn\.Sequential"):
-        pf.perforate(nn.Linear(3, 2))
+        pf.perforate(nn.Linear(3, 2), pf.PerforationConfig.paper())
     with pytest.raises(pf.TargetError, match="left no module"):
         targets(mlp(), exclude_modules=[nn.Linear])
 
@@ -64,7 +64,7 @@ def test_multihead_attention_is_wrapped_whole_never_its_out_proj() -> None:
     assert targets(net, target_modules=[nn.Linear]) == ["0"]
     assert targets(net) == ["0", "attn"]
     assert targets(net, target_modules=["attn"]) == ["attn"]
-    model = pf.perforate(net)
+    model = pf.perforate(net, pf.PerforationConfig.paper())
     assert list(model.dendrite_layers()) == ["0", "attn.q_proj", "attn.k_proj", "attn.v_proj",
                                              "attn.out_proj"]
 
@@ -92,7 +92,7 @@ def test_subclasses_and_parametrised_layers(caplog: pytest.LogCaptureFixture) ->
 
 def test_export_of_parametrised_layers_leaves_the_original_parametrised() -> None:
     net = nn.Sequential(weight_norm(nn.Linear(4, 4)), nn.Tanh(), spectral_norm(nn.Linear(4, 2)))
-    model = pf.perforate(net).eval()
+    model = pf.perforate(net, pf.PerforationConfig.paper()).eval()
     for layer in model.dendrite_layers().values():
         layer.resize(1)
         with torch.no_grad():
@@ -109,17 +109,17 @@ def test_export_of_parametrised_layers_leaves_the_original_parametrised() -> Non
 
 def test_lazy_and_twice_perforated_modules_are_rejected() -> None:
     with pytest.raises(pf.TargetError, match="lazy"):
-        pf.perforate(nn.Sequential(nn.LazyLinear(3)), pf.PerforationConfig(
+        pf.perforate(nn.Sequential(nn.LazyLinear(3)), pf.PerforationConfig.paper(
             target_modules=[nn.LazyLinear]))
     with pytest.raises(pf.TargetError, match=r"'0' \(LazyLinear\) is lazy.*run one forward"):
-        pf.perforate(nn.Sequential(nn.LazyLinear(3), nn.Linear(3, 2)))
-    model = pf.perforate(mlp())
+        pf.perforate(nn.Sequential(nn.LazyLinear(3), nn.Linear(3, 2)), pf.PerforationConfig.paper())
+    model = pf.perforate(mlp(), pf.PerforationConfig.paper())
     with pytest.raises(pf.TargetError, match="already"):
-        pf.perforate(model.net)
+        pf.perforate(model.net, pf.PerforationConfig.paper())
 
 
 def test_bad_argument_types() -> None:
     with pytest.raises(TypeError, match=r"nn\.Module"):
-        pf.perforate("not a net")  # type: ignore[arg-type]
+        pf.perforate("not a net", pf.PerforationConfig.paper())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="PerforationConfig"):
         pf.perforate(mlp(), {"candidates": 2})  # type: ignore[arg-type]

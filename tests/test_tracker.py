@@ -16,7 +16,7 @@ from perforate.errors import PhaseError
 def tiny_model(seed: int = 0) -> pf.PerforatedModel:
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
-    return pf.perforate(net, pf.PerforationConfig(seed=0))
+    return pf.perforate(net, pf.PerforationConfig.paper(seed=0))
 
 
 def stamp(model: pf.PerforatedModel, value: float) -> None:

@@ -185,7 +185,7 @@ def loss_of(out: Tensor) -> Tensor:
 
 def perforate(spec: ZooModel, net: nn.Module | None = None) -> pf.PerforatedModel:
     return pf.perforate(net if net is not None else spec.build(),
-                        pf.PerforationConfig(candidates=2, seed=0, **spec.config))
+                        pf.PerforationConfig.paper(candidates=2, seed=0, **spec.config))
 
 
 def _grads(net: nn.Module) -> dict[str, Tensor]:

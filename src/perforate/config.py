@@ -57,15 +57,15 @@ class PerforationConfig:
     """Layers to leave alone, same selector forms as `target_modules`."""
     candidates: int = 4
     """K: candidate dendrite sets trained per layer in each dendrite phase."""
-    dendrite_activation: str = "tanh"
+    dendrite_activation: str = "sigmoid"
     """g: the dendrite non-linearity (one of `perforate.activations.ACTIVATIONS`)."""
-    dendrite_learning: str = "cc"
+    dendrite_learning: str = "none"
     """How candidates learn in the dendrite phase: "cc" (Cascade-Correlation, the paper), "gd"
     (trained on the task loss), or "none" (no dendrite phase: a candidate is installed as
     initialised, and learns only afterwards, with `train_dendrites`)."""
     perforated: bool = True
     """True: no error flows back through dendrites (eq. 3.2). False: "CC no perforation"."""
-    train_dendrites: bool = False
+    train_dendrites: bool = True
     """False (the paper): installed dendrites are frozen; only their output weight learns in
     the neuron phase. True: V, bias and cascade weights also learn with the network in every
     neuron phase, from the neuron's error (still perforated unless `perforated=False`)."""
@@ -90,12 +90,12 @@ class PerforationConfig:
     # Secondary knobs: documented DEFAULTs of the algorithm.
     candidate_optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of the candidate optimizer (betas, momentum, ...)."""
-    candidate_init: str = "fan_in"
+    candidate_init: str = "normal"
     """"fan_in": candidate weights ~ N(0, candidate_weight_std**2 / fan_in) (pre-activations
     of about the input's scale); "normal": ~ N(0, candidate_weight_std**2)."""
-    candidate_weight_std: float = 1.0
+    candidate_weight_std: float = 0.01
     """Scale of the candidate weights (see `candidate_init`)."""
-    candidate_bias_std: float = 1.0
+    candidate_bias_std: float = 0.01
     """Candidate biases ~ N(0, candidate_bias_std**2)."""
     running_momentum: float = 0.99
     """EMA momentum of running means (centering="running") and of the error std."""

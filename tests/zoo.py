@@ -290,10 +290,17 @@ def check_export(spec: ZooModel) -> None:
 
 
 def check_parameter_count(spec: ZooModel) -> None:
-    """The network's own parameters, plus per layer and set: V (N x fan-in), bias and output
-    weight (N each); one set, so no cascade entries."""
+    """The network's own parameters, plus per layer and alive neuron: V (fan-in), bias and
+    output weight; one set, so no cascade entries. (A neuron no error reached, e.g. a dead
+    ReLU, has a dead dendrite, which is not counted; every layer has alive ones.)"""
     plain = spec.build()
     assert sum(p.numel() for p in plain.parameters()) == spec.base_parameters
     model, _ = grow(spec)
-    dendrites = sum(n * fan_in + 2 * n for n, fan_in in spec.neurons)
+    layers = list(model.dendrite_layers().values())
+    assert len(layers) == len(spec.neurons)
+    dendrites = 0
+    for (n, fan_in), layer in zip(spec.neurons, layers, strict=True):
+        alive = int(layer.dendrite_alive.sum())
+        assert layer.dendrite_alive.shape == (1, n) and alive > 0
+        dendrites += alive * (fan_in + 2)
     assert model.count_parameters() == spec.base_parameters + dendrites

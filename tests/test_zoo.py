@@ -52,5 +52,10 @@ def test_sample_mask_leaves_padding_out(spec: zoo.ZooModel) -> None:
 
 
 @MODELS
+def test_untrained_recipe(spec: zoo.ZooModel) -> None:
+    zoo.check_untrained_recipe(spec)
+
+
+@MODELS
 def test_parameter_count(spec: zoo.ZooModel) -> None:
     zoo.check_parameter_count(spec)

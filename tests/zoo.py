@@ -485,6 +485,35 @@ def check_sample_mask(spec: ZooModel) -> None:
         assert kept[n] == plain[n] * fraction, n
 
 
+def check_untrained_recipe(spec: ZooModel) -> None:
+    """`PerforationConfig.anchor` (untrained candidates, trained with the network): `grow`
+    keeps the function, the dendrites' V gets a gradient in the neuron phase, and the export
+    and a fresh model's `load_state_dict` compute the same function."""
+    def anchored() -> pf.PerforatedModel:
+        return pf.perforate(spec.build(), pf.PerforationConfig.anchor(seed=0, **spec.config))
+
+    torch.manual_seed(0)
+    model = anchored().eval()
+    probe = spec.inputs(100)
+    with torch.no_grad():
+        before = model(*probe)
+        model.grow()
+        torch.testing.assert_close(model(*probe), before, rtol=1e-5, atol=1e-6)
+    randomize_outputs(model)
+    loss_of(model.train()(*spec.inputs(1))).backward()
+    for name, layer in model.dendrite_layers().items():
+        grad = layer.dendrite_weight.grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    model.eval()
+    exported = pf.export(model).eval()
+    fresh = anchored()
+    fresh.load_state_dict(model.state_dict())
+    x = spec.inputs(7)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(*x), model(*x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fresh.eval()(*x), model(*x), rtol=0, atol=0)
+
+
 def check_parameter_count(spec: ZooModel) -> None:
     """The network's own parameters, plus per layer and alive neuron: V (fan-in), bias and
     output weight; one set, so no cascade entries. (A neuron no error reached, e.g. a dead

@@ -65,6 +65,17 @@ def _aux_layers(model: pf.PerforatedModel) -> dict[str, pf.layers.DendriteLayer]
     return {n: m for n, m in model.dendrite_layers().items() if n.startswith("aux")}
 
 
+def _grown(kind: str) -> pf.PerforatedModel:
+    """`TwoHeads(kind)` after one dendrite cycle, with random output weights on every set."""
+    torch.manual_seed(0)
+    model = pf.perforate(TwoHeads(kind), _paper())
+    _cycle(model)
+    with torch.no_grad():
+        for layer in model.dendrite_layers().values():
+            layer.output_weight.normal_()
+    return model
+
+
 def _hand_count(kind: str) -> int:
     """The network's own parameters plus one alive set on the trunk and head (none on aux)."""
     own = sum(p.numel() for p in TwoHeads(kind).parameters())
@@ -103,12 +114,7 @@ def test_a_head_outside_the_loss_gets_masked_dendrites(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["linear", "lstm", "attention"])
 def test_export_folds_the_mask(kind: str) -> None:
-    torch.manual_seed(0)
-    model = pf.perforate(TwoHeads(kind), _paper())
-    _cycle(model)
-    with torch.no_grad():
-        for layer in model.dendrite_layers().values():
-            layer.output_weight.normal_()
+    model = _grown(kind)
     exported = pf.export(model).eval()
     model.eval()
     x = _x(11)
@@ -174,12 +180,7 @@ def test_alive_without_correlation_training(learning: str) -> None:
 
 @pytest.mark.parametrize("kind", ["linear", "lstm"])
 def test_the_mask_survives_state_dict_and_save_pretrained(kind: str, tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = pf.perforate(TwoHeads(kind), _paper())
-    _cycle(model)
-    with torch.no_grad():
-        for layer in model.dendrite_layers().values():
-            layer.output_weight.normal_()
+    model = _grown(kind)
     fresh = pf.perforate(TwoHeads(kind), _paper())
     fresh.load_state_dict(model.state_dict())
     model.save_pretrained(tmp_path)

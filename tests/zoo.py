@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -482,7 +483,7 @@ def check_sample_mask(spec: ZooModel) -> None:
     reduced = [n for n in plain if kept[n] != plain[n]]
     assert reduced, "the mask left no position out"
     for n in reduced:
-        assert kept[n] == plain[n] * fraction, n
+        assert math.isclose(kept[n], plain[n] * fraction), n
 
 
 def check_untrained_recipe(spec: ZooModel) -> None:

@@ -197,7 +197,8 @@ class PerforatedModel(nn.Module):
         a head outside the loss) gets a dead, masked dendrite (`DendriteLayer`), not counted.
         Raises `PhaseError` if no layer saw a dendrite-phase batch.
 
-        Returns per layer: neurons and the mean / median / min / max best |corr| installed.
+        Returns per layer: neurons, alive neurons and the mean / median / min / max best |corr|
+        installed.
         Each layer's dendrite parameters keep their identity but grow by one set: an Adam-like
         optimizer that holds state for them must be rebuilt after this call (`pf.Tracker`
         builds a fresh one per neuron cycle).
@@ -221,7 +222,8 @@ class PerforatedModel(nn.Module):
             if dead:  # a layer no error reached (a head outside the loss) has only dead ones
                 logger.info("layer %r: %d of %d neuron(s) never correlated (no error reached "
                             "them): their dendrites are masked", name, dead, len(corr))
-            stats[name] = {"neurons": float(len(corr)), "mean_corr": statistics.fmean(corr),
+            stats[name] = {"neurons": float(len(corr)), "alive": float(len(corr) - dead),
+                           "mean_corr": statistics.fmean(corr),
                            "median_corr": statistics.median(corr), "min_corr": min(corr),
                            "max_corr": max(corr)}
         self._leave_dendrite_phase()

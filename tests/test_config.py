@@ -6,11 +6,19 @@ from torch import nn
 import perforate as pf
 
 
-def test_defaults_match_algorithm_doc() -> None:
+def test_defaults_are_the_measured_winner_and_the_paper_is_one_call_away() -> None:
     cfg = pf.PerforationConfig()
-    assert (cfg.candidates, cfg.dendrite_activation, cfg.dendrite_learning) == (4, "tanh", "cc")
-    assert cfg.perforated and cfg.normalize_error
-    assert (cfg.centering, cfg.candidate_optimizer, cfg.candidate_lr) == ("batch", "adam", 1e-2)
+    assert cfg == pf.PerforationConfig.anchor()  # Protocol P's winner (docs/algorithm.md)
+    assert (cfg.dendrite_learning, cfg.dendrite_activation, cfg.train_dendrites,
+            cfg.perforated) == ("none", "sigmoid", True, True)
+    assert (cfg.candidate_init, cfg.candidate_weight_std, cfg.candidate_bias_std) == (
+        "normal", 0.01, 0.01)
+    paper = pf.PerforationConfig.paper()
+    assert (paper.candidates, paper.dendrite_activation, paper.dendrite_learning) == (
+        4, "tanh", "cc")
+    assert paper.perforated and paper.normalize_error and not paper.train_dendrites
+    assert (paper.centering, paper.candidate_optimizer, paper.candidate_lr) == (
+        "batch", "adam", 1e-2)
 
 
 def test_round_trip_through_json_keeps_types() -> None:

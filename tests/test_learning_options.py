@@ -14,7 +14,7 @@ from perforate.geometry import LinearGeometry
 def _pool(**config):
     """A candidate pool on a Linear(6 -> 3) layer, K=2."""
     model = pf.perforate(nn.Sequential(nn.Linear(6, 3)),
-                         pf.PerforationConfig(candidates=2, seed=0, **config))
+                         pf.PerforationConfig.paper(candidates=2, seed=0, **config))
     model.begin_dendrite_phase()
     return model.dendrite_layers()["0"].candidates
 
@@ -50,7 +50,7 @@ def test_relu_candidates_stay_bounded_only_under_the_correlation_objective(objec
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
     x = torch.randn(256, 8)
     y = (x[:, :1] * x[:, 1:2]).tanh()  # a target the network below cannot fit linearly
-    model = pf.perforate(net, pf.PerforationConfig(target_modules=["2"], seed=0,
+    model = pf.perforate(net, pf.PerforationConfig.paper(target_modules=["2"], seed=0,
                                                    dendrite_activation="relu",
                                                    objective=objective))
     model.begin_dendrite_phase()
@@ -92,7 +92,7 @@ def test_least_squares_output_weight_is_the_regression_of_the_residual() -> None
     net = nn.Sequential(nn.Linear(4, 2))
     x = torch.randn(64, 4)
     y = net(x).detach() + torch.tanh(2 * x[:, :1] - 1) * torch.tensor([1.0, -0.5])
-    model = pf.perforate(net, pf.PerforationConfig(candidates=3, seed=0,
+    model = pf.perforate(net, pf.PerforationConfig.paper(candidates=3, seed=0,
                                                    output_init="least_squares"))
     loss_before = float(nn.functional.mse_loss(model(x), y))
     model.begin_dendrite_phase()
@@ -135,7 +135,7 @@ def test_untrained_candidates_are_installed_at_once_with_the_function_unchanged(
 def _installed(train: bool, perforated: bool) -> pf.PerforatedModel:
     torch.manual_seed(4)
     net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
-    model = pf.perforate(net, pf.PerforationConfig(target_modules=["2"], seed=0,
+    model = pf.perforate(net, pf.PerforationConfig.paper(target_modules=["2"], seed=0,
                                                    train_dendrites=train, perforated=perforated))
     data = [(torch.randn(16, 4), torch.randint(0, 3, (16,))) for _ in range(2)]
     model.begin_dendrite_phase()

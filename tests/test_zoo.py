@@ -25,8 +25,35 @@ def test_save_load(spec: zoo.ZooModel, tmp_path: Path) -> None:
 
 
 @MODELS
+def test_state_dict_into_a_fresh_model(spec: zoo.ZooModel) -> None:
+    zoo.check_state_dict_into_fresh_model(spec)
+
+
+@MODELS
 def test_export(spec: zoo.ZooModel) -> None:
     zoo.check_export(spec)
+
+
+@MODELS
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # from torch.onnx's internals
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx(spec: zoo.ZooModel, tmp_path: Path) -> None:
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(module)
+    if spec.onnx_skip:
+        pytest.skip(spec.onnx_skip)
+    zoo.check_onnx(spec, tmp_path)
+
+
+@pytest.mark.parametrize("spec", [m for m in zoo.MODELS if m.sample_mask is not None],
+                         ids=lambda m: m.name)
+def test_sample_mask_leaves_padding_out(spec: zoo.ZooModel) -> None:
+    zoo.check_sample_mask(spec)
+
+
+@MODELS
+def test_untrained_recipe(spec: zoo.ZooModel) -> None:
+    zoo.check_untrained_recipe(spec)
 
 
 @MODELS

@@ -48,12 +48,14 @@ def test_quick_runs(fake_fashion: Path, variant: str) -> None:
             assert len(row["architectures"]) == 1  # one cycle
         return
     assert len(row["dendrite_phases"]) == 1  # min_dendrites=1 in quick mode
-    arch = row["architectures"][1]
+    arch, layers = row["architectures"][1], row["dendrite_phases"][0]["layers"]
+    hidden, out = layers["0"]["alive"], layers["2"]["alive"]  # dead neurons are not counted
+    assert 0 < hidden <= 4 and out == 10
     if variant == "anchor-sparse32":  # 4 hidden neurons see 32 inputs, 10 outputs see 4
-        assert row["dendrite_phases"][0]["epochs"] == 0  # no dendrite phase
+        assert row["dendrite_phases"][0]["epochs"] == 0 and hidden == 4  # none are dead
         assert arch["params"] == 3190 + 4 * (32 + 2) + 10 * (4 + 2)
     else:
-        assert arch["params"] == 3190 + 4 * (784 + 2) + 10 * (4 + 2)
+        assert arch["params"] == 3190 + hidden * (784 + 2) + 10 * (4 + 2)
     assert row["config"]["seed"] == 0
 
 

@@ -48,6 +48,9 @@ class Winners:
     sign: Tensor  # [N] sign of corr
     output: Tensor | None  # [N] output weight to install (gd: trained; least squares), or None
     mask: Tensor | None = None  # [N, *w] inputs each dendrite sees (config.dendrite_inputs)
+    alive: Tensor | None = None
+    """[N] 1 where the neuron's winner correlated (|corr| > 0), 0 where no candidate ever did
+    (no error: a dead ReLU, a head outside the loss); the layer masks those. None: all alive."""
 
 
 class CandidatePool(nn.Module):
@@ -282,14 +285,16 @@ class CandidatePool(nn.Module):
 
     def winners(self) -> Winners:
         """The per-neuron winners of the closed epochs, ready to install (with no candidate
-        training, the one candidate per neuron as drawn)."""
+        training, the one candidate per neuron as drawn, all alive). A neuron whose best |corr|
+        stayed 0 (it never had an error that varied) gets a dead winner."""
         if self.learning == "none":
             zero = torch.zeros_like(self.best_corr)
             return Winners(weight=self.weight[0].detach().clone(),
                            bias=self.bias[0].detach().clone(),
                            cascade=self.cascade[0].detach().clone(), corr=zero,
                            sign=torch.ones_like(self.best_sign), output=None,
-                           mask=None if self.mask is None else self.mask[0].clone())
+                           mask=None if self.mask is None else self.mask[0].clone(),
+                           alive=torch.ones_like(self.best_bias))  # no correlation to judge
         ls = self.config.output_init == "least_squares"
         output = None
         if self.gd:
@@ -299,7 +304,8 @@ class CandidatePool(nn.Module):
         return Winners(weight=self.best_weight.clone(), bias=self.best_bias.clone(),
                        cascade=self.best_cascade.clone(), corr=self.best_corr.clone(),
                        sign=self.best_sign.clone(), output=output,
-                       mask=None if self.best_mask is None else self.best_mask.clone())
+                       mask=None if self.best_mask is None else self.best_mask.clone(),
+                       alive=(self.best_corr > 0).to(self.best_bias.dtype))
 
 
 class ErrorTap(torch.autograd.Function):

@@ -76,10 +76,10 @@ class _FusedDendrites(nn.Module):
         self.fused = fused
         self.base = base if base is not None else nn.Identity()
         self.activation = copy.deepcopy(layer.activation)
+        cascade, output = layer.live_weights()  # dead dendrites folded in: their entries 0
         self.register_buffer("cascade_weight",
-                             layer.cascade_weight.detach().reshape([d, d, n, *per_neuron]).clone())
-        self.output_weight = nn.Parameter(
-            layer.output_weight.detach().reshape([d, n, *per_neuron]).clone())
+                             cascade.detach().reshape([d, d, n, *per_neuron]).clone())
+        self.output_weight = nn.Parameter(output.detach().reshape([d, n, *per_neuron]).clone())
 
     def _act(self, u: Tensor, inplace: bool) -> Tensor:
         if inplace and self.activation_name == "tanh":

@@ -193,24 +193,37 @@ class PerforatedModel(nn.Module):
     def end_dendrite_phase(self) -> dict[str, dict[str, float]]:
         """Install the best candidate per neuron as a new frozen dendrite set; unfreeze.
 
-        Returns per layer: neurons and the mean / median / min / max best |corr| installed.
+        A neuron whose candidates never correlated with its error (best |corr| 0: a dead ReLU,
+        a head outside the loss) gets a dead, masked dendrite (`DendriteLayer`), not counted.
+        Raises `PhaseError` if no layer saw a dendrite-phase batch.
+
+        Returns per layer: neurons, alive neurons and the mean / median / min / max best |corr|
+        installed.
         Each layer's dendrite parameters keep their identity but grow by one set: an Adam-like
         optimizer that holds state for them must be rebuilt after this call (`pf.Tracker`
         builds a fresh one per neuron cycle).
         """
         self._require(DENDRITE, "end_dendrite_phase()")
         layers = self.dendrite_layers()
+        seen = False
         for name, layer in layers.items():
             pool = layer.candidates
             if pool.has_pending():  # type: ignore[union-attr]
                 pool.close_epoch(name)
-            if self.trains_candidates and int(pool.epochs) == 0:  # type: ignore[union-attr]
-                raise PhaseError(f"layer {name!r}: no dendrite-phase batch was seen; train the "
-                                 "candidates (forward + backward) before ending the phase")
+            seen = seen or int(pool.epochs) > 0  # type: ignore[union-attr]
+        if self.trains_candidates and layers and not seen:
+            raise PhaseError("no dendrite-phase batch was seen; train the candidates (forward "
+                             "+ backward) before ending the phase")
         stats = {}
         for name, layer in layers.items():
-            corr = layer.end_candidates().corr.tolist()
-            stats[name] = {"neurons": float(len(corr)), "mean_corr": statistics.fmean(corr),
+            winners = layer.end_candidates()
+            corr = winners.corr.tolist()
+            dead = int((winners.alive == 0).sum()) if winners.alive is not None else 0
+            if dead:  # a layer no error reached (a head outside the loss) has only dead ones
+                logger.info("layer %r: %d of %d neuron(s) never correlated (no error reached "
+                            "them): their dendrites are masked", name, dead, len(corr))
+            stats[name] = {"neurons": float(len(corr)), "alive": float(len(corr) - dead),
+                           "mean_corr": statistics.fmean(corr),
                            "median_corr": statistics.median(corr), "min_corr": min(corr),
                            "max_corr": max(corr)}
         self._leave_dendrite_phase()

@@ -17,7 +17,8 @@ from .model import PerforatedModel, perforate
 from .storage import check_structure
 
 #: Weights of the dendrites, reported after the network's own (those explain a mismatch better).
-_DENDRITE_KEYS = ("output_weight", "dendrite_weight", "dendrite_bias", "cascade_weight")
+_DENDRITE_KEYS = ("output_weight", "dendrite_weight", "dendrite_bias", "cascade_weight",
+                  "dendrite_alive", "dendrite_mask")
 
 
 def _config(config: PerforationConfig | Mapping[str, Any]) -> PerforationConfig:
@@ -42,6 +43,16 @@ def check_weights(expected: Mapping[str, Tensor], saved: Mapping[str, Tensor]) -
             raise LoadError(f"saved weights hold {key!r}, which this network does not have")
 
 
+def with_alive(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """`weights` with ``dendrite_alive`` (all 1) added where a layer's is missing: weights
+    saved before dead dendrites were masked load as they were."""
+    out = dict(weights)
+    for key, bias in weights.items():
+        if key.endswith("dendrite_bias"):
+            out.setdefault(key[: -len("dendrite_bias")] + "dendrite_alive", torch.ones_like(bias))
+    return out
+
+
 def rebuild(net: nn.Module, config: PerforationConfig | Mapping[str, Any], *,
             structure: Mapping[str, int] | None = None,
             weights: Mapping[str, Tensor] | None = None, registry: WrapperRegistry | None = None,
@@ -60,6 +71,7 @@ def rebuild(net: nn.Module, config: PerforationConfig | Mapping[str, Any], *,
         check_structure(model, dict(structure))
         model.resize_dendrites(dict(structure))
     if weights is not None:
+        weights = with_alive(weights)
         check_weights(model.net.state_dict(), weights)
         model.net.load_state_dict(dict(weights), strict=True)
     if device is not None:

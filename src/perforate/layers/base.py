@@ -6,12 +6,18 @@ Forward with D installed dendrite sets (algorithm.md, "Forward")::
     h_j = g(V_j(x~) + sum_{i<j} C_j[:, i] * h_i)       # all V_j in one wide op, no autograd
     z'  = W(x) + sum_j a_j * h_j
 
+A dendrite whose neuron never correlated with its error in the dendrite phase (a dead ReLU, a
+head outside the loss: no error to correlate with) is installed *dead*: ``dendrite_alive`` is 0
+for it, its ``a`` and the cascade entries it feeds are multiplied by 0, so it contributes exactly
+nothing, learns nothing and is not counted in `dendrite_parameter_count`.
+
 In the dendrite phase a `CandidatePool` is attached and the output is routed through its
 `ErrorTap`, which trains the candidates from the user's own backward pass.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -76,6 +82,9 @@ class DendriteLayer(nn.Module):
         # a 0/1 mask on V (same shape), whose zeros are neither used nor counted.
         self.register_buffer("dendrite_mask", torch.zeros(0, n, *shape, **kw)
                              if config.dendrite_inputs else None)
+        # 1 where an installed dendrite is alive, 0 where its neuron's candidates never
+        # correlated (see the module docstring) [D, N].
+        self.register_buffer("dendrite_alive", torch.zeros(0, n, **kw))
         self.candidates: CandidatePool | None = None
 
     # ----------------------------------------------------------------------------- structure
@@ -93,12 +102,26 @@ class DendriteLayer(nn.Module):
                 self.output_weight]
 
     def dendrite_parameter_count(self) -> int:
-        """Deployable parameters the dendrites add: V (its used entries), biases, used
-        cascade entries, a."""
-        d, n = self.num_dendrites, self.num_neurons
-        v = self.dendrite_weight.numel() if self.dendrite_mask is None \
-            else int(self.dendrite_mask.count_nonzero())
-        return v + d * n + d * (d - 1) // 2 * n + d * n
+        """Deployable parameters the alive dendrites add: V (its used entries), biases, a, and
+        the cascade entries between two alive dendrites of a neuron (dead ones count 0)."""
+        alive = self.dendrite_alive
+        per_neuron = alive.sum(0)  # alive sets of each neuron
+        count = (self._used_inputs() * alive).sum() + 2 * alive.sum() \
+            + (per_neuron * (per_neuron - 1) / 2).sum()
+        return int(count)
+
+    def _used_inputs(self) -> Tensor:
+        """``[D, N]``: the entries of V each dendrite uses (all, or those of its mask)."""
+        if self.dendrite_mask is None:
+            fan_in = math.prod(self.geometry.neuron_weight_shape)
+            return torch.full_like(self.dendrite_alive, fan_in)
+        return self.dendrite_mask.flatten(2).sum(-1)
+
+    def live_weights(self) -> tuple[Tensor, Tensor]:
+        """The cascade C ``[D, D, N]`` and output weights a ``[D, N]`` with the entries of dead
+        dendrites zeroed (what the forward and `pf.export` use)."""
+        alive = self.dendrite_alive
+        return self.cascade_weight * alive.unsqueeze(0), self.output_weight * alive
 
     def extra_repr(self) -> str:
         k = self.candidates.num_candidates if self.candidates is not None else 0
@@ -119,11 +142,13 @@ class DendriteLayer(nn.Module):
         hs: list[Tensor] = []
         if self.num_dendrites:
             hs = self.dendrite_outputs(x_free if self.config.perforated else x)
-            a = self.output_weight
+            a = self.live_weights()[1]
             for j, h in enumerate(hs):
                 z = torch.addcmul(z, self.geometry.expand(a[j]), h)
-        if pool is not None:
-            c = pool(x_free, [h.detach() for h in hs])
+        if pool is not None:  # a dead dendrite's output is 0 for the candidates too
+            alive = self.dendrite_alive
+            c = pool(x_free, [h.detach() * self.geometry.expand(alive[j])
+                              for j, h in enumerate(hs)])
             z = pool.attach(z, c)
         return z
 
@@ -131,7 +156,8 @@ class DendriteLayer(nn.Module):
         """Outputs h_1..h_D of the installed dendrite sets, each shaped like the layer output.
 
         All D sets' pre-activations come from one wide call of the layer's operation; the
-        cascade then adds ``C_j[:, i] * h_i`` for i < j.
+        cascade then adds ``C_j[:, i] * h_i`` for i < j (0 from a dead dendrite i, whose own
+        output is computed but used nowhere).
         """
         geo = self.geometry
         weight = self.dendrite_weight
@@ -140,9 +166,10 @@ class DendriteLayer(nn.Module):
         pre = geo.stacked(x, weight, self.dendrite_bias)
         inplace = self._activation_ is not None \
             and not (pre.requires_grad and torch.is_grad_enabled())
+        cascade = self.live_weights()[0]
         hs: list[Tensor] = []
         for j in range(self.num_dendrites):
-            u = geo.cascade(pre.select(geo.set_dim, j), self.cascade_weight[j], hs,
+            u = geo.cascade(pre.select(geo.set_dim, j), cascade[j], hs,
                             inplace=inplace)
             # No autograd through the dendrites (perforated, frozen): in place on `pre`.
             hs.append(self._activation_(u) if inplace else self.activation(u))  # type: ignore[misc]
@@ -169,9 +196,11 @@ class DendriteLayer(nn.Module):
 
     @torch.no_grad()
     def install(self, winners: Winners) -> None:
-        """Append one dendrite set built from per-neuron winners."""
+        """Append one dendrite set built from per-neuron winners (dead where
+        ``winners.alive`` is 0: those get output weight 0 and stay masked)."""
         d, n = self.num_dendrites, self.num_neurons
         ref = self.dendrite_bias
+        alive = ref.new_ones(n) if winners.alive is None else winners.alive.to(ref)
         cascade = ref.new_zeros(d + 1, d + 1, n)
         cascade[:d, :d] = self.cascade_weight
         cascade[d, :d] = winners.cascade
@@ -183,7 +212,8 @@ class DendriteLayer(nn.Module):
             a_new = ref.new_zeros(n)
         self._assign(torch.cat([self.dendrite_weight, winners.weight.unsqueeze(0)]),
                      torch.cat([self.dendrite_bias, winners.bias.unsqueeze(0)]), cascade,
-                     torch.cat([self.output_weight, a_new.unsqueeze(0)]))
+                     torch.cat([self.output_weight, (a_new * alive).unsqueeze(0)]))
+        self.dendrite_alive = torch.cat([self.dendrite_alive, alive.unsqueeze(0)])
         if self.dendrite_mask is not None:
             self.dendrite_mask = torch.cat([self.dendrite_mask, winners.mask.unsqueeze(0)])
 
@@ -195,17 +225,19 @@ class DendriteLayer(nn.Module):
             raise PhaseError("no dendrite set to remove")
         self._assign(self.dendrite_weight[: d - 1], self.dendrite_bias[: d - 1],
                      self.cascade_weight[: d - 1, : d - 1], self.output_weight[: d - 1])
+        self.dendrite_alive = self.dendrite_alive[: d - 1].clone()
         if self.dendrite_mask is not None:
             self.dendrite_mask = self.dendrite_mask[: d - 1].clone()
 
     @torch.no_grad()
     def resize(self, num_dendrites: int) -> None:
-        """Allocate `num_dendrites` zero sets (to load saved weights into)."""
+        """Allocate `num_dendrites` zero sets, alive (to load saved weights into)."""
         if self.candidates is not None:
             raise PhaseError("cannot resize the dendrites of a layer in the dendrite phase")
         ref, n, d = self.dendrite_bias, self.num_neurons, num_dendrites
         weight = ref.new_zeros(d, n, *self.geometry.neuron_weight_shape)
         self._assign(weight, ref.new_zeros(d, n), ref.new_zeros(d, d, n), ref.new_zeros(d, n))
+        self.dendrite_alive = ref.new_ones(d, n)
         if self.dendrite_mask is not None:
             self.dendrite_mask = torch.zeros_like(weight)
 
@@ -228,12 +260,15 @@ class DendriteLayer(nn.Module):
         """Let ``load_state_dict`` take (a) a state with another number of dendrite sets: the
         layer is resized to it; (b) the plain layer's own state (``weight``, ``bias``, ...,
         from a checkpoint of the network before `perforate`): it goes to ``base_layer`` and
-        the layer keeps no dendrites."""
+        the layer keeps no dendrites. A state saved before dendrites could be dead (no
+        ``dendrite_alive``) loads with every dendrite alive."""
         for key in self.base_layer.state_dict():
             plain, wrapped = prefix + key, f"{prefix}base_layer.{key}"
             if plain in state_dict and wrapped not in state_dict:
                 state_dict[wrapped] = state_dict.pop(plain)
         incoming = state_dict.get(prefix + "dendrite_bias")
+        if incoming is not None and prefix + "dendrite_alive" not in state_dict:
+            state_dict[prefix + "dendrite_alive"] = torch.ones_like(incoming)
         if incoming is not None and incoming.shape[0] != self.num_dendrites:
             self.resize(incoming.shape[0])
         elif incoming is None and self.num_dendrites == 0 and \
@@ -243,7 +278,8 @@ class DendriteLayer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _dendrite_state(self) -> dict[str, Tensor]:
-        names = ["dendrite_weight", "dendrite_bias", "cascade_weight", "output_weight"]
+        names = ["dendrite_weight", "dendrite_bias", "cascade_weight", "output_weight",
+                 "dendrite_alive"]
         if self.dendrite_mask is not None:
             names.append("dendrite_mask")
         return {name: getattr(self, name).detach() for name in names}

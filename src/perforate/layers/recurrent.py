@@ -158,16 +158,18 @@ class _Recurrent(DendriteLayer):
         n, in_l = spec.gate_width, spec.layer_input(ld // spec.directions)
         rows = slice(ld * n, (ld + 1) * n)
         v = self.dendrite_weight[:, rows]
+        cascade, output = self.live_weights()  # dead dendrites' entries zeroed
         return [*p, v[..., :in_l].reshape(d * n, in_l),
                 v[..., in_l:in_l + spec.out_size].reshape(d * n, spec.out_size),
                 self.dendrite_bias[:, rows].reshape(d * n),
-                self.cascade_weight[:, :, rows], self.output_weight[:, rows]]
+                cascade[:, :, rows], output[:, rows]]
 
     def _candidate_inputs(self, rec: list[list[Tensor]]) -> tuple[Tensor, list[Tensor]]:
-        """``x [B, T, Ld, F]`` (padded rows) and the installed dendrites' outputs ``[B, T, N]``."""
-        width = self.spec.width
+        """``x [B, T, Ld, F]`` (padded rows) and the installed dendrites' outputs ``[B, T, N]``
+        (0 for dead dendrites)."""
+        width, alive = self.spec.width, self.dendrite_alive
         x = torch.stack([F.pad(r[0], (0, width - r[0].shape[-1])) for r in rec], -2)
-        hs = [torch.cat([r[j] for r in rec], -1) for j in range(1, len(rec[0]))]
+        hs = [torch.cat([r[j] for r in rec], -1) * alive[j - 1] for j in range(1, len(rec[0]))]
         return x, hs
 
     # --------------------------------------------------------------- padding of the inputs
@@ -184,9 +186,11 @@ class _Recurrent(DendriteLayer):
         winners.weight = winners.weight * self.input_mask
         super().install(winners)
 
-    def dendrite_parameter_count(self) -> int:
-        padding = int((self.input_mask == 0).sum())
-        return super().dendrite_parameter_count() - self.num_dendrites * padding
+    def _used_inputs(self) -> Tensor:
+        """As `DendriteLayer`, without the padding columns of each neuron's input row."""
+        used = self.input_mask if self.dendrite_mask is None \
+            else self.dendrite_mask * self.input_mask
+        return used.sum(-1).expand_as(self.dendrite_alive)
 
     def to_plain(self) -> nn.Module:
         """A plain, TorchScript-able module computing this layer's function (`pf.export`)."""

@@ -176,8 +176,12 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
             if tracker.dendrite_phases and tracker.dendrite_phases[-1].get("end_epoch") == \
                     decision.epoch and not tracker.done and metric is not None:
                 # a set was just installed: its validation score before any training shows
-                # what the install itself did (unchanged with a = 0; moved by least squares)
-                outputs, targets = predict(model, val_loader, device)
+                # what the install itself did (unchanged with a = 0; moved by least squares).
+                # The checkpoint is already written: this pass must not consume the run's
+                # randomness (a DataLoader draws a seed per iteration), or a resumed run differs.
+                cuda = [device] if device.type == "cuda" else []
+                with torch.random.fork_rng(devices=cuda):
+                    outputs, targets = predict(model, val_loader, device)
                 tracker.dendrite_phases[-1]["val_at_install"] = (decision_metric or metric)(
                     outputs, targets)
             shown.end_epoch(decision.epoch, decision.phase, decision.dendrites,

@@ -17,7 +17,8 @@ def _perforated(**kw: object) -> tuple[nn.MultiheadAttention, pf.PerforatedModel
     with torch.no_grad():  # PyTorch initialises biases to 0: make them matter
         for p in original.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    return original, pf.perforate(nn.Sequential(copy.deepcopy(original)), pf.PerforationConfig.paper())
+    return original, pf.perforate(nn.Sequential(copy.deepcopy(original)),
+                                  pf.PerforationConfig.paper())
 
 
 def _inputs(kw: dict, b: int = 3, tgt: int = 4, src: int = 6) -> tuple[torch.Tensor, ...]:

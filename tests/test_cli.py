@@ -210,7 +210,8 @@ def test_inspect_attention_projections_with_input_shape():
 
     net = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1,
                                 enable_nested_tensor=False)
-    rows = {r["layer"]: r for r in inspect_model(net, pf.PerforationConfig.paper(), (5, 8))["layers"]}
+    layers = inspect_model(net, pf.PerforationConfig.paper(), (5, 8))["layers"]
+    rows = {r["layer"]: r for r in layers}
     q = rows["layers.0.self_attn.q_proj"]
     assert (q["type"], q["neurons"], q["fan_in"], q["positions"], q["params"]) == (
         "AttentionProjection", 8, 8, 5, 72)

@@ -157,7 +157,8 @@ def test_tied_weights_stay_tied_in_the_export() -> None:
 
 def test_a_layer_used_twice_stays_shared() -> None:
     lin = nn.Linear(4, 4)
-    model = pf.perforate(nn.Sequential(lin, nn.Tanh(), lin, nn.Tanh(), nn.Linear(4, 2)), pf.PerforationConfig.paper())
+    model = pf.perforate(nn.Sequential(lin, nn.Tanh(), lin, nn.Tanh(), nn.Linear(4, 2)),
+                         pf.PerforationConfig.paper())
     assert list(model.dendrite_layers()) == ["0", "4"]  # the second use of lin is the plain lin
     model.net[4] = model.net[0]  # a wrapper used at two places
     _random_sets(model, 1)

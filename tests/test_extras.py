@@ -18,7 +18,8 @@ def adam(params):
 
 
 def tiny_model() -> pf.PerforatedModel:
-    return pf.perforate(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), pf.PerforationConfig.paper())
+    return pf.perforate(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)),
+                        pf.PerforationConfig.paper())
 
 
 def test_require_returns_the_module_or_names_the_extra(monkeypatch):

@@ -26,7 +26,8 @@ def loaders(n: int = 240):
 
 def model():
     torch.manual_seed(0)
-    return pf.perforate(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)), pf.PerforationConfig.paper())
+    return pf.perforate(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)),
+                        pf.PerforationConfig.paper())
 
 
 KW = dict(neuron_patience=2, dendrite_patience=2, max_dendrite_epochs=3, max_dendrites=1,

@@ -524,7 +524,8 @@ def test_a_subclass_with_its_own_forward_is_refused() -> None:
         pass
 
     with pytest.raises(pf.TargetError, match=r"overrides"):  # named: refused with the reason
-        pf.perforate(nn.Sequential(Peephole(IN, H)), pf.PerforationConfig.paper(target_modules=["0"]))
+        pf.perforate(nn.Sequential(Peephole(IN, H)),
+                     pf.PerforationConfig.paper(target_modules=["0"]))
     with pytest.raises(pf.TargetError, match=r"nothing to wrap.*overrides"):  # by type: skipped
         pf.perforate(nn.Sequential(Peephole(IN, H)),
                      pf.PerforationConfig.paper(target_modules=[nn.LSTM]))

@@ -86,7 +86,7 @@ def test_artifacts_have_the_right_columns_and_rows(tmp_path):
     assert summary["settings"]["neuron_patience"] == 2
     assert len(summary["dendrite_phases"]) == 2
     assert set(summary["dendrite_phases"][0]["layers"]["0"]) == \
-        {"neurons", "mean_corr", "median_corr", "min_corr", "max_corr"}
+        {"neurons", "alive", "mean_corr", "median_corr", "min_corr", "max_corr"}
 
     assert png_size(tmp_path / "training.png") == (900, 1100)
     assert (tmp_path / "checkpoint" / "checkpoint.pt").is_file()

@@ -316,6 +316,20 @@ def _timing_table(by_variant: Mapping[str, list[Row]]) -> list[str]:
     return md_table(["figure", *[f"`{v}`" for v in variants]], body)
 
 
+def _pb_config(rows: Sequence[Row]) -> list[str]:
+    """What `pb` (the library's defaults when the row was made) meant in these rows."""
+    kinds = sorted({("the paper's algorithm (Cascade-Correlation, frozen dendrites: "
+                     "`PerforationConfig.paper()`)" if c.get("dendrite_learning") == "cc"
+                     and not c.get("train_dendrites") else
+                     f"dendrite_learning={c.get('dendrite_learning')!r}, "
+                     f"train_dendrites={bool(c.get('train_dendrites'))}")
+                    for r in rows if r.get("variant") == PB for c in [r.get("config") or {}]})
+    if not kinds:
+        return []
+    return [f"`pb` is the library's defaults when the row was made (each row records its "
+            f"config): here {' and '.join(kinds)}.", ""]
+
+
 def _protocol(group: Group) -> list[str]:
     lines = ["### Protocol", "",
              "As recorded in the rows (data sizes, epochs, patience: the deviations from the "
@@ -362,6 +376,7 @@ def _section(group: Group, figures_dir: Path, page_dir: Path,
     lines += [f"{plural(len(g.rows), 'row')}; seeds {seed_ranges(seeds)}; "
               f"reported metric: {metrics}; "
               f"decisions on validation {' / '.join(decisions) or metrics}.", ""]
+    lines += _pb_config(g.rows)
     lines += _protocol(g)
     if g.experiment == "frontier":
         figure = None

@@ -262,6 +262,12 @@ def med(v: list[float]) -> float:
     return statistics.median(v)
 
 
+def paired(a: list[float], b: list[float]) -> float:
+    """Median of the ratios a[i] / b[i] of the alternated pairs: steadier than the ratio of
+    medians when the machine's load drifts."""
+    return med([x / y for x, y in zip(a, b, strict=True)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", choices=("ours", "theirs"), help=argparse.SUPPRESS)
@@ -295,8 +301,10 @@ def main() -> None:
             params = {n: g["params"] for n, g in grown.items()} if d else {}
             alternate(workers, 1, "epoch")  # warm up
             t = alternate(workers, args.rounds, "epoch")
-            result["neuron_epochs"].append({"D": d, "params": params, "seconds": t,
-                                            "median": {n: med(v) for n, v in t.items()}})
+            result["neuron_epochs"].append({
+                "D": d, "params": params, "seconds": t,
+                "median": {n: med(v) for n, v in t.items()},
+                "paired_ratio": paired(t["perforate"], t["perforatedai"])})
             c = alternate(workers, args.rounds, "tracker")
             result["tracker_calls"].append({"D": d, "seconds": c,
                                             "median": {n: med(v) for n, v in c.items()}})
@@ -309,7 +317,8 @@ def main() -> None:
             dendrite += alternate(ours, 1, "phase_epoch", phase="dendrite")["perforate"]
         result["our_dendrite_epoch"] = {"K": 4, "plain_seconds": plain,
                                         "dendrite_seconds": dendrite,
-                                        "ratio": med(dendrite) / med(plain)}
+                                        "ratio": med(dendrite) / med(plain),
+                                        "paired_ratio": paired(dendrite, plain)}
     finally:
         for w in workers.values():
             w.close()
@@ -332,12 +341,12 @@ def report(r: dict) -> None:
     print(f"MNIST-example CNN, {r['samples']} random images/epoch, batch {r['batch']}, "
           f"{r['threads']} thread(s), median of {r['rounds']} (alternated)")
     print(f"{'D':>2} {'perforate s':>12} {'perforatedai s':>15} {'ours/theirs':>12} "
-          f"{'tracker ours ms':>16} {'tracker theirs ms':>18}")
+          f"{'(paired)':>9} {'tracker ours ms':>16} {'tracker theirs ms':>18}")
     for e, c in zip(r["neuron_epochs"], r["tracker_calls"], strict=True):
         m, cm = e["median"], c["median"]
         print(f"{e['D']:>2} {m['perforate']:12.3f} {m['perforatedai']:15.3f} "
-              f"{m['perforate'] / m['perforatedai']:12.2f} {1e3 * cm['perforate']:16.2f} "
-              f"{1e3 * cm['perforatedai']:18.1f}")
+              f"{m['perforate'] / m['perforatedai']:12.2f} {e['paired_ratio']:9.2f} "
+              f"{1e3 * cm['perforate']:16.2f} {1e3 * cm['perforatedai']:18.1f}")
     rss = r["peak_rss_bytes"]
     print(f"peak RSS: perforate {rss['perforate'] / 2**20:.0f} MiB, perforatedai "
           f"{rss['perforatedai'] / 2**20:.0f} MiB")
@@ -347,9 +356,12 @@ def report(r: dict) -> None:
           f"{ck['perforate']['state_dict_bytes'] / 1e6:.1f} MB); perforatedai latest.pt "
           f"{(ck['perforatedai']['latest_pt_bytes'] or 0) / 1e6:.1f} MB (state_dict "
           f"{ck['perforatedai']['state_dict_bytes'] / 1e6:.1f} MB)")
+    print(f"perforatedai wrote {ck['perforatedai']['save_folder_bytes'] / 1e6:.0f} MB to its "
+          "save folder over the run (checkpoints at every switch and best score, graphs)")
     de = r["our_dendrite_epoch"]
     print(f"our dendrite-phase epoch (K={de['K']}): {med(de['dendrite_seconds']):.3f} s = "
-          f"{de['ratio']:.2f}x our plain epoch ({med(de['plain_seconds']):.3f} s)")
+          f"{de['ratio']:.2f}x our plain epoch ({med(de['plain_seconds']):.3f} s; paired "
+          f"{de['paired_ratio']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -222,10 +222,13 @@ class CandidatePool(nn.Module):
             scale *= torch.where(self.error_var > 0, self.error_var.rsqrt(), 0.0)
         return (geo.expand(scale.to(centred_e.dtype)) * centred_e).to(batch.dtype)
 
-    def _scratch_like(self, t: Tensor) -> Tensor:
-        """A tensor shaped like `t` for a per-batch product that is summed at once, kept
-        between batches: on a CPU a fresh temporary of K layer outputs (tens of MB, so
-        mapped anew by the allocator each time) costs more than the product itself."""
+    def _scratch_like(self, t: Tensor) -> Tensor | None:
+        """On a CPU, a tensor shaped like `t` for a per-batch product that is summed at once,
+        kept between batches: a fresh temporary of K layer outputs (tens of MB, so mapped
+        anew by the allocator each time) costs more than the product itself. None (a fresh
+        tensor) elsewhere: a GPU's caching allocator already reuses the memory."""
+        if t.device.type != "cpu":
+            return None
         s = self._scratch
         if s is None or s.shape != t.shape or s.dtype != t.dtype or s.device != t.device:
             s = self._scratch = torch.empty(t.shape, dtype=t.dtype, device=t.device)

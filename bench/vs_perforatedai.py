@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -104,6 +105,9 @@ class Ours:
         folder = self.model.save_pretrained(self.tmp / f"d{self.d}")
         return {"save_pretrained_bytes": dir_bytes(Path(folder)),
                 "state_dict_bytes": state_dict_bytes(self.model)}
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def phase_epoch(self, phase: str) -> float:
         """One epoch of a D = 0 model in the neuron or the dendrite phase (K = default)."""
@@ -193,6 +197,10 @@ class Theirs:
                 "best_model_pt_bytes": files.get("best_model.pt"),
                 "save_folder_bytes": dir_bytes(folder)}
 
+    def cleanup(self) -> None:
+        """Delete the package's save folder (in this worker's own run directory)."""
+        shutil.rmtree(Path.cwd() / "bench", ignore_errors=True)
+
 
 def worker(which: str, samples: int, batch: int) -> None:
     """Answer JSON commands from stdin on the original stdout; library chatter goes to stderr."""
@@ -215,6 +223,7 @@ def worker(which: str, samples: int, batch: int) -> None:
             answer = getattr(lib, op)()
         sys.stdout.flush()
         out.write(PREFIX + json.dumps(answer) + "\n")
+    lib.cleanup()
 
 
 # -------------------------------------------------------------------------------- parent

@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 LINTED  := src tests bench scripts experiments conftest.py
 
-.PHONY: demo test bench lint venv wheel-check clean
+.PHONY: demo test bench bench-anchor lint venv wheel-check clean
 
 $(STAMP): pyproject.toml experiments/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +36,19 @@ wheel-check: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/epoch_cost.py
 	$(BIN)/python bench/tracker_step.py
+
+# Side by side with PyPI's perforatedai 3.2.9, in a venv of its own (git-ignored): torch first
+# (the CPU build), then the package without its dependencies (it does not need torchvision).
+ANCHOR := bench/.venv-anchor
+$(ANCHOR)/.installed:
+	test -x $(ANCHOR)/bin/python || $(PY) -m venv $(ANCHOR)
+	$(ANCHOR)/bin/python -m pip install -q $(TORCH)
+	$(ANCHOR)/bin/python -m pip install -q --no-deps perforatedai==3.2.9
+	$(ANCHOR)/bin/python -m pip install -q pandas matplotlib cryptography pyyaml safetensors requests
+	touch $@
+
+bench-anchor: $(STAMP) $(ANCHOR)/.installed
+	$(BIN)/python bench/vs_perforatedai.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)

@@ -179,3 +179,24 @@ def test_dendrite_parameters_keep_their_identity_through_install_and_removal():
     assert [id(p) for p in model.parameters()] == before and model.num_dendrites == 0
     nn.functional.cross_entropy(model(data[0][0]), data[0][1]).backward()  # no stale shape
     del held
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("adam", {}), ("adamw", {}),
+                                              ("sgd", {"momentum": 0.9}), ("rmsprop", {})])
+def test_candidate_optimizer_is_multi_tensor_on_cpu_with_the_same_steps(name, kwargs) -> None:
+    """foreach=True unless the kwargs choose; its trajectory equals the per-tensor loop's."""
+    flat = {}
+    for extra in ({}, {"foreach": False}):
+        torch.manual_seed(0)
+        model = pf.perforate(mlp(), pf.PerforationConfig(
+            seed=0, candidate_optimizer=name, candidate_optimizer_kwargs={**kwargs, **extra}))
+        model.begin_dendrite_phase()
+        opt = model.candidate_optimizer()
+        assert opt.param_groups[0]["foreach"] is (not extra)
+        for x, y in _data():
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        flat[bool(extra)] = torch.cat([p.detach().flatten() for g in opt.param_groups
+                                       for p in g["params"]])
+    assert torch.equal(flat[False], flat[True])

@@ -31,7 +31,8 @@ def _identity_(t: Tensor) -> Tensor:
     return t
 
 
-#: In-place versions, used where no gradient is needed (perforated dendrite outputs).
+#: In-place versions: for perforated dendrite outputs (no gradient) and candidate activations
+#: (their backward reads the result only).
 INPLACE: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": torch.tanh_,
     "sigmoid": torch.sigmoid_,

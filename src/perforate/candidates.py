@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .activations import INPLACE
 from .config import PerforationConfig
 from .errors import NonFiniteError
 from .geometry import Geometry
@@ -66,6 +67,7 @@ class CandidatePool(nn.Module):
         self.geometry = geometry
         self.config = config
         self.activation = activation
+        self._activation_ = INPLACE.get(config.dendrite_activation)
         ref = geometry.weight
         self.learning = config.dendrite_learning
         # With no candidate training ("none") one candidate per neuron is installed as drawn.
@@ -124,6 +126,7 @@ class CandidatePool(nn.Module):
         self.register_buffer("epochs", torch.zeros((), dtype=torch.long, device=dev))
         # Batches left out of this epoch's statistics for a non-finite error (loss scaling).
         self.register_buffer("skipped", torch.zeros((), dtype=torch.long, device=dev))
+        self._scratch: Tensor | None = None  # see `_scratch_like`; not state
 
     @property
     def num_candidates(self) -> int:
@@ -134,8 +137,15 @@ class CandidatePool(nn.Module):
         geo = self.geometry
         weight = self.weight if self.mask is None else self.weight * self.mask
         pre = geo.stacked(x, weight, self.bias)
-        # cascade inputs: E[k, i] * h_i
-        pre = geo.cascade(pre, self.cascade.unbind(1), [geo.unsqueeze_set(h) for h in hs])
+        # Cascade inputs E[k, i] * h_i, then the activation: in place where `pre` is a tensor
+        # of its own (no backward reads its old values), so no extra temporary of K layer
+        # outputs; not on a view (the op's output reshaped), whose in-place change autograd
+        # would undo with a full copy in the backward (CopySlices).
+        own = not pre._is_view()
+        pre = geo.cascade(pre, self.cascade.unbind(1), [geo.unsqueeze_set(h) for h in hs],
+                          inplace=own)
+        if self._activation_ is not None and (own or hs):
+            return self._activation_(pre)
         return self.activation(pre)
 
     def attach(self, z: Tensor, c: Tensor) -> Tensor:
@@ -163,7 +173,7 @@ class CandidatePool(nn.Module):
         c, e, p = batch.c, batch.e, batch.count
         self.skipped += ~batch.finite
         sc, sc2 = geo.sums_stacked(c)
-        sce = geo.sum_stacked(c * geo.unsqueeze_set(e))
+        sce = geo.sum_stacked(torch.mul(c, geo.unsqueeze_set(e), out=self._scratch_like(c)))
         err = torch.stack([geo.sum_out(e), geo.sum_out(e * e)])
         self.sums.add(p, torch.stack([sc, sc2, sce]) * batch.finite, err)
         valid, p = p > 0, p.clamp_min(1).float()  # a skipped or fully masked batch moves no EMA
@@ -171,7 +181,7 @@ class CandidatePool(nn.Module):
         # Running statistics (float32): the error scale s_n and EMA means. The first batch
         # initialises them (weight 1), later ones move them by 1 - momentum.
         se, se2 = err.float()
-        sc, sc2, sce = sc.float(), sc2.float(), sce.float()
+        sc, sce = sc.float(), sce.float()
         mean_e_b = se / p
         var_e_b = (se2 / p - mean_e_b * mean_e_b).clamp_min(0)
         mean_c_b = sc / p
@@ -197,13 +207,16 @@ class CandidatePool(nn.Module):
         sign = torch.sign(self.cov if cfg.sign_source == "running" else s_raw)
         centred_e = geo.unsqueeze_set(batch.centred_error(geo.expand(e_bar)))
         if cfg.objective == "correlation":
-            var_c = (sc2 / p - mean_c_b * mean_c_b).clamp_min(cfg.min_candidate_variance)
-            inv_e = torch.where(var_e_b > 0, var_e_b.rsqrt(), 0.0)
-            a = -sign * var_c.rsqrt() * inv_e  # on the centred error
-            b = sign * (s_raw / p) * var_c.pow(-1.5) * inv_e  # on the centred candidate
             centred_c = c - geo.expand(mean_c_b.to(c.dtype))
             if batch.keep is not None:
                 centred_c = torch.where(geo.unsqueeze_set(batch.keep), centred_c, 0.0)
+            # Two-pass variance, from the centred candidate: E[c²] - E[c]² would cancel for
+            # a saturated candidate, and this gradient scales with var_c^-1.5.
+            var_c = (geo.sum_sq_stacked(centred_c).float() / p).clamp_min(
+                cfg.min_candidate_variance)
+            inv_e = torch.where(var_e_b > 0, var_e_b.rsqrt(), 0.0)
+            a = -sign * var_c.rsqrt() * inv_e  # on the centred error
+            b = sign * (s_raw / p) * var_c.pow(-1.5) * inv_e  # on the centred candidate
             grad = torch.addcmul(geo.expand(a.to(c.dtype)) * centred_e,
                                  geo.expand(b.to(c.dtype)), centred_c)
             return grad.to(batch.dtype)
@@ -211,6 +224,18 @@ class CandidatePool(nn.Module):
         if cfg.normalize_error:
             scale *= torch.where(self.error_var > 0, self.error_var.rsqrt(), 0.0)
         return (geo.expand(scale.to(centred_e.dtype)) * centred_e).to(batch.dtype)
+
+    def _scratch_like(self, t: Tensor) -> Tensor | None:
+        """On a CPU, a tensor shaped like `t` for a per-batch product that is summed at once,
+        kept between batches: a fresh temporary of K layer outputs (tens of MB, so mapped
+        anew by the allocator each time) costs more than the product itself. None (a fresh
+        tensor) elsewhere: a GPU's caching allocator already reuses the memory."""
+        if t.device.type != "cpu":
+            return None
+        s = self._scratch
+        if s is None or s.shape != t.shape or s.dtype != t.dtype or s.device != t.device:
+            s = self._scratch = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+        return s
 
     @torch.no_grad()
     def correlations(self) -> Tensor:

@@ -91,17 +91,20 @@ class Geometry:
         """The sample-position axes of a stacked tensor."""
         raise NotImplementedError
 
+    def sum_sq_stacked(self, t: Tensor) -> Tensor:
+        """Sum of squares of a stacked tensor over sample positions ``[S, N]``: a squared
+        2-norm, so no temporary as large as t is made."""
+        return torch.linalg.vector_norm(t, dim=self.stacked_position_dims(t)).square()
+
     def sums_stacked(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(sum t, sum t**2)`` over sample positions ``[S, N]`` in one pass (var_mean)."""
-        dims = self.stacked_position_dims(t)
-        var, mean = torch.var_mean(t, dim=dims, correction=0)
-        count = t.numel() // mean.numel()
-        return mean * count, (var + mean * mean) * count
+        """``(sum t, sum t**2)`` over sample positions ``[S, N]``: two single-pass reductions
+        (`torch.var_mean`, the obvious one-call choice, is ~8x slower on a CPU)."""
+        return self.sum_stacked(t), self.sum_sq_stacked(t)
 
     def cascade(self, u: Tensor, weights: Sequence[Tensor] | Tensor, hs: Sequence[Tensor], *,
                 inplace: bool = False) -> Tensor:
         """The cascade ``u + sum_i weights[i] * hs[i]`` (per-neuron weights, expanded);
-        in place on `u` when no gradient is needed."""
+        `inplace`: on `u` itself (a fresh output whose old values no backward reads)."""
         for i, h in enumerate(hs):
             w = self.expand(weights[i])
             u = u.addcmul_(w, h) if inplace else torch.addcmul(u, w, h)
@@ -190,8 +193,13 @@ class ConvGeometry(Geometry):
     def stacked_position_dims(self, t: Tensor) -> tuple[int, ...]:
         return (0, *range(3, t.dim()))
 
+    # Conv sums reduce the contiguous spatial axes first, then the batch: faster on a CPU
+    # than one reduction over (0, 3, ...).
     def sum_stacked(self, t: Tensor) -> Tensor:
-        return t.sum(dim=(0, *range(3, t.dim())))
+        return t.flatten(3).sum(-1).sum(0)
+
+    def sum_sq_stacked(self, t: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(t.flatten(3), dim=-1).square().sum(0)
 
     def sum_out(self, t: Tensor) -> Tensor:
         return t.sum(dim=(0, *range(2, t.dim())))

@@ -158,7 +158,13 @@ class PerforatedModel(nn.Module):
     def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
                "rmsprop": torch.optim.RMSprop}[self.config.candidate_optimizer]
-        return cls(params, lr=self.config.candidate_lr, **self.config.candidate_optimizer_kwargs)
+        kwargs = dict(self.config.candidate_optimizer_kwargs)
+        if not {"foreach", "fused"} & kwargs.keys() and all(p.device.type == "cpu"
+                                                             for p in params):
+            # PyTorch's CPU default is the per-tensor loop; its multi-tensor step gives the
+            # same values, bitwise, about 2x faster on the few large candidate tensors.
+            kwargs["foreach"] = True
+        return cls(params, lr=self.config.candidate_lr, **kwargs)
 
     def candidate_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer that trains this dendrite phase's candidates (step it per batch)."""

@@ -28,9 +28,12 @@ __all__ = ["MnistNet", "load_data", "model_with", "run_epoch", "time_phase"]
 
 def model_with(dendrites: int, device: torch.device, candidates: int = 4,
                **config: object) -> pf.PerforatedModel:
+    """The network with `dendrites` random sets installed. The paper's configuration (frozen
+    sets, Cascade-Correlation dendrite phases): the floors count frozen dendrites, and the
+    default configuration has no dendrite phase to time."""
     torch.manual_seed(0)
-    model = pf.perforate(MnistNet(), pf.PerforationConfig(candidates=candidates, seed=0,
-                                                          **config))
+    model = pf.perforate(MnistNet(), pf.PerforationConfig.paper(candidates=candidates, seed=0,
+                                                                **config))
     for layer in model.dendrite_layers().values():
         layer.resize(dendrites)
         with torch.no_grad():

@@ -81,6 +81,13 @@ def test_frontier_section_on_stored_rows(tmp_path: Path) -> None:
             for h, acc, p in ((4, 0.80, 1000), (8, 0.84, 4000), (16, 0.86, 16000))]
     rows += [_row("restart", s, 4, 0.805 + 0.001 * s, 1000) for s in (0, 1)]
     rows += [_row("anchor", 0, 4, 0.83, 2000, 3), _row("anchor", 1, 4, 0.835, 2000, 3)]
+    for r in rows[-2:]:
+        r["config"] = {"dendrite_learning": "none", "dendrite_activation": "sigmoid",
+                       "train_dendrites": True, "dendrite_inputs": 32}
+        r["tracker"] = {"max_dendrite_epochs": 10, "dendrite_tries": 2}
+        r["architectures"] = [{"cycle": 0, "best_val": 0.80}]
+        r["dendrite_phases"] = [{"epochs": 0, "layers": {"0": {"mean_corr": 0.0}},
+                                 "val_at_install": 0.79}]
     rows += [_row("perforatedai", 0, 4, 0.84, 2000, 3)]
     for r in rows:
         path = runner.result_path(results, "frontier", r["variant"], r["seed"], r["options"],
@@ -91,12 +98,16 @@ def test_frontier_section_on_stored_rows(tmp_path: Path) -> None:
     text = page.read_text()
     section = text[text.index("## frontier"):]
     assert "| 16 | 2 | 86.05 ± 0.07 | 16,000 |" in section  # the plain frontier table
-    line = next(x for x in section.splitlines() if x.startswith("| `anchor` |"))
+    table = section[section.index("#### h = 4"):]
+    line = next(x for x in table.splitlines() if x.startswith("| `anchor` |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[1:5] == ["2", "83.25 ± 0.35", "2,000", "3.0"]
     assert cells[5] == "+2.70 ± 0.28" and cells[6] == "2/2"  # paired with restart by seed
     # the frontier at 2,000 parameters: halfway (in log) between 1,000 and 4,000 -> 82.05
     assert cells[8] == f"{100 * (0.8325 - 0.8205):+.2f}"
+    assert ("| `anchor` | untrained sigmoid candidates, then trained with the network, "
+            "dendrite_inputs=32, dendrite_tries=2 |") in section
+    assert "| `anchor` | 2 | 0.0 | 0/2 | 0.000 | -1.00 |" in section  # the dendrite phases
     assert "perforatedai" in section and (tmp_path / "docs" / "results" /
                                           "frontier-params-vs-test.png").stat().st_size > 5000
     assert re.search(r"!\[test accuracy against parameters\]\(results/frontier", section)

@@ -130,11 +130,89 @@ def plot_frontier(table: Table, path: Path) -> Path:
     return _save(fig, path)
 
 
+def describe(row: Row) -> str:
+    """How a row's dendrites learned, from its recorded config and tracker arguments."""
+    c, t = row.get("config") or {}, row.get("tracker") or {}
+    if row.get("variant") == PLAIN:
+        return "the plain network, one cycle"
+    if row.get("variant") == ANCHOR:
+        return "the official open package (GD dendrites trained with the network)"
+    if t.get("add_dendrites") is False:
+        text = "no dendrites (restart control)"
+    else:
+        learn = {"cc": "Cascade-Correlation", "gd": "gradient-descent",
+                 "none": "untrained"}.get(c.get("dendrite_learning"), "?")
+        after = "trained with the network" if c.get("train_dendrites") else "frozen"
+        text = (f"{learn} {c.get('dendrite_activation', '?')} candidates, then {after}"
+                f"{'' if c.get('perforated', True) else ', not perforated'}")
+        for key, default in (("objective", "covariance"), ("sign_source", "batch"),
+                             ("output_init", "zero"), ("dendrite_inputs", None)):
+            if c.get(key, default) != default:
+                text += f", {key}={c[key]}"
+        if t.get("plateau", "max") != "max":
+            text += f", plateau={t['plateau']}"
+    if t.get("dendrite_tries", 1) != 1:
+        text += f", dendrite_tries={t['dendrite_tries']}"
+    return text
+
+
+def legend(table: Table) -> list[str]:
+    """One line per variant: what it is."""
+    seen: dict[str, str] = {}
+    for variants in table.values():
+        for variant, rows in variants.items():
+            seen.setdefault(variant, describe(rows[0]))
+    body = [[f"`{v}`", seen[v]] for v in _order(seen)]
+    return [*md_table(["variant", "how its dendrites learn"], body, align=["l", "l"]), ""]
+
+
+def phases_table(table: Table) -> list[str]:
+    """Per variant, over every width and seed: dendrite phases, their mean length and how many
+    ran to the cap, the mean installed |corr| (over layers), and the validation score right
+    after the install minus the cycle's best before it (rows that recorded it)."""
+    acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for variants in table.values():
+        for variant, rows in variants.items():
+            for row in rows:
+                best = {a.get("cycle"): a.get("best_val") for a in row.get("architectures", [])}
+                cap = (row.get("tracker") or {}).get("max_dendrite_epochs")
+                for i, phase in enumerate(row.get("dendrite_phases") or []):
+                    a = acc[variant]
+                    a["epochs"].append(phase.get("epochs", 0))
+                    a["capped"].append(float(cap is not None and phase.get("epochs") == cap))
+                    corr = finite(layer.get("mean_corr") for layer in
+                                  (phase.get("layers") or {}).values())
+                    if corr:
+                        a["corr"].append(sum(corr) / len(corr))
+                    at, before = phase.get("val_at_install"), best.get(i)
+                    if finite([at]) and finite([before]):
+                        a["jump"].append(100 * (at - before))
+    body = []
+    for variant in _order(acc):
+        a = acc[variant]
+        mean = {k: (sum(v) / len(v) if v else None) for k, v in a.items()}
+        body.append([f"`{variant}`", len(a["epochs"]),
+                     f"{mean['epochs']:.1f}" if mean.get("epochs") is not None else "n/a",
+                     f"{int(sum(a['capped']))}/{len(a['capped'])}",
+                     f"{mean['corr']:.3f}" if mean.get("corr") is not None else "n/a",
+                     f"{mean['jump']:+.2f}" if mean.get("jump") is not None else "n/a"])
+    if not body:
+        return []
+    return ["### Dendrite phases", "",
+            "Every width and seed: dendrite phases, their mean length in epochs and how many ran "
+            "to the cap, the mean installed |corr| (the mean over layers of each layer's mean "
+            "over neurons; 0 for untrained candidates), and the validation score right after "
+            "the install minus the best before it, in points (rows that recorded it).", "",
+            *md_table(["variant", "phases", "epochs", "capped", "installed |corr|",
+                       "val at install − before"], body), ""]
+
+
 def frontier_section(group: Group, figure: Path | None) -> list[str]:
     """The section's body (tables and the figure link; the caller adds intro and protocol)."""
     table = by_width(group.rows)
     points = frontier_points(table)
-    lines = ["### The width frontier (plain network, one cycle)", ""]
+    lines = ["### Variants", "", *legend(table),
+             "### The width frontier (plain network, one cycle)", ""]
     plain_rows = [[h, len(v[PLAIN]),
                    fmt_mean_std(*mean_std(finite(r.get("final_test") for r in v[PLAIN])),
                                 scale=100.0),
@@ -150,6 +228,7 @@ def frontier_section(group: Group, figure: Path | None) -> list[str]:
     for h, variants in sorted(table.items()):
         if set(variants) - {PLAIN}:
             lines += width_table(h, variants, points)
+    lines += phases_table(table)
     anchors = [r for v in table.values() for r in v.get(ANCHOR, [])]
     if not anchors:
         lines += [f"No `{ANCHOR}` rows: run the anchor benchmark to add the official package's "

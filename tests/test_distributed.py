@@ -1,0 +1,116 @@
+"""DDP on CPU (gloo, 2 processes): every rank ends bitwise identical, and equal to one process
+on the concatenated batches, through a dendrite phase (paper) and a growth (default)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import perforate as pf
+from perforate.distributed import check_not_sharded
+
+WORLD, LOCAL_BATCH, BATCHES, EPOCHS = 2, 8, 3, 9
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    n = WORLD * LOCAL_BATCH * BATCHES
+    x, xv = torch.randn(n, 5, generator=g), torch.randn(WORLD * 16, 5, generator=g)
+    target = lambda t: torch.sin(2 * t[:, :2]) + t[:, 2:4] * t[:, 4:]  # noqa: E731
+    return x, target(x), xv, target(xv)
+
+
+def _config(kind: str) -> pf.PerforationConfig:
+    if kind == "paper":
+        return pf.PerforationConfig.paper(seed=0, candidates=4)
+    return pf.PerforationConfig(seed=0)
+
+
+def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
+    """Train through neuron -> dendrite/grow -> install -> neuron; `world` ranks each see their
+    share of every batch (world=1: the whole batch) and score their own validation shard."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 2))
+    model = pf.perforate(net, _config(kind))
+    wrapped = DDP(model) if world > 1 else model
+    tracker = pf.Tracker(wrapped, lambda p: torch.optim.Adam(p, 1e-2), neuron_patience=2,
+                         dendrite_patience=2, max_dendrite_epochs=3, max_epochs=EPOCHS,
+                         improvement_threshold=10.0, plot=False)
+    x, y, xv, yv = _data()
+    installed = None
+    while not tracker.done:
+        for b in range(BATCHES):
+            rows = slice(b * WORLD * LOCAL_BATCH, (b + 1) * WORLD * LOCAL_BATCH)
+            xb, yb = x[rows], y[rows]
+            if world > 1:
+                xb, yb = xb.chunk(world)[rank], yb.chunk(world)[rank]
+            tracker.optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.mse_loss(tracker.train_module(xb), yb)
+            loss.backward()
+            tracker.optimizer.step()
+        val = None
+        if tracker.phase == "neuron":
+            with torch.no_grad():  # each rank its own shard; one process: the shards' mean
+                shards = [-float(nn.functional.mse_loss(model(a), t))
+                          for a, t in zip(xv.chunk(WORLD), yv.chunk(WORLD), strict=True)]
+            val = shards[rank] if world > 1 else sum(shards) / WORLD
+        decision = tracker.step(val)
+        if decision.event in ("install", "grow") and decision.phase == "neuron":
+            installed = {k: v.clone() for k, v in model.state_dict().items()}
+    history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.history]
+    return {"history": history, "installed": installed, "final": model.state_dict(),
+            "events": [r["event"] for r in tracker.history]}
+
+
+def _worker(rank: int, kind: str, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD)
+    try:
+        torch.save(_run(kind, rank, WORLD), Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["paper", "default"])
+def test_ranks_identical_and_equal_to_one_process(kind: str, tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(kind, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    single = _run(kind, 0, 1)
+    assert ranks[0]["installed"] is not None, ranks[0]["events"]
+    assert ranks[0]["history"] == ranks[1]["history"]
+    for key in ("installed", "final"):
+        a, b, s = ranks[0][key], ranks[1][key], single[key]
+        assert a.keys() == b.keys() == s.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+            torch.testing.assert_close(a[name], s[name], rtol=1e-5, atol=1e-5)
+    assert ranks[0]["events"] == single["events"]
+    for r, s in zip(ranks[0]["history"], single["history"], strict=True):
+        for col in ("val", "corr"):
+            if r[col] is not None:
+                assert r[col] == pytest.approx(s[col], rel=1e-5, abs=1e-6), (col, r, s)
+
+
+def test_fsdp_is_refused_clearly() -> None:
+    class FullyShardedDataParallel(nn.Module):  # stands in for torch's (needs a process group)
+        pass
+
+    with pytest.raises(TypeError, match="FSDP"):
+        check_not_sharded(FullyShardedDataParallel())
+    with pytest.raises(TypeError, match="FSDP"):
+        pf.Tracker(FullyShardedDataParallel(), lambda p: torch.optim.SGD(p, 0.1))

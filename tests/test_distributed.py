@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import perforate as pf
 from perforate.distributed import check_not_sharded
@@ -70,12 +71,37 @@ def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
             "events": [r["event"] for r in tracker.history]}
 
 
+def _fit(rank: int, world: int, out: Path) -> dict[str, Any]:
+    """`pf.fit` with DistributedSamplers (world > 1) or plain loaders of the global batch."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 2))
+    model = pf.perforate(net, _config("paper"))
+    x, y, xv, yv = _data()
+    sets = [TensorDataset(x, y), TensorDataset(xv, yv)]
+    if world > 1:
+        loaders = [DataLoader(d, LOCAL_BATCH, sampler=DistributedSampler(d, shuffle=False))
+                   for d in sets]
+    else:
+        loaders = [DataLoader(d, LOCAL_BATCH * WORLD) for d in sets]
+    tracker = pf.fit(DDP(model) if world > 1 else model, *loaders, nn.functional.mse_loss,
+                     lambda p: torch.optim.Adam(p, 1e-2), progress=False,
+                     tracker_kwargs={"neuron_patience": 2, "dendrite_patience": 2,
+                                     "max_dendrite_epochs": 3, "max_epochs": EPOCHS,
+                                     "improvement_threshold": 10.0, "plot": False,
+                                     "out_dir": out})
+    history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.history]
+    return {"history": history, "final": model.state_dict(),
+            "phases": tracker.dendrite_phases}
+
+
 def _worker(rank: int, kind: str, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD)
     try:
-        torch.save(_run(kind, rank, WORLD), Path(out) / f"rank{rank}.pt")
+        result = _fit(rank, WORLD, Path(out) / f"run{rank}") if kind == "fit" else \
+            _run(kind, rank, WORLD)
+        torch.save(result, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -104,6 +130,24 @@ def test_ranks_identical_and_equal_to_one_process(kind: str, tmp_path: Path) -> 
         for col in ("val", "corr"):
             if r[col] is not None:
                 assert r[col] == pytest.approx(s[col], rel=1e-5, abs=1e-6), (col, r, s)
+
+
+def test_fit_under_ddp_matches_one_process_and_rank0_writes(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=("fit", _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    single = _fit(0, 1, tmp_path / "single")
+    assert ranks[0]["history"] == ranks[1]["history"]
+    assert ranks[0]["phases"] == ranks[1]["phases"] and len(ranks[0]["phases"]) == 1
+    assert [r["phase"] for r in ranks[0]["history"]].count("dendrite") >= 1
+    for name, value in ranks[0]["final"].items():
+        assert torch.equal(value, ranks[1]["final"][name]), name
+        torch.testing.assert_close(value, single["final"][name], rtol=1e-5, atol=1e-5)
+    for r, s in zip(ranks[0]["history"], single["history"], strict=True):
+        assert r["event"] == s["event"]
+        assert r["val"] == pytest.approx(s["val"], rel=1e-5), (r, s)
+    assert (tmp_path / "run0" / "history.csv").is_file()
+    assert (tmp_path / "run0" / "checkpoint" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "run1").exists()  # only rank 0 writes
 
 
 def test_fsdp_is_refused_clearly() -> None:

@@ -108,6 +108,11 @@ def fit(model: PerforatedModel | nn.Module, train_loader: Iterable[Any], val_loa
     runs after each step. `progress`: tqdm bars on a terminal; in a pipe or a log file (or
     without tqdm) plain lines at phase switches and every few seconds (`perforate.progress`);
     ``False``: nothing.
+
+    Under torchrun, pass the `DistributedDataParallel`-wrapped model and loaders with a
+    `DistributedSampler`: training runs through ``tracker.train_module``, each sampler gets
+    ``set_epoch``, and each rank scores its own validation loader (the tracker averages the
+    scores); see ``docs/distributed.md``.
     """
     if tracker is None:
         if optimizer_factory is None:

@@ -114,6 +114,12 @@ class Tracker:
     ``net_factory`` ("module:function" that builds the network, recorded for the CLI),
     ``scheduler_interval`` ("epoch": `step` steps the scheduler; "batch": `batch_step` does,
     after every neuron-phase optimizer step).
+
+    Distributed (``docs/distributed.md``): `model` may be a `DistributedDataParallel` around the
+    `PerforatedModel` (a template: rebuilt after every restructure), or pass the model and
+    ``wrap`` (``PerforatedModel -> nn.Module``, e.g. ``lambda m: DDP(m, device_ids=[i])``).
+    Then train with `train_module`; candidate statistics, candidate gradients and the scores
+    given to `step` (their mean) are reduced across ranks, and only rank 0 writes files.
     """
 
     def __init__(self, model: PerforatedModel, optimizer_factory: OptimizerFactory,

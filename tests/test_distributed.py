@@ -71,11 +71,31 @@ def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
             "events": [r["event"] for r in tracker.history]}
 
 
-def _fit(rank: int, world: int, out: Path) -> dict[str, Any]:
-    """`pf.fit` with DistributedSamplers (world > 1) or plain loaders of the global batch."""
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(epoch: int) -> Any:
+    def on_epoch_end(tracker: pf.Tracker, decision: Any) -> None:
+        if decision.epoch == epoch:
+            raise _Killed
+
+    return on_epoch_end
+
+
+def _fit(rank: int, world: int, out: Path, resume: Path | None = None,
+         kill_at: int | None = None) -> dict[str, Any]:
+    """`pf.fit` with DistributedSamplers (world > 1) or plain loaders of the global batch;
+    `kill_at`: stop after that epoch; `resume`: continue from that run's checkpoint."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 2))
-    model = pf.perforate(net, _config("paper"))
+    factory = lambda p: torch.optim.Adam(p, 1e-2)  # noqa: E731
+    tracker = None
+    if resume is None:
+        model = pf.perforate(net, _config("paper"))
+    else:
+        tracker = pf.resume(resume, net, factory, wrap=DDP if world > 1 else None)
+        model = tracker.model
     x, y, xv, yv = _data()
     sets = [TensorDataset(x, y), TensorDataset(xv, yv)]
     if world > 1:
@@ -83,12 +103,13 @@ def _fit(rank: int, world: int, out: Path) -> dict[str, Any]:
                    for d in sets]
     else:
         loaders = [DataLoader(d, LOCAL_BATCH * WORLD) for d in sets]
-    tracker = pf.fit(DDP(model) if world > 1 else model, *loaders, nn.functional.mse_loss,
-                     lambda p: torch.optim.Adam(p, 1e-2), progress=False,
+    tracker = pf.fit(DDP(model) if world > 1 and tracker is None else model, *loaders,
+                     nn.functional.mse_loss, factory, progress=False, tracker=tracker,
+                     on_epoch_end=None if kill_at is None else _kill_at(kill_at),
                      tracker_kwargs={"neuron_patience": 2, "dendrite_patience": 2,
                                      "max_dendrite_epochs": 3, "max_epochs": EPOCHS,
                                      "improvement_threshold": 10.0, "plot": False,
-                                     "out_dir": out})
+                                     "out_dir": out, "checkpoint_every": 1})
     history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.history]
     return {"history": history, "final": model.state_dict(),
             "phases": tracker.dendrite_phases}
@@ -99,9 +120,16 @@ def _worker(rank: int, kind: str, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD)
     try:
-        result = _fit(rank, WORLD, Path(out) / f"run{rank}") if kind == "fit" else \
-            _run(kind, rank, WORLD)
-        torch.save(result, Path(out) / f"rank{rank}.pt")
+        if kind == "resume":  # killed in the dendrite phase, resumed from rank 0's files
+            with pytest.raises(_Killed):
+                _fit(rank, WORLD, Path(out) / f"killed{rank}", kill_at=4)
+            dist.barrier()  # rank 0's checkpoint is written
+            result = _fit(rank, WORLD, Path(out) / "unused", resume=Path(out) / "killed0")
+        elif kind == "fit":
+            result = _fit(rank, WORLD, Path(out) / f"run{rank}")
+        else:
+            result = _run(kind, rank, WORLD)
+        torch.save(result, Path(out) / f"{kind}{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -115,7 +143,7 @@ def _free_port() -> int:
 @pytest.mark.parametrize("kind", ["paper", "default"])
 def test_ranks_identical_and_equal_to_one_process(kind: str, tmp_path: Path) -> None:
     mp.spawn(_worker, args=(kind, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"{kind}{r}.pt", weights_only=False) for r in range(WORLD)]
     single = _run(kind, 0, 1)
     assert ranks[0]["installed"] is not None, ranks[0]["events"]
     assert ranks[0]["history"] == ranks[1]["history"]
@@ -132,10 +160,16 @@ def test_ranks_identical_and_equal_to_one_process(kind: str, tmp_path: Path) -> 
                 assert r[col] == pytest.approx(s[col], rel=1e-5, abs=1e-6), (col, r, s)
 
 
-def test_fit_under_ddp_matches_one_process_and_rank0_writes(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=("fit", _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+def test_fit_under_ddp_matches_one_process_rank0_writes_and_resumes(tmp_path: Path) -> None:
+    for kind in ("fit", "resume"):
+        mp.spawn(_worker, args=(kind, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"fit{r}.pt", weights_only=False) for r in range(WORLD)]
+    resumed = [torch.load(tmp_path / f"resume{r}.pt", weights_only=False) for r in range(WORLD)]
     single = _fit(0, 1, tmp_path / "single")
+    for r in resumed:  # a kill and resume changes nothing
+        assert r["history"] == ranks[0]["history"]
+        for name, value in ranks[0]["final"].items():
+            assert torch.equal(value, r["final"][name]), name
     assert ranks[0]["history"] == ranks[1]["history"]
     assert ranks[0]["phases"] == ranks[1]["phases"] and len(ranks[0]["phases"]) == 1
     assert [r["phase"] for r in ranks[0]["history"]].count("dendrite") >= 1

@@ -192,3 +192,26 @@ def test_fsdp_is_refused_clearly() -> None:
         check_not_sharded(FullyShardedDataParallel())
     with pytest.raises(TypeError, match="FSDP"):
         pf.Tracker(FullyShardedDataParallel(), lambda p: torch.optim.SGD(p, 0.1))
+
+
+def test_unused_parameters_are_the_empty_ones_and_a_single_sets_cascade() -> None:
+    from perforate.distributed import unused_parameters
+
+    model = pf.perforate(nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)),
+                         _config("default"))
+    names = unused_parameters(model)
+    assert sorted(names) == sorted(f"net.{i}.{p}" for i in (0, 2) for p in (
+        "dendrite_weight", "dendrite_bias", "cascade_weight", "output_weight"))
+    model.grow()
+    assert sorted(unused_parameters(model)) == ["net.0.cascade_weight", "net.2.cascade_weight"]
+    model.grow()
+    assert unused_parameters(model) == []
+
+
+def test_one_process_trains_the_model_itself() -> None:
+    model = pf.perforate(nn.Sequential(nn.Linear(5, 4)), _config("paper"))
+    tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, 0.1))
+    assert tracker.train_module is model and tracker.sync is None and tracker.is_main
+    assert tracker.mean_score(0.25) == 0.25
+    with pytest.raises(RuntimeError, match="process group"):
+        pf.Tracker(model, lambda p: torch.optim.SGD(p, 0.1), wrap=DDP)

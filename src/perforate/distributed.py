@@ -38,6 +38,10 @@ class DistributedSync:
         self.group = group
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
+        nccl = dist.get_backend(group) == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if nccl \
+            else torch.device("cpu")
+        """Where host values (scores) are reduced: NCCL reduces CUDA tensors only."""
 
     @property
     def is_main(self) -> bool:
@@ -74,7 +78,7 @@ class DistributedSync:
         """The mean across ranks of each score (None stays None: it must be None on every
         rank), and rank 0's value of each of `main_only` (e.g. the epoch's seconds)."""
         present = [v for v in values if v is not None]
-        buf = torch.tensor([*present, *main_only], dtype=torch.float64)
+        buf = torch.tensor([*present, *main_only], dtype=torch.float64, device=self.device)
         buf[len(present):] *= float(self.is_main)
         dist.all_reduce(buf, group=self.group)
         means = iter((buf[:len(present)] / self.world).tolist())

@@ -122,7 +122,7 @@ class Tracker:
     given to `step` (their mean) are reduced across ranks, and only rank 0 writes files.
     """
 
-    def __init__(self, model: PerforatedModel, optimizer_factory: OptimizerFactory,
+    def __init__(self, model: PerforatedModel | nn.Module, optimizer_factory: OptimizerFactory,
                  scheduler_factory: SchedulerFactory | None = None, *, mode: str = "max",
                  neuron_patience: int = 25, dendrite_patience: int = 3,
                  max_dendrite_epochs: int = 25, max_dendrites: int | None = None,

@@ -32,6 +32,9 @@ def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 def _config(kind: str) -> pf.PerforationConfig:
     if kind == "paper":
         return pf.PerforationConfig.paper(seed=0, candidates=4)
+    if kind == "correlation":  # a second reduction (the variance); a scale-dependent install
+        return pf.PerforationConfig.paper(seed=0, candidates=4, objective="correlation",
+                                          output_init="least_squares")
     return pf.PerforationConfig(seed=0)
 
 
@@ -140,7 +143,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", ["paper", "default"])
+@pytest.mark.parametrize("kind", ["paper", "correlation", "default"])
 def test_ranks_identical_and_equal_to_one_process(kind: str, tmp_path: Path) -> None:
     mp.spawn(_worker, args=(kind, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"{kind}{r}.pt", weights_only=False) for r in range(WORLD)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,9 @@ from .errors import NonFiniteError
 from .geometry import Geometry
 from .masking import mask_for
 from .stats import CorrelationSums, ObservedBatch, accumulator_dtype
+
+if TYPE_CHECKING:
+    from .distributed import DistributedSync
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +131,8 @@ class CandidatePool(nn.Module):
         # Batches left out of this epoch's statistics for a non-finite error (loss scaling).
         self.register_buffer("skipped", torch.zeros((), dtype=torch.long, device=dev))
         self._scratch: Tensor | None = None  # see `_scratch_like`; not state
+        self.sync: DistributedSync | None = None
+        """Set in a distributed run: each batch's sums are summed across ranks (not state)."""
 
     @property
     def num_candidates(self) -> int:
@@ -169,13 +175,21 @@ class CandidatePool(nn.Module):
         geo, cfg = self.geometry, self.config
         # Numerics first: float32+ statistics, masked positions out, a batch with a non-finite
         # (loss-scaled) error skipped; see `ObservedBatch`. Then the statistics proper.
+        sync = self.sync
+        if sync is not None:  # each rank's mean loss is world x the global one's share
+            e = e / sync.world
         batch = ObservedBatch.of(geo, c, e, mask)
         c, e, p = batch.c, batch.e, batch.count
         self.skipped += ~batch.finite
         sc, sc2 = geo.sums_stacked(c)
         sce = geo.sum_stacked(torch.mul(c, geo.unsqueeze_set(e), out=self._scratch_like(c)))
         err = torch.stack([geo.sum_out(e), geo.sum_out(e * e)])
-        self.sums.add(p, torch.stack([sc, sc2, sce]) * batch.finite, err)
+        cand = torch.stack([sc, sc2, sce]) * batch.finite
+        if sync is not None:  # the global batch's sums, on every rank
+            p = torch.as_tensor(p, dtype=cand.dtype, device=cand.device).clone()
+            sync.sum_([p, cand, err])
+            sc, sc2, sce = cand
+        self.sums.add(p, cand, err)
         valid, p = p > 0, p.clamp_min(1).float()  # a skipped or fully masked batch moves no EMA
 
         # Running statistics (float32): the error scale s_n and EMA means. The first batch
@@ -212,7 +226,10 @@ class CandidatePool(nn.Module):
                 centred_c = torch.where(geo.unsqueeze_set(batch.keep), centred_c, 0.0)
             # Two-pass variance, from the centred candidate: E[c²] - E[c]² would cancel for
             # a saturated candidate, and this gradient scales with var_c^-1.5.
-            var_c = (geo.sum_sq_stacked(centred_c).float() / p).clamp_min(
+            sq = geo.sum_sq_stacked(centred_c).float()
+            if sync is not None:
+                sync.sum_([sq])
+            var_c = (sq / p).clamp_min(
                 cfg.min_candidate_variance)
             inv_e = torch.where(var_e_b > 0, var_e_b.rsqrt(), 0.0)
             a = -sign * var_c.rsqrt() * inv_e  # on the centred error

@@ -60,6 +60,14 @@ def predict(model: nn.Module, loader: Iterable[Any],
     return torch.cat(outs), torch.cat(ys)
 
 
+def _set_epoch(loaders: list[Any], epoch: int) -> None:
+    """A `DistributedSampler` shuffles with its epoch: give it the tracker's."""
+    for loader in loaders:
+        sampler = getattr(loader, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
+
+
 def _choose_metric(targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Metric:
     metric = task_metric(targets, loss_fn)
     kind = "floating-point" if targets.is_floating_point() else "integer class"
@@ -68,7 +76,7 @@ def _choose_metric(targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor])
     return metric
 
 
-def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterable[Any],
+def fit(model: PerforatedModel | nn.Module, train_loader: Iterable[Any], val_loader: Iterable[Any],
         loss_fn: Callable[[Tensor, Tensor], Tensor],
         optimizer_factory: OptimizerFactory | None = None, *,
         test_loader: Iterable[Any] | None = None, metric: Metric | None = None,
@@ -100,6 +108,11 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
     runs after each step. `progress`: tqdm bars on a terminal; in a pipe or a log file (or
     without tqdm) plain lines at phase switches and every few seconds (`perforate.progress`);
     ``False``: nothing.
+
+    Under torchrun, pass the `DistributedDataParallel`-wrapped model and loaders with a
+    `DistributedSampler`: training runs through ``tracker.train_module``, each sampler gets
+    ``set_epoch``, and each rank scores its own validation loader (the tracker averages the
+    scores); see ``docs/distributed.md``.
     """
     if tracker is None:
         if optimizer_factory is None:
@@ -111,7 +124,7 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
                                  "['scheduler_interval'] differ")
             kwargs["scheduler_interval"] = scheduler_interval
         tracker = Tracker(model, optimizer_factory, scheduler_factory, **kwargs)
-    elif tracker.model is not model:
+    elif tracker.model is not getattr(model, "module", model):
         raise ValueError("fit(): tracker.model is not the model given (after pf.resume, pass "
                          "tracker.model)")
     if not callable(loss_fn) or (metric is not None and not callable(metric)):
@@ -122,6 +135,7 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
         generators += [getattr(loader, "generator", None),
                        getattr(getattr(loader, "sampler", None), "generator", None)]
     tracker.track_generators(*generators)
+    model = tracker.model  # unwrapped; a DDP wrapper is `tracker.train_module`
     device = next(model.parameters()).device
 
     shown = make_progress(progress, total=tracker.schedule.max_epochs, initial=tracker.epoch)
@@ -129,6 +143,8 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
         while not tracker.done:
             dendrite = model.phase == DENDRITE
             optimizer = tracker.optimizer
+            net = tracker.train_module
+            _set_epoch(loaders, tracker.epoch)
             model.train()
             outs: list[Tensor] = []
             ys: list[Tensor] = []
@@ -138,7 +154,7 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
                 x, y = _split(batch)
                 x, y = _to(x, device), _to(y, device)
                 optimizer.zero_grad(set_to_none=True)
-                out = _call(model, x)
+                out = _call(net, x)
                 loss = loss_fn(out, y)
                 loss.backward()
                 optimizer.step()
@@ -182,8 +198,8 @@ def fit(model: PerforatedModel, train_loader: Iterable[Any], val_loader: Iterabl
                 cuda = [device] if device.type == "cuda" else []
                 with torch.random.fork_rng(devices=cuda):
                     outputs, targets = predict(model, val_loader, device)
-                tracker.dendrite_phases[-1]["val_at_install"] = (decision_metric or metric)(
-                    outputs, targets)
+                tracker.dendrite_phases[-1]["val_at_install"] = tracker.mean_score(
+                    (decision_metric or metric)(outputs, targets))
             shown.end_epoch(decision.epoch, decision.phase, decision.dendrites,
                             tracker.history[-1]["val"])
             if on_epoch_end is not None:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .candidates import EpochReport
 from .config import PerforationConfig
+from .distributed import DistributedSync
 from .errors import PhaseError
 from .layers import CompositeLayer, DendriteLayer, WrapperRegistry, default_registry
 from .layers.composite import top_wrappers
@@ -59,6 +60,7 @@ class PerforatedModel(nn.Module):
         self._requires_grad: dict[str, bool] = {}
         self._norm_state: dict[str, tuple[float | None, Tensor]] = {}
         self._optimizer: torch.optim.Optimizer | None = None
+        self._sync: DistributedSync | None = None
         logger.info("perforated %d layer(s): %s", len(self.dendrite_layers()),
                     ", ".join(self.dendrite_layers()))
 
@@ -149,11 +151,27 @@ class PerforatedModel(nn.Module):
             generator = torch.Generator().manual_seed(seed)
         params = []
         for layer in self.dendrite_layers().values():
-            params += list(layer.begin_candidates(generator).parameters())
+            pool = layer.begin_candidates(generator)
+            params += list(pool.parameters())
+            if self._sync is not None:  # rank 0's draw everywhere; global-batch statistics
+                pool.sync = self._sync
+                self._sync.broadcast_([*pool.parameters(), *pool.buffers()])
         self._optimizer = self._make_optimizer(params)
+        if self._sync is not None:
+            sync = self._sync
+            self._optimizer.register_step_pre_hook(lambda opt, *_: sync.sum_grads(
+                [p for group in opt.param_groups for p in group["params"]]))
         self._phase = DENDRITE
         logger.info("dendrite phase %d: %d candidate(s) per layer", self.num_dendrites + 1,
                     self.config.candidates)
+
+    def set_distributed(self, sync: DistributedSync | None) -> None:
+        """Reduce the dendrite phases across ranks (`perforate.distributed`; `pf.Tracker`
+        calls this for a DDP model): candidates drawn on rank 0, statistics of the global
+        batch, candidate gradients summed before their optimizer steps."""
+        if self._phase == DENDRITE:
+            raise PhaseError("set_distributed() needs the neuron phase")
+        self._sync = sync
 
     def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,

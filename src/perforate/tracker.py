@@ -35,6 +35,15 @@ from torch import nn
 
 from . import artifacts
 from ._extras import available, require
+from .distributed import (
+    DistributedSync,
+    Wrap,
+    check_not_sharded,
+    is_ddp,
+    retire,
+    rewrap,
+    wrap_like,
+)
 from .errors import LoadError, PhaseError
 from .model import DENDRITE, NEURON, PerforatedModel
 from .rebuild import rebuild
@@ -105,9 +114,15 @@ class Tracker:
     ``net_factory`` ("module:function" that builds the network, recorded for the CLI),
     ``scheduler_interval`` ("epoch": `step` steps the scheduler; "batch": `batch_step` does,
     after every neuron-phase optimizer step).
+
+    Distributed (``docs/distributed.md``): `model` may be a `DistributedDataParallel` around the
+    `PerforatedModel` (a template: rebuilt after every restructure), or pass the model and
+    ``wrap`` (``PerforatedModel -> nn.Module``, e.g. ``lambda m: DDP(m, device_ids=[i])``).
+    Then train with `train_module`; candidate statistics, candidate gradients and the scores
+    given to `step` (their mean) are reduced across ranks, and only rank 0 writes files.
     """
 
-    def __init__(self, model: PerforatedModel, optimizer_factory: OptimizerFactory,
+    def __init__(self, model: PerforatedModel | nn.Module, optimizer_factory: OptimizerFactory,
                  scheduler_factory: SchedulerFactory | None = None, *, mode: str = "max",
                  neuron_patience: int = 25, dendrite_patience: int = 3,
                  max_dendrite_epochs: int = 25, max_dendrites: int | None = None,
@@ -116,7 +131,15 @@ class Tracker:
                  max_epochs: int | None = None, out_dir: str | Path | None = None,
                  checkpoint_every: int | None = None, plot: bool | None = None,
                  net_factory: str | None = None, scheduler_interval: str = "epoch",
-                 dendrite_tries: int = 1, plateau: str = "max") -> None:
+                 dendrite_tries: int = 1, plateau: str = "max",
+                 wrap: Wrap | None = None) -> None:
+        check_not_sharded(model)
+        group = None
+        if is_ddp(model):  # a template: rebuilt at once and after every restructure
+            wrap = wrap or wrap_like(model)  # type: ignore[arg-type]
+            group = model.process_group
+            retire(model)
+            model = model.module
         if not isinstance(model, PerforatedModel):
             raise TypeError(f"Tracker needs a PerforatedModel (pf.perforate(net)), got "
                             f"{type(model).__name__}")
@@ -133,6 +156,13 @@ class Tracker:
             raise ValueError(f"net_factory must be a 'module:function' string, got "
                              f"{net_factory!r}")
         self.model = model
+        """The `PerforatedModel` (unwrapped). Train with `train_module`."""
+        self.wrap = wrap
+        self.sync = DistributedSync(group) if wrap is not None else None
+        """The collectives of a distributed run (None on one process)."""
+        model.set_distributed(self.sync)
+        self._wrapped: nn.Module = model
+        self._rewrap()
         self.optimization = Optimization(optimizer_factory, scheduler_factory,
                                          scheduler_interval)
         """The optimizer and scheduler of the next epoch (`perforate.training.optimizers`)."""
@@ -158,6 +188,31 @@ class Tracker:
         self._last_time = time.perf_counter()
 
     # ----------------------------------------------------------------------------- queries
+    @property
+    def train_module(self) -> nn.Module:
+        """The module to call in the training loop this epoch: the `DistributedDataParallel`
+        wrapper of `model` in a distributed neuron phase (rebuilt after every restructure),
+        else `model` itself (a dendrite phase reduces its own statistics and gradients)."""
+        return self._wrapped
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 and on a single process: the rank that writes files."""
+        return self.sync is None or self.sync.is_main
+
+    def _rewrap(self) -> None:
+        if self.wrap is None:
+            return
+        retire(self._wrapped)
+        self._wrapped = self.model if self.model.phase == DENDRITE else rewrap(
+            self.model, self.wrap)
+
+    def mean_score(self, value: float) -> float:
+        """`value` averaged across ranks (itself on one process)."""
+        if self.sync is None:
+            return float(value)
+        return self.sync.mean_scores([float(value)])[0][0]  # type: ignore[return-value]
+
     @property
     def optimizer(self) -> torch.optim.Optimizer:
         """The optimizer to train the next epoch with (the candidates' in a dendrite phase)."""
@@ -308,6 +363,13 @@ class Tracker:
                   "val": opt_float("val_score", val_score),
                   "test": opt_float("test_score", test_score)}
         extras = self.records.check_extra(extra)
+        if self.sync is not None:  # every rank decides on the same (mean) scores
+            names = [*scores, *extras]
+            means, (seconds,) = self.sync.mean_scores(
+                [*scores.values(), *extras.values()], [seconds])
+            merged = dict(zip(names, means, strict=True))
+            scores = {k: merged[k] for k in scores}
+            extras = {k: merged[k] for k in extras}
         phase, cycle, dendrites = self.model.phase, self.schedule.cycle, self.model.num_dendrites
         lr = self.optimization.lr
         corr = None
@@ -354,6 +416,8 @@ class Tracker:
             logger.info("epoch %d: %s (%s); %d dendrite set(s), %d parameters",
                         self.schedule.epoch, event, decision.reason, self.model.num_dendrites,
                         self.records.params)
+        if restructured:
+            self._rewrap()
         self._write(final=event == STOP, switch=restructured)
         self._last_time = time.perf_counter()
         return Decision(phase=self.model.phase, restructured=restructured, done=self.done,
@@ -422,7 +486,7 @@ class Tracker:
 
     # --------------------------------------------------------------------------- output
     def _write(self, *, final: bool, switch: bool) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or not self.is_main:
             return
         every = self.checkpoint_every
         periodic = every is not None and self.epoch % every == 0
@@ -488,6 +552,7 @@ class Tracker:
         self.records.load_state_dict(state, self.model.count_parameters())
         if restore_rng and state.get("rng") is not None:
             self.rng.restore(state["rng"])
+        self._rewrap()
         self._last_time = time.perf_counter()
 
     def save_checkpoint(self, directory: str | Path) -> Path:

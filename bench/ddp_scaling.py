@@ -1,0 +1,122 @@
+"""Epochs per second of a neuron and a dendrite epoch of the MNIST-example CNN under DDP on
+CPU processes (gloo), and what the dendrite phase's all-reduces cost at each world size.
+
+Strong scaling: the global epoch (``--samples``, global batch ``--batch``) is split across
+the ranks. Rows per world size: the neuron epoch (DDP), the dendrite epoch with the candidate
+reductions of `perforate.distributed`, and the same dendrite epoch without them (each rank
+alone: the reductions' cost is the difference). One thread per rank. Prints a table and writes
+``bench/results/ddp_scaling.json``.
+
+    python bench/ddp_scaling.py [--ranks 1 2 4] [--samples 1024] [--batch 64] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from mnist_net import MnistNet, load_data
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import perforate as pf
+from perforate.distributed import DistributedSync, rewrap
+
+
+def _epoch(module: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+           batch: int) -> float:
+    start = time.perf_counter()
+    for i in range(0, len(x), batch):
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(module(x[i:i + batch]), y[i:i + batch]).backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+def _model() -> pf.PerforatedModel:
+    torch.manual_seed(0)
+    return pf.perforate(MnistNet(), pf.PerforationConfig.paper(seed=0, candidates=4))
+
+
+def _best(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    return min(fn() for _ in range(repeats))
+
+
+def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world)
+    x, y, _ = load_data(args.samples)
+    x, y = x.chunk(world)[rank], y.chunk(world)[rank]
+    local = args.batch // world
+    times = {}
+    model = _model()
+    train = rewrap(model, DDP) if world > 1 else model
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3)
+    times["neuron"] = _best(lambda: _epoch(train, opt, x, y, local), args.repeats)
+    for name, synced in (("dendrite", True), ("dendrite_no_reduce", False)):
+        if name == "dendrite_no_reduce" and world == 1:
+            continue
+        model = _model()
+        model.set_distributed(DistributedSync() if synced and world > 1 else None)
+        model.begin_dendrite_phase()
+        times[name] = _best(lambda m=model: _epoch(m, m.candidate_optimizer(), x, y, local),
+                            args.repeats)
+    if rank == 0:
+        Path(out).write_text(json.dumps(times))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for world in args.ranks:
+            out = str(Path(tmp) / f"w{world}.json")
+            mp.spawn(_worker, args=(world, _free_port(), args, out), nprocs=world, join=True)
+            times = json.loads(Path(out).read_text())
+            row = {"ranks": world, **{f"{k}_epochs_per_s": 1 / v for k, v in times.items()}}
+            if "dendrite_no_reduce" in times:
+                row["reduce_overhead"] = times["dendrite"] / times["dendrite_no_reduce"] - 1
+            rows.append(row)
+    print(f"{'ranks':>5} {'neuron ep/s':>12} {'dendrite ep/s':>14} {'no-reduce ep/s':>15} "
+          f"{'reduce cost':>12}")
+    for r in rows:
+        nr = r.get("dendrite_no_reduce_epochs_per_s")
+        cost = r.get("reduce_overhead")
+        print(f"{r['ranks']:>5} {r['neuron_epochs_per_s']:>12.3f} "
+              f"{r['dendrite_epochs_per_s']:>14.3f} "
+              f"{'-' if nr is None else f'{nr:.3f}':>15} "
+              f"{'-' if cost is None else f'{cost:+.1%}':>12}")
+    result = {"samples": args.samples, "batch": args.batch, "repeats": args.repeats,
+              "cpu": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "rows": rows}
+    path = Path(__file__).parent / "results" / "ddp_scaling.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

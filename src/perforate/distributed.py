@@ -1,0 +1,143 @@
+"""Data-parallel training (``torchrun`` + `DistributedDataParallel`), correct by construction.
+
+What each rank holds is identical after every step, because everything a decision or an
+install reads is reduced across ranks (see ``docs/distributed.md``):
+
+- neuron phase: DDP averages the gradients; the DDP wrapper is rebuilt after every
+  restructure (its reducer binds parameter sizes when it is built), and empty parameters (a
+  layer's dendrite parameters before its first set) are left out of it, so no rank waits for
+  a gradient that never comes;
+- dendrite phase: no DDP (the network is frozen); candidates are broadcast from rank 0 when
+  drawn, each batch's correlation sums are summed across ranks inside the backward (so the
+  epoch's statistics, the running ones and each position's candidate gradient are those of
+  the global batch), and the candidates' gradients are summed before their optimizer steps;
+- scores given to ``Tracker.step`` are averaged across ranks (one all-reduce per epoch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+Wrap = Callable[[nn.Module], nn.Module]
+"""``wrap(perforated_model) -> module to train with`` (e.g. a `DistributedDataParallel`)."""
+
+
+class DistributedSync:
+    """Collectives over one process group: sums, broadcasts from rank 0, score means."""
+
+    def __init__(self, group: Any = None) -> None:
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("a DistributedDataParallel model needs an initialised process "
+                               "group (torch.distributed.init_process_group, or torchrun)")
+        self.group = group
+        self.world = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+        nccl = dist.get_backend(group) == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if nccl \
+            else torch.device("cpu")
+        """Where host values (scores) are reduced: NCCL reduces CUDA tensors only."""
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that writes artifacts and checkpoints."""
+        return self.rank == 0
+
+    def sum_(self, tensors: Sequence[Tensor]) -> None:
+        """Sum `tensors` across ranks in place (one flat all-reduce per dtype)."""
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.all_reduce(flat, group=self.group)
+            for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
+                t.copy_(part.view_as(t))
+
+    def broadcast_(self, tensors: Sequence[Tensor]) -> None:
+        """Copy rank 0's values of `tensors` to every rank (in place)."""
+        with torch.no_grad():
+            for t in tensors:
+                dist.broadcast(t.data, src=dist.get_global_rank(self.group, 0)
+                               if self.group is not None else 0, group=self.group)
+
+    def sum_grads(self, params: Sequence[nn.Parameter]) -> None:
+        """Sum the gradients of `params` across ranks (a candidate optimizer's step hook)."""
+        for p in params:  # a rank whose batch reached no candidate adds zeros
+            if p.grad is None and p.requires_grad and p.numel():
+                p.grad = torch.zeros_like(p)
+        self.sum_([p.grad for p in params if p.grad is not None and p.numel()])
+
+    def mean_scores(self, values: Sequence[float | None], main_only: Sequence[float] = (),
+                    ) -> tuple[list[float | None], list[float]]:
+        """The mean across ranks of each score (None stays None: it must be None on every
+        rank), and rank 0's value of each of `main_only` (e.g. the epoch's seconds)."""
+        present = [v for v in values if v is not None]
+        buf = torch.tensor([*present, *main_only], dtype=torch.float64, device=self.device)
+        buf[len(present):] *= float(self.is_main)
+        dist.all_reduce(buf, group=self.group)
+        means = iter((buf[:len(present)] / self.world).tolist())
+        return ([None if v is None else next(means) for v in values],
+                buf[len(present):].tolist())
+
+
+def is_ddp(model: nn.Module) -> bool:
+    return isinstance(model, DistributedDataParallel)
+
+
+def check_not_sharded(model: nn.Module) -> None:
+    """FSDP shards parameters, so dendrite layers cannot resize them: a clear error."""
+    names = {cls.__name__ for cls in type(model).__mro__}
+    if names & {"FullyShardedDataParallel", "FSDPModule"}:
+        raise TypeError("perforate does not support FSDP (it shards the parameters that an "
+                        "install resizes); use DistributedDataParallel, see "
+                        "docs/distributed.md")
+
+
+def wrap_like(ddp: DistributedDataParallel) -> Wrap:
+    """A `Wrap` that builds a new DDP with the settings of `ddp` (devices, buffers, group)."""
+    kwargs = {"device_ids": ddp.device_ids, "output_device": ddp.output_device,
+              "process_group": ddp.process_group,
+              "find_unused_parameters": ddp.find_unused_parameters,
+              "gradient_as_bucket_view": ddp.gradient_as_bucket_view,
+              "bucket_cap_mb": ddp.bucket_bytes_cap / (1024 * 1024)}
+    if not ddp.broadcast_buffers:
+        kwargs["broadcast_buffers"] = False
+
+    def wrap(module: nn.Module) -> nn.Module:
+        return DistributedDataParallel(module, **kwargs)
+
+    return wrap
+
+
+def unused_parameters(module: nn.Module) -> list[str]:
+    """Names of the parameters no forward uses, so no backward gives them a gradient: empty
+    ones (dendrite parameters before the first set) and the cascade weights of a layer with
+    one set (``C[j, i]`` is used for ``i < j`` only)."""
+    names = [n for n, p in module.named_parameters() if p.numel() == 0]
+    for name, m in module.named_modules():
+        cascade = getattr(m, "cascade_weight", None)
+        if isinstance(cascade, nn.Parameter) and 0 < cascade.shape[0] < 2:
+            names.append(f"{name}.cascade_weight" if name else "cascade_weight")
+    return names
+
+
+def rewrap(module: nn.Module, wrap: Wrap) -> nn.Module:
+    """``wrap(module)`` with the `unused_parameters` left out of DDP, so that no rank waits
+    for their gradients ("Expected to have finished reduction") and no
+    ``find_unused_parameters`` (an extra graph traversal per step) is needed."""
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        module, unused_parameters(module))
+    return wrap(module)
+
+
+def retire(wrapper: nn.Module) -> None:
+    """Detach an old DDP wrapper's gradient hooks from the parameters it shares with the
+    new one (a reference kept elsewhere would otherwise still reduce into it)."""
+    if is_ddp(wrapper):
+        wrapper._remove_autograd_hooks()  # type: ignore[operator]

@@ -1,0 +1,220 @@
+"""DDP on CPU (gloo, 2 processes): every rank ends bitwise identical, and equal to one process
+on the concatenated batches, through a dendrite phase (paper) and a growth (default)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+import perforate as pf
+from perforate.distributed import check_not_sharded
+
+WORLD, LOCAL_BATCH, BATCHES, EPOCHS = 2, 8, 3, 9
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    n = WORLD * LOCAL_BATCH * BATCHES
+    x, xv = torch.randn(n, 5, generator=g), torch.randn(WORLD * 16, 5, generator=g)
+    target = lambda t: torch.sin(2 * t[:, :2]) + t[:, 2:4] * t[:, 4:]  # noqa: E731
+    return x, target(x), xv, target(xv)
+
+
+def _config(kind: str) -> pf.PerforationConfig:
+    if kind == "paper":
+        return pf.PerforationConfig.paper(seed=0, candidates=4)
+    if kind == "correlation":  # a second reduction (the variance); a scale-dependent install
+        return pf.PerforationConfig.paper(seed=0, candidates=4, objective="correlation",
+                                          output_init="least_squares")
+    return pf.PerforationConfig(seed=0)
+
+
+def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
+    """Train through neuron -> dendrite/grow -> install -> neuron; `world` ranks each see their
+    share of every batch (world=1: the whole batch) and score their own validation shard."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 2))
+    model = pf.perforate(net, _config(kind))
+    wrapped = DDP(model) if world > 1 else model
+    tracker = pf.Tracker(wrapped, lambda p: torch.optim.Adam(p, 1e-2), neuron_patience=2,
+                         dendrite_patience=2, max_dendrite_epochs=3, max_epochs=EPOCHS,
+                         improvement_threshold=10.0, plot=False)
+    x, y, xv, yv = _data()
+    installed = None
+    while not tracker.done:
+        for b in range(BATCHES):
+            rows = slice(b * WORLD * LOCAL_BATCH, (b + 1) * WORLD * LOCAL_BATCH)
+            xb, yb = x[rows], y[rows]
+            if world > 1:
+                xb, yb = xb.chunk(world)[rank], yb.chunk(world)[rank]
+            tracker.optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.mse_loss(tracker.train_module(xb), yb)
+            loss.backward()
+            tracker.optimizer.step()
+        val = None
+        if tracker.phase == "neuron":
+            with torch.no_grad():  # each rank its own shard; one process: the shards' mean
+                shards = [-float(nn.functional.mse_loss(model(a), t))
+                          for a, t in zip(xv.chunk(WORLD), yv.chunk(WORLD), strict=True)]
+            val = shards[rank] if world > 1 else sum(shards) / WORLD
+        decision = tracker.step(val)
+        if decision.event in ("install", "grow") and decision.phase == "neuron":
+            installed = {k: v.clone() for k, v in model.state_dict().items()}
+    history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.history]
+    return {"history": history, "installed": installed, "final": model.state_dict(),
+            "events": [r["event"] for r in tracker.history]}
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(epoch: int) -> Any:
+    def on_epoch_end(tracker: pf.Tracker, decision: Any) -> None:
+        if decision.epoch == epoch:
+            raise _Killed
+
+    return on_epoch_end
+
+
+def _fit(rank: int, world: int, out: Path, resume: Path | None = None,
+         kill_at: int | None = None) -> dict[str, Any]:
+    """`pf.fit` with DistributedSamplers (world > 1) or plain loaders of the global batch;
+    `kill_at`: stop after that epoch; `resume`: continue from that run's checkpoint."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 2))
+    factory = lambda p: torch.optim.Adam(p, 1e-2)  # noqa: E731
+    tracker = None
+    if resume is None:
+        model = pf.perforate(net, _config("paper"))
+    else:
+        tracker = pf.resume(resume, net, factory, wrap=DDP if world > 1 else None)
+        model = tracker.model
+    x, y, xv, yv = _data()
+    sets = [TensorDataset(x, y), TensorDataset(xv, yv)]
+    if world > 1:
+        loaders = [DataLoader(d, LOCAL_BATCH, sampler=DistributedSampler(d, shuffle=False))
+                   for d in sets]
+    else:
+        loaders = [DataLoader(d, LOCAL_BATCH * WORLD) for d in sets]
+    tracker = pf.fit(DDP(model) if world > 1 and tracker is None else model, *loaders,
+                     nn.functional.mse_loss, factory, progress=False, tracker=tracker,
+                     on_epoch_end=None if kill_at is None else _kill_at(kill_at),
+                     tracker_kwargs={"neuron_patience": 2, "dendrite_patience": 2,
+                                     "max_dendrite_epochs": 3, "max_epochs": EPOCHS,
+                                     "improvement_threshold": 10.0, "plot": False,
+                                     "out_dir": out, "checkpoint_every": 1})
+    history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.history]
+    return {"history": history, "final": model.state_dict(),
+            "phases": tracker.dendrite_phases}
+
+
+def _worker(rank: int, kind: str, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD)
+    try:
+        if kind == "resume":  # killed in the dendrite phase, resumed from rank 0's files
+            with pytest.raises(_Killed):
+                _fit(rank, WORLD, Path(out) / f"killed{rank}", kill_at=4)
+            dist.barrier()  # rank 0's checkpoint is written
+            result = _fit(rank, WORLD, Path(out) / "unused", resume=Path(out) / "killed0")
+        elif kind == "fit":
+            result = _fit(rank, WORLD, Path(out) / f"run{rank}")
+        else:
+            result = _run(kind, rank, WORLD)
+        torch.save(result, Path(out) / f"{kind}{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["paper", "correlation", "default"])
+def test_ranks_identical_and_equal_to_one_process(kind: str, tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(kind, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"{kind}{r}.pt", weights_only=False) for r in range(WORLD)]
+    single = _run(kind, 0, 1)
+    assert ranks[0]["installed"] is not None, ranks[0]["events"]
+    assert ranks[0]["history"] == ranks[1]["history"]
+    for key in ("installed", "final"):
+        a, b, s = ranks[0][key], ranks[1][key], single[key]
+        assert a.keys() == b.keys() == s.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+            torch.testing.assert_close(a[name], s[name], rtol=1e-5, atol=1e-5)
+    assert ranks[0]["events"] == single["events"]
+    for r, s in zip(ranks[0]["history"], single["history"], strict=True):
+        for col in ("val", "corr"):
+            if r[col] is not None:
+                assert r[col] == pytest.approx(s[col], rel=1e-5, abs=1e-6), (col, r, s)
+
+
+def test_fit_under_ddp_matches_one_process_rank0_writes_and_resumes(tmp_path: Path) -> None:
+    for kind in ("fit", "resume"):
+        mp.spawn(_worker, args=(kind, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"fit{r}.pt", weights_only=False) for r in range(WORLD)]
+    resumed = [torch.load(tmp_path / f"resume{r}.pt", weights_only=False) for r in range(WORLD)]
+    single = _fit(0, 1, tmp_path / "single")
+    for r in resumed:  # a kill and resume changes nothing
+        assert r["history"] == ranks[0]["history"]
+        for name, value in ranks[0]["final"].items():
+            assert torch.equal(value, r["final"][name]), name
+    assert ranks[0]["history"] == ranks[1]["history"]
+    assert ranks[0]["phases"] == ranks[1]["phases"] and len(ranks[0]["phases"]) == 1
+    assert [r["phase"] for r in ranks[0]["history"]].count("dendrite") >= 1
+    for name, value in ranks[0]["final"].items():
+        assert torch.equal(value, ranks[1]["final"][name]), name
+        torch.testing.assert_close(value, single["final"][name], rtol=1e-5, atol=1e-5)
+    for r, s in zip(ranks[0]["history"], single["history"], strict=True):
+        assert r["event"] == s["event"]
+        assert r["val"] == pytest.approx(s["val"], rel=1e-5), (r, s)
+    assert (tmp_path / "run0" / "history.csv").is_file()
+    assert (tmp_path / "run0" / "checkpoint" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "run1").exists()  # only rank 0 writes
+
+
+def test_fsdp_is_refused_clearly() -> None:
+    class FullyShardedDataParallel(nn.Module):  # stands in for torch's (needs a process group)
+        pass
+
+    with pytest.raises(TypeError, match="FSDP"):
+        check_not_sharded(FullyShardedDataParallel())
+    with pytest.raises(TypeError, match="FSDP"):
+        pf.Tracker(FullyShardedDataParallel(), lambda p: torch.optim.SGD(p, 0.1))
+
+
+def test_unused_parameters_are_the_empty_ones_and_a_single_sets_cascade() -> None:
+    from perforate.distributed import unused_parameters
+
+    model = pf.perforate(nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)),
+                         _config("default"))
+    names = unused_parameters(model)
+    assert sorted(names) == sorted(f"net.{i}.{p}" for i in (0, 2) for p in (
+        "dendrite_weight", "dendrite_bias", "cascade_weight", "output_weight"))
+    model.grow()
+    assert sorted(unused_parameters(model)) == ["net.0.cascade_weight", "net.2.cascade_weight"]
+    model.grow()
+    assert unused_parameters(model) == []
+
+
+def test_one_process_trains_the_model_itself() -> None:
+    model = pf.perforate(nn.Sequential(nn.Linear(5, 4)), _config("paper"))
+    tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, 0.1))
+    assert tracker.train_module is model and tracker.sync is None and tracker.is_main
+    assert tracker.mean_score(0.25) == 0.25
+    with pytest.raises(RuntimeError, match="process group"):
+        pf.Tracker(model, lambda p: torch.optim.SGD(p, 0.1), wrap=DDP)

@@ -200,3 +200,28 @@ def test_candidate_optimizer_is_multi_tensor_on_cpu_with_the_same_steps(name, kw
         flat[bool(extra)] = torch.cat([p.detach().flatten() for g in opt.param_groups
                                        for p in g["params"]])
     assert torch.equal(flat[False], flat[True])
+
+
+class _RecurrentAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(5, 6, batch_first=True)
+        self.mha = nn.MultiheadAttention(6, 2, batch_first=True)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.rnn(x)[0]
+        return self.fc(self.mha(h, h, h)[0])
+
+
+@pytest.mark.parametrize("preset", ["default", "paper"])
+def test_a_plain_checkpoint_of_recurrent_and_attention_layers_loads(preset):
+    torch.manual_seed(4)
+    plain = _RecurrentAttention()
+    config = pf.PerforationConfig() if preset == "default" else pf.PerforationConfig.paper()
+    model = pf.perforate(_RecurrentAttention(), config)
+    model.load_state_dict(plain.state_dict())  # strict: every key placed, nothing missing
+    x = torch.randn(2, 4, 5)
+    torch.testing.assert_close(model(x), plain(x))
+    assert set(model.structure()) == {"rnn", "mha.q_proj", "mha.k_proj", "mha.v_proj",
+                                      "mha.out_proj", "fc"} and model.num_dendrites == 0

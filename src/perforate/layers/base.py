@@ -271,8 +271,8 @@ class DendriteLayer(nn.Module):
             state_dict[prefix + "dendrite_alive"] = torch.ones_like(incoming)
         if incoming is not None and incoming.shape[0] != self.num_dendrites:
             self.resize(incoming.shape[0])
-        elif incoming is None and self.num_dendrites == 0 and \
-                f"{prefix}base_layer.weight" in state_dict:
+        elif incoming is None and self.num_dendrites == 0 and any(
+                k.startswith(f"{prefix}base_layer.") for k in state_dict):
             for name, value in self._dendrite_state().items():  # a plain layer's checkpoint
                 state_dict.setdefault(prefix + name, value)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -10,6 +10,7 @@ own, named ``<wrapper>.<projection>``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -33,6 +34,21 @@ class CompositeLayer(nn.Module):
         """True if any projection has installed dendrites or attached candidates."""
         return any(p.num_dendrites or p.candidates is not None
                    for p in self.projections().values())
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any, **kwargs: Any) -> None:
+        """Also take the plain module's own state (a checkpoint from before `perforate`): its
+        keys go to ``base_layer`` and the projections keep no dendrites."""
+        plain = [key for key in self.base_layer.state_dict()
+                 if prefix + key in state_dict and f"{prefix}base_layer.{key}" not in state_dict]
+        for key in plain:
+            state_dict[f"{prefix}base_layer.{key}"] = state_dict.pop(prefix + key)
+        if plain:
+            for name, layer in self.projections().items():
+                if layer.num_dendrites == 0:
+                    for key, value in layer._dendrite_state().items():
+                        state_dict.setdefault(f"{prefix}{name}.{key}", value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def export(self, export_layer: Callable[[DendriteLayer], nn.Module]) -> nn.Module:
         """A plain module computing what this wrapper computes; `export_layer` exports one

@@ -14,7 +14,7 @@ from typing import Any
 from perforate.atomic import atomic_write_text
 
 from .figures import plot_error_reduction_boxes, plot_first_vs_final, plot_params_vs_score
-from .frontier import frontier_section, plot_frontier
+from .frontier import by_width, frontier_section, plot_frontier
 from .markdown import (
     NA,
     flatten,
@@ -381,7 +381,7 @@ def _section(group: Group, figures_dir: Path, page_dir: Path,
     if g.experiment == "frontier":
         figure = None
         if any(r["variant"] == "plain" for r in g.rows):
-            path = plot_frontier_figure(g, figures_dir)
+            path = plot_frontier(by_width(g.rows), figures_dir / f"{g.slug}-params-vs-test.png")
             figure = Path(os.path.relpath(path, page_dir))
         return [*lines, *frontier_section(g, figure), *_failures_section(failures)]
     combos = g.combos()
@@ -412,12 +412,6 @@ def _section(group: Group, figures_dir: Path, page_dir: Path,
     lines += _failures_section(failures)
     lines += _figures(g, labelled, combos, figures_dir, page_dir)
     return lines
-
-
-def plot_frontier_figure(g: Group, figures_dir: Path) -> Path:
-    from .frontier import by_width
-
-    return plot_frontier(by_width(g.rows), figures_dir / f"{g.slug}-params-vs-test.png")
 
 
 def _figures(g: Group, labelled: Sequence[tuple[str, dict[str, list[Row]]]],

@@ -9,8 +9,9 @@ Variants are configurations, not forks (algorithm.md, Figure 7 and "Controls"):
 ``pb-paper``       the paper's literal choices (`PerforationConfig.paper(literal=True)`:
                    running centering, no error scaling)
 ``restart``        restart control: the same controller and schedule, dendrites disabled
-``width``          width control: the plain network widened to PB's final parameter count
+``width``          width control: the plain network widened to ``pb``'s final parameter count
                    (same seed), trained with the restart controller
+``width-cc``       the same, matched to ``pb-cc``'s final parameter count
 ``pb-head``        ``pb-cc`` with dendrites on the output layer only
 ``pb-backbone``    ``pb-cc`` with dendrites on every layer but the output layer
 ``cc-no-perf``     ``pb-cc`` without perforation
@@ -31,12 +32,18 @@ from torch import nn
 
 from perforate.config import PAPER, PAPER_LITERAL
 
+#: Variants without dendrites (the controls and the frontier's plain network).
+PLAIN_VARIANTS = ("restart", "width", "width-cc", "plain")
+#: Width controls and the PB variant whose final parameter count each one matches.
+WIDTH_CONTROLS = {"width": "pb", "width-cc": "pb-cc"}
+
 VARIANTS: dict[str, str] = {
     "pb": "PB (library defaults)",
     "pb-cc": "PB, the paper's algorithm (Cascade-Correlation, frozen dendrites)",
     "pb-paper": "PB, the paper's literal choices (running centering, no error scaling)",
     "restart": "restart control (same controller, no dendrites)",
     "width": "width control (plain net widened to PB's final parameter count)",
+    "width-cc": "width control matched to pb-cc's final parameter count",
     "pb-head": "PB only head",
     "pb-backbone": "PB only backbone",
     "cc-no-perf": "CC no perforation",
@@ -53,7 +60,7 @@ def paper_fields(**changes: Any) -> dict[str, Any]:
 
 def config_overrides(variant: str, head: str) -> dict[str, Any]:
     """PerforationConfig fields of a variant (`head` = qualified name of the output layer)."""
-    if variant in ("pb", "restart", "width", "plain"):
+    if variant in ("pb", *PLAIN_VARIANTS):
         return {}
     if variant == "pb-paper":
         return paper_fields(**PAPER_LITERAL)

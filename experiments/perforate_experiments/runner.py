@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .base import WIDTH_CONTROLS
 from .registry import get_experiment
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,10 @@ def read_result(path: Path) -> dict[str, Any]:
 
 
 def _ordered(variants: Sequence[str]) -> list[str]:
-    """The width control needs PB's result of the same seed: PB first, width last."""
-    return sorted(variants, key=lambda v: {"pb": 0, "width": 2}.get(v, 1))
+    """A width control needs its PB variant's result of the same seed: those first, width
+    controls last."""
+    first = set(WIDTH_CONTROLS.values())
+    return sorted(variants, key=lambda v: 0 if v in first else 2 if v in WIDTH_CONTROLS else 1)
 
 
 def plan(name: str, seeds: Iterable[int], variants: Sequence[str] | None, quick: bool,

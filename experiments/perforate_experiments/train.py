@@ -21,7 +21,7 @@ from perforate.fit import fit, predict
 from perforate.metrics import metric_name
 from perforate.model import perforate
 
-from .base import Experiment, Setup
+from .base import PLAIN_VARIANTS, WIDTH_CONTROLS, Experiment, Setup
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +94,11 @@ def run_one(experiment: Experiment, variant: str, seed: int, *, quick: bool = Fa
     seed_everything(seed)
     setup: Setup = experiment.setup(seed=seed, quick=quick, **options)
     width = setup.width
-    if variant == "width":
+    if variant in WIDTH_CONTROLS:
         if lookup is None:
-            raise ValueError("the width control needs the PB result of the same seed")
-        target = int(lookup("pb", seed)["final_params"])
+            raise ValueError(f"the width control {variant!r} needs the "
+                             f"{WIDTH_CONTROLS[variant]!r} result of the same seed")
+        target = int(lookup(WIDTH_CONTROLS[variant], seed)["final_params"])
         width = match_width(setup.make_net, target, base=setup.width)
     seed_everything(seed)
     net = setup.make_net(width).to(device)
@@ -105,7 +106,7 @@ def run_one(experiment: Experiment, variant: str, seed: int, *, quick: bool = Fa
     config = PerforationConfig(seed=seed, **{**setup.config, **config_fields})
     model = perforate(net, config)
     tracker_kwargs = {**setup.tracker_kwargs, **tracker_fields}
-    if variant in ("restart", "width", "plain"):
+    if variant in PLAIN_VARIANTS:
         tracker_kwargs["add_dendrites"] = False
     if variant == "plain":  # one cycle
         tracker_kwargs.update(max_dendrites=0, min_dendrites=0)

@@ -27,15 +27,17 @@ def test_registry_has_the_six_experiments() -> None:
     assert set(experiments()) == {"fashion-mnist", "ablation", "tox21", "physionet", "timing",
                                   "frontier"}
     assert get_experiment("ablation").variants == (
-        "pb", "pb-head", "pb-backbone", "cc-no-perf", "gd", "restart", "width")
+        "pb", "pb-cc", "pb-head", "pb-backbone", "cc-no-perf", "gd", "restart", "width",
+        "width-cc")
     with pytest.raises(ValueError, match="unknown experiment"):
         get_experiment("emnist")
 
 
 def test_plan_orders_pb_before_width_and_names_files(tmp_path: Path) -> None:
-    runs = runner.plan("fashion-mnist", [0], ["width", "restart", "pb"], True, tmp_path)
-    assert [r[0] for r in runs] == ["pb", "restart", "width"]
-    assert runs[0][3] == tmp_path / "fashion-mnist-quick" / "pb" / "seed-0.json"
+    runs = runner.plan("fashion-mnist", [0], ["width-cc", "width", "restart", "pb-cc", "pb"],
+                       True, tmp_path)
+    assert [r[0] for r in runs] == ["pb-cc", "pb", "restart", "width-cc", "width"]
+    assert runs[1][3] == tmp_path / "fashion-mnist-quick" / "pb" / "seed-0.json"
     with pytest.raises(ValueError, match="no variant gd"):
         runner.plan("fashion-mnist", [0], ["gd"], True, tmp_path)
 
@@ -52,6 +54,10 @@ def test_fashion_mnist_quick_pb_and_width_control() -> None:
     assert width["final_dendrites"] == 0 and width["width"] > 1.0
     # the widened plain network has about PB's final parameter count
     assert abs(width["final_params"] - pb["final_params"]) / pb["final_params"] < 0.02
+    asked: list[str] = []  # width-cc matches pb-cc, the paper's algorithm
+    width_cc = run_one(exp, "width-cc", 0, quick=True, lookup=lambda v, s: asked.append(v) or pb)
+    assert asked == ["pb-cc"] and width_cc["final_dendrites"] == 0
+    assert width_cc["final_params"] == width["final_params"]
 
 
 def test_cli_sweep_runs_in_a_process_and_resumes_by_skipping(tmp_path: Path) -> None:

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..base import PLAIN_VARIANTS  # noqa: F401  (re-exported: no PB points for these)
+
 logger = logging.getLogger(__name__)
 
 #: Display order of variants (unknown ones follow, sorted by name).
-VARIANT_ORDER = ("pb", "pb-paper", "pb-head", "pb-backbone", "cc-no-perf", "gd", "restart",
-                 "width")
+VARIANT_ORDER = ("pb", "pb-cc", "pb-paper", "pb-head", "pb-backbone", "cc-no-perf", "gd",
+                 "restart", "width", "width-cc")
 CONTROL = "restart"
 PB = "pb"
-#: Variants that are no PB model (no PB points in the parameters-vs-score figure).
-PLAIN_VARIANTS = ("restart", "width")
 
 Row = dict[str, Any]
 

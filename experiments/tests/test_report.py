@@ -232,12 +232,12 @@ def test_at_a_glance(page: tuple[Path, str]) -> None:
     t_p = stats.ttest_rel(FM["pb"][1], FM["restart"][1]).pvalue
     tw = stats.ttest_rel(FM["pb"][1], FM["width"][1]).pvalue
     d = statistics.mean(100 * (b - a) for a, b in zip(FM["width"][1], FM["pb"][1], strict=True))
-    assert (f"| fashion-mnist | accuracy | 3 | {pm(FM['pb'][0])} → {pm(FM['pb'][1])} | "
+    assert (f"| fashion-mnist | `pb` | accuracy | 3 | {pm(FM['pb'][0])} → {pm(FM['pb'][1])} | "
             f"{pm(FM['restart'][1])} | {pm(FM['width'][1])} | +0.60 (p {t_p:.3f}, n 3): "
             f"**beat** | {d:+.2f} (p {tw:.3f}, n 3): did not beat |") in glance
     mpnn = [line for line in glance.splitlines() if line.startswith("| tox21 (model = mpnn) |")]
     assert len(mpnn) == 1 and "| -2.33 (p " in mpnn[0] and "n 3): did not beat | — |" in mpnn[0]
-    assert "| ablation | accuracy | 4 |" in glance and "| timing |" not in glance
+    assert "| ablation | `pb` | accuracy | 4 |" in glance and "| timing |" not in glance
 
 
 def test_compression_claim(tmp_path: Path) -> None:
@@ -252,5 +252,35 @@ def test_compression_claim(tmp_path: Path) -> None:
     text = build_report(out, tmp_path / "results.md").read_text()
     t_p = stats.ttest_rel(finals[0.125], finals[1.0]).pvalue
     assert t_p < 0.05
-    assert (f"PB at width = 0.125 − the plain network at width 1: +3.00 (p {t_p:.3f}, n 3): "
+    assert (f"`pb` at width = 0.125 − the plain network at width 1: +3.00 (p {t_p:.3f}, n 3): "
             "**beat**.") in section(text, "At a glance")
+
+
+def test_paper_algorithm_has_its_own_width_control(tmp_path: Path) -> None:
+    """`pb-cc` is compared with `width-cc` (matched to its own parameter count), `pb` with
+    `width`, both with the restart control; the page says which config each one was."""
+    out = tmp_path / "runs"
+    finals = {"restart": (0.80, 0.81, 0.82), "pb": (0.82, 0.84, 0.85),
+              "width": (0.83, 0.84, 0.85), "pb-cc": (0.80, 0.81, 0.83),
+              "width-cc": (0.79, 0.80, 0.81)}
+    configs = {"pb": {"dendrite_learning": "none", "train_dendrites": True},
+               "pb-cc": {"dendrite_learning": "cc", "train_dendrites": False}}
+    for variant, scores in finals.items():
+        for seed, score in enumerate(scores):
+            put(out, row("fashion-mnist", variant, seed, 0.80, score,
+                         config=configs.get(variant, {})))
+    text = build_report(out, tmp_path / "results.md").read_text()
+    glance = section(text, "At a glance")
+    lines = {v: [x for x in glance.splitlines() if x.startswith(f"| fashion-mnist | `{v}` |")]
+             for v in ("pb", "pb-cc")}
+    assert len(lines["pb"]) == 1 and len(lines["pb-cc"]) == 1
+    # pb-cc − width-cc = +1.33 points on every seed but the first: its own control, not width
+    t_cc = stats.ttest_rel(finals["pb-cc"], finals["width-cc"]).pvalue
+    assert lines["pb-cc"][0].endswith(f"| +1.33 (p {t_cc:.3f}, n 3): did not beat |")
+    t_pb = stats.ttest_rel(finals["pb"], finals["width"]).pvalue
+    assert lines["pb"][0].endswith(f"| -0.33 (p {t_pb:.3f}, n 3): did not beat |")
+    results = section(text, "fashion-mnist")
+    assert "`pb-cc` beat the restart control" not in results
+    assert "`pb-cc` did not beat the width-cc control. `pb-cc` − width-cc: +1.33" in results
+    assert "PB beat the restart control. PB − restart: +2.67" in results
+    assert "(`PerforationConfig.anchor()`)" in results and "`PerforationConfig.paper()`" in results

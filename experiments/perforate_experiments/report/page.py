@@ -13,6 +13,7 @@ from typing import Any
 
 from perforate.atomic import atomic_write_text
 
+from ..base import WIDTH_CONTROLS
 from .figures import plot_error_reduction_boxes, plot_first_vs_final, plot_params_vs_score
 from .frontier import by_width, frontier_section, plot_frontier
 from .markdown import (
@@ -195,24 +196,40 @@ def _variant_table(by_variant: Mapping[str, list[Row]]) -> list[str]:
     return md_table(header, body)
 
 
-def verdict(rows: Sequence[Row], control_rows: Sequence[Row], control: str) -> str:
-    """One plain sentence: did PB beat `control` on the paired seeds (no claim beyond that)."""
+def verdict(rows: Sequence[Row], control_rows: Sequence[Row], control: str,
+            name: str = "PB") -> str:
+    """One plain sentence: did `name` beat `control` on the paired seeds (no claim beyond
+    that)."""
     what = f"the {control} control"
     if not rows:
-        return f"No PB rows: no comparison with {what}."
+        return f"No {name} rows: no comparison with {what}."
     if not control_rows:
-        return f"No {control} control rows: PB was not compared with {what}."
+        return f"No {control} control rows: {name} was not compared with {what}."
     p = paired(rows, control_rows)
     if p.n == 0:
-        return f"PB and {what} share no seed: no comparison."
+        return f"{name} and {what} share no seed: no comparison."
     if p.n < 2:
-        return (f"PB vs {what}: only 1 paired seed (PB − {control} = {p.mean:+.2f} points), "
-                "too few to test.")
+        return (f"{name} vs {what}: only 1 paired seed ({name} − {control} = {p.mean:+.2f} "
+                "points), too few to test.")
     diff = fmt_mean_std(p.mean, p.std, signed=True)
-    detail = (f"PB − {control}: {diff} points (mean ± std over {p.n} paired seeds; paired "
+    detail = (f"{name} − {control}: {diff} points (mean ± std over {p.n} paired seeds; paired "
               f"t-test p = {fmt_p(p.t_p)}, sign test p = {fmt_p(p.sign_p)}; {p.better}/{p.n} "
               "seeds better)")
-    return f"PB beat {what}. {detail}." if beat(p) else f"PB did not beat {what}. {detail}."
+    return f"{name} beat {what}. {detail}." if beat(p) else \
+        f"{name} did not beat {what}. {detail}."
+
+
+def pb_verdicts(by_variant: Mapping[str, Sequence[Row]]) -> list[str]:
+    """The verdicts of each PB variant with a width control of its own (`WIDTH_CONTROLS`):
+    against the restart control and against that width control."""
+    out = []
+    for width, pb in WIDTH_CONTROLS.items():
+        if pb != PB and pb not in by_variant:
+            continue
+        name = "PB" if pb == PB else f"`{pb}`"
+        out += [verdict(by_variant.get(pb, []), by_variant.get(c, []), c, name)
+                for c in (CONTROL, width)]
+    return out
 
 
 def _beats(rows: Sequence[Row], control_rows: Sequence[Row]) -> str:
@@ -233,28 +250,31 @@ def _at_a_glance(groups: Sequence[Group]) -> list[str]:
         if g.quick or g.experiment == "timing":
             continue
         for options, by_variant in g.combos():
-            pb = by_variant.get(PB, [])
-            if not pb:
-                continue
-            name = g.experiment + (f" ({options_label(options)})" if options else "")
-            final = {v: fmt_pct(finite(r.get("final_test") for r in by_variant.get(v, [])))
-                     for v in (CONTROL, "width")}
-            body.append([name, g.metric(), len(pb),
-                         f"{fmt_pct(finite(r.get('first_test') for r in pb))} → "
-                         f"{fmt_pct(finite(r.get('final_test') for r in pb))}",
-                         final[CONTROL], final["width"],
-                         _beats(pb, by_variant.get(CONTROL, [])),
-                         _beats(pb, by_variant.get("width", []))])
+            for width, variant in WIDTH_CONTROLS.items():
+                pb = by_variant.get(variant, [])
+                if not pb:
+                    continue
+                name = g.experiment + (f" ({options_label(options)})" if options else "")
+                final = {v: fmt_pct(finite(r.get("final_test") for r in by_variant.get(v, [])))
+                         for v in (CONTROL, width)}
+                body.append([name, f"`{variant}`", g.metric(), len(pb),
+                             f"{fmt_pct(finite(r.get('first_test') for r in pb))} → "
+                             f"{fmt_pct(finite(r.get('final_test') for r in pb))}",
+                             final[CONTROL], final[width],
+                             _beats(pb, by_variant.get(CONTROL, [])),
+                             _beats(pb, by_variant.get(width, []))])
     if not body:
         return []
     compression = _compression_lines(groups)
     return ["## At a glance", "",
-            "PB (library defaults) against the two controls the paper lacks, per experiment. "
+            "PB against the two controls the paper lacks, per experiment: `pb` is the "
+            "library's defaults, `pb-cc` the paper's algorithm (`PerforationConfig.paper()`), "
+            "each with a width control matched to its own parameter count. "
             "Test scores in %, mean ± std over seeds; differences in points, paired by seed, "
             f"with the paired t-test p (\"beat\": mean > 0 and p < {ALPHA}). Details, the other "
             "variants and the paper's own figures are in each experiment's section.", "",
-            *md_table(["experiment", "metric", "PB seeds", "PB first → final",
-                       "restart final", "width final", "PB − restart", "PB − width"], body),
+            *md_table(["experiment", "variant", "metric", "seeds", "first → final",
+                       "restart final", "width final", "− restart", "− width"], body),
             "", *compression]
 
 
@@ -269,11 +289,13 @@ def _compression_lines(groups: Sequence[Group]) -> list[str]:
         if not full or not full[0]:
             continue
         for options, by_variant in combos:
-            pb = by_variant.get(PB, [])
-            if pb and options.get("width") != 1.0:
-                lines.append(f"- Compression (the paper: width 0.125 + 3 dendrites beats width "
-                             f"1 by 2.7% AUC): PB at {options_label(options)} − the plain "
-                             f"network at width 1: {_beats(pb, full[0])}.")
+            for variant in dict.fromkeys(WIDTH_CONTROLS.values()):
+                pb = by_variant.get(variant, [])
+                if pb and options.get("width") != 1.0:
+                    lines.append(f"- Compression (the paper: width 0.125 + 3 dendrites beats "
+                                 f"width 1 by 2.7% AUC): `{variant}` at "
+                                 f"{options_label(options)} − the plain network at width 1: "
+                                 f"{_beats(pb, full[0])}.")
     return [*lines, ""] if lines else []
 
 
@@ -316,18 +338,33 @@ def _timing_table(by_variant: Mapping[str, list[Row]]) -> list[str]:
     return md_table(["figure", *[f"`{v}`" for v in variants]], body)
 
 
+def _config_kind(config: Mapping[str, Any]) -> str:
+    """A row's PerforationConfig in words: one of the presets, or its two telling fields."""
+    if config.get("dendrite_learning") == "cc" and not config.get("train_dendrites"):
+        return ("the paper's algorithm (Cascade-Correlation, frozen dendrites: "
+                "`PerforationConfig.paper()`)")
+    if config.get("dendrite_learning") == "none" and config.get("train_dendrites"):
+        return ("small random dendrites trained with the network, perforated "
+                "(`PerforationConfig.anchor()`)")
+    return (f"dendrite_learning={config.get('dendrite_learning')!r}, "
+            f"train_dendrites={bool(config.get('train_dendrites'))}")
+
+
 def _pb_config(rows: Sequence[Row]) -> list[str]:
-    """What `pb` (the library's defaults when the row was made) meant in these rows."""
-    kinds = sorted({("the paper's algorithm (Cascade-Correlation, frozen dendrites: "
-                     "`PerforationConfig.paper()`)" if c.get("dendrite_learning") == "cc"
-                     and not c.get("train_dendrites") else
-                     f"dendrite_learning={c.get('dendrite_learning')!r}, "
-                     f"train_dendrites={bool(c.get('train_dendrites'))}")
-                    for r in rows if r.get("variant") == PB for c in [r.get("config") or {}]})
-    if not kinds:
-        return []
-    return [f"`pb` is the library's defaults when the row was made (each row records its "
-            f"config): here {' and '.join(kinds)}.", ""]
+    """What `pb` (the library's defaults when the row was made) and `pb-cc` meant here."""
+    lines = []
+    for variant, what in ((PB, "the library's defaults when the row was made"),
+                          ("pb-cc", "the paper's algorithm")):
+        kinds = sorted({_config_kind(r.get("config") or {}) for r in rows
+                        if r.get("variant") == variant})
+        if kinds:
+            lines.append(f"`{variant}` is {what} (each row records its config): here "
+                         f"{' and '.join(kinds)}.")
+    if any(r.get("variant") in ("pb-head", "pb-backbone", "cc-no-perf", "gd") for r in rows):
+        lines.append("The Figure 7 variants (`pb-head`, `pb-backbone`, `cc-no-perf`, `gd`) "
+                     "change one thing each in the paper's algorithm: compare them with "
+                     "`pb-cc`.")
+    return [" ".join(lines), ""] if lines else []
 
 
 def _protocol(group: Group) -> list[str]:
@@ -394,8 +431,7 @@ def _section(group: Group, figures_dir: Path, page_dir: Path,
             lines += [f"#### {label}", ""]
         lines += _variant_table(by_variant)
         lines.append("")
-        pb_rows = by_variant.get(PB, [])
-        sentences = [verdict(pb_rows, by_variant.get(c, []), c) for c in (CONTROL, "width")]
+        sentences = pb_verdicts(by_variant)
         lines += [" ".join(sentences), ""]
         verdicts.append(f"- {label}: " + " ".join(sentences))
         if g.experiment == "ablation":

@@ -78,26 +78,32 @@ class _Killed(Exception):
     pass
 
 
-def _kill_at(epoch: int) -> Any:
+def _kill_at(epoch: int, rng_at_kill: list[torch.Tensor]) -> Any:
     def on_epoch_end(tracker: pf.Tracker, decision: Any) -> None:
         if decision.epoch == epoch:
+            rng_at_kill.append(torch.get_rng_state())  # as checkpointed in this step
             raise _Killed
 
     return on_epoch_end
 
 
 def _fit(rank: int, world: int, out: Path, resume: Path | None = None,
-         kill_at: int | None = None) -> dict[str, Any]:
+         kill_at: int | None = None, rng: list[torch.Tensor] | None = None) -> dict[str, Any]:
     """`pf.fit` with DistributedSamplers (world > 1) or plain loaders of the global batch;
-    `kill_at`: stop after that epoch; `resume`: continue from that run's checkpoint."""
+    `kill_at`: stop after that epoch; `resume`: continue from that run's checkpoint. Each
+    rank's global RNG is seeded apart (as dropout would need), which changes no weight; `rng`
+    gets the RNG state at the kill, or right after the resume."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 2))
     factory = lambda p: torch.optim.Adam(p, 1e-2)  # noqa: E731
     tracker = None
+    rng = [] if rng is None else rng
     if resume is None:
         model = pf.perforate(net, _config("paper"))
+        torch.manual_seed(100 + rank)
     else:
         tracker = pf.resume(resume, net, factory, wrap=DDP if world > 1 else None)
+        rng.append(torch.get_rng_state())
         model = tracker.model
     x, y, xv, yv = _data()
     sets = [TensorDataset(x, y), TensorDataset(xv, yv)]
@@ -108,14 +114,14 @@ def _fit(rank: int, world: int, out: Path, resume: Path | None = None,
         loaders = [DataLoader(d, LOCAL_BATCH * WORLD) for d in sets]
     tracker = pf.fit(DDP(model) if world > 1 and tracker is None else model, *loaders,
                      nn.functional.mse_loss, factory, progress=False, tracker=tracker,
-                     on_epoch_end=None if kill_at is None else _kill_at(kill_at),
+                     on_epoch_end=None if kill_at is None else _kill_at(kill_at, rng),
                      tracker_kwargs={"neuron_patience": 2, "dendrite_patience": 2,
                                      "max_dendrite_epochs": 3, "max_epochs": EPOCHS,
                                      "improvement_threshold": 10.0, "plot": False,
                                      "out_dir": out, "checkpoint_every": 1})
     history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.history]
     return {"history": history, "final": model.state_dict(),
-            "phases": tracker.dendrite_phases}
+            "phases": tracker.dendrite_phases, "rng": rng}
 
 
 def _worker(rank: int, kind: str, port: int, out: str) -> None:
@@ -124,10 +130,12 @@ def _worker(rank: int, kind: str, port: int, out: str) -> None:
                             world_size=WORLD)
     try:
         if kind == "resume":  # killed in the dendrite phase, resumed from rank 0's files
+            rng: list[torch.Tensor] = []
             with pytest.raises(_Killed):
-                _fit(rank, WORLD, Path(out) / f"killed{rank}", kill_at=4)
+                _fit(rank, WORLD, Path(out) / f"killed{rank}", kill_at=4, rng=rng)
             dist.barrier()  # rank 0's checkpoint is written
             result = _fit(rank, WORLD, Path(out) / "unused", resume=Path(out) / "killed0")
+            result["rng_at_kill"] = rng
         elif kind == "fit":
             result = _fit(rank, WORLD, Path(out) / f"run{rank}")
         else:
@@ -171,8 +179,11 @@ def test_fit_under_ddp_matches_one_process_rank0_writes_and_resumes(tmp_path: Pa
     single = _fit(0, 1, tmp_path / "single")
     for r in resumed:  # a kill and resume changes nothing
         assert r["history"] == ranks[0]["history"]
+        # each rank continues with its own RNG states (the ranks' differ), not rank 0's
+        assert torch.equal(r["rng"][0], r["rng_at_kill"][0])
         for name, value in ranks[0]["final"].items():
             assert torch.equal(value, r["final"][name]), name
+    assert not torch.equal(resumed[0]["rng"][0], resumed[1]["rng"][0])
     assert ranks[0]["history"] == ranks[1]["history"]
     assert ranks[0]["phases"] == ranks[1]["phases"] and len(ranks[0]["phases"]) == 1
     assert [r["phase"] for r in ranks[0]["history"]].count("dendrite") >= 1

@@ -66,6 +66,13 @@ class DistributedSync:
                 dist.broadcast(t.data, src=dist.get_global_rank(self.group, 0)
                                if self.group is not None else 0, group=self.group)
 
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj` (picklable), in rank order (e.g. the ranks' RNG states, which
+        rank 0 checkpoints for all)."""
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
     def sum_grads(self, params: Sequence[nn.Parameter]) -> None:
         """Sum the gradients of `params` across ranks (a candidate optimizer's step hook)."""
         for p in params:  # a rank whose batch reached no candidate adds zeros

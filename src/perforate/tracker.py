@@ -184,6 +184,8 @@ class Tracker:
         self.snapshots = WeightSnapshots()
         """Best weights of the current and of the best cycle (`perforate.training.snapshots`)."""
         self.rng = TrackedGenerators()
+        self._rank_rng: list[dict[str, Any]] | None = None
+        """Every rank's RNG states at the end of the last `step` (distributed runs)."""
         self.optimization.renew(model)
         self._last_time = time.perf_counter()
 
@@ -418,6 +420,8 @@ class Tracker:
                         self.records.params)
         if restructured:
             self._rewrap()
+        if self.sync is not None:  # every rank, every epoch: rank 0 may checkpoint now
+            self._rank_rng = self.sync.gather(self.rng.state())
         self._write(final=event == STOP, switch=restructured)
         self._last_time = time.perf_counter()
         return Decision(phase=self.model.phase, restructured=restructured, done=self.done,
@@ -533,6 +537,8 @@ class Tracker:
         }
         if include_rng:
             sd["rng"] = self.rng.state()
+            if self._rank_rng is not None:  # rank r resumes with its own states
+                sd["rng_ranks"] = self._rank_rng
         return sd
 
     def load_state_dict(self, state: Mapping[str, Any], *, restore_rng: bool = True) -> None:
@@ -551,13 +557,29 @@ class Tracker:
         self.snapshots.load_state_dict(state, device)
         self.records.load_state_dict(state, self.model.count_parameters())
         if restore_rng and state.get("rng") is not None:
-            self.rng.restore(state["rng"])
+            self.rng.restore(self._own_rng(state))
         self._rewrap()
         self._last_time = time.perf_counter()
 
+    def _own_rng(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
+        """This rank's saved RNG states: its own when the checkpoint holds every rank's for
+        the same number of ranks, else rank 0's (with a warning in a distributed run)."""
+        ranks = state.get("rng_ranks")
+        if self.sync is None:
+            return state["rng"]
+        if ranks is not None and len(ranks) == self.sync.world:
+            return ranks[self.sync.rank]
+        if self.sync.rank:
+            logger.warning("the checkpoint holds no RNG states for %d ranks: rank %d resumes "
+                           "with rank 0's (dropout and shuffles may differ from an "
+                           "uninterrupted run)", self.sync.world, self.sync.rank)
+        return state["rng"]
+
     def save_checkpoint(self, directory: str | Path) -> Path:
         """Write ``checkpoint.pt`` (atomically: temp file + rename) and ``checkpoint.json``
-        into `directory`; `resume` continues from it exactly."""
+        into `directory`; `resume` continues from it exactly. In a distributed run it holds
+        every rank's RNG states as of the last `step` (gathered there), so each rank resumes
+        with its own."""
         return write_checkpoint(directory, self.state_dict(include_rng=True), {
             "epoch": self.epoch, "phase": self.model.phase, "cycle": self.cycle,
             "dendrites": self.model.num_dendrites, "done": self.done,

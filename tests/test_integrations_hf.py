@@ -98,6 +98,7 @@ class Probe(TrainerCallback):
         stepped = {id(p) for g in inner.param_groups for p in g["params"]}
         candidates = {id(p) for m in model.dendrite_layers().values() if m.candidates is not None
                       for p in m.candidates.parameters()}
+        self._before = [p.detach().clone() for g in inner.param_groups for p in g["params"]]
         self.steps.append({
             "phase": tracker.phase, "dendrites": model.num_dendrites,
             "is_tracker_optimizer": inner is tracker.optimizer,
@@ -105,6 +106,24 @@ class Probe(TrainerCallback):
             "scheduler": trainer.lr_scheduler,
             "scheduler_optimizer": trainer.lr_scheduler.optimizer,
             "lr": inner.param_groups[0]["lr"], "groups": inner.param_groups})
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        after = [p for g in self.trainer.optimizer.optimizer.param_groups for p in g["params"]]
+        self.steps[-1]["moved"] = any(not torch.equal(a, b) for a, b in zip(
+            after, self._before, strict=True))
+
+
+class CpuGradScaler(TrainerCallback):
+    """Gives the accelerator and its optimizer wrapper a GradScaler, as fp16 training on a GPU
+    does (the wrapper's scaler path, which the callback must keep working)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        scaler = self.trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
+        wrapper = self.trainer.optimizer
+        wrapper.__init__(wrapper.optimizer, scaler=scaler)
 
 
 def test_trainer_runs_a_dendrite_cycle(tmp_path: Any) -> None:
@@ -134,7 +153,7 @@ def test_trainer_runs_a_dendrite_cycle(tmp_path: Any) -> None:
 
     steps = probe.steps
     assert [s["phase"] for s in steps[::4]] == phases
-    assert all(s["is_tracker_optimizer"] for s in steps)
+    assert all(s["is_tracker_optimizer"] and s["moved"] for s in steps)
     neuron = [s for s in steps if s["phase"] == "neuron"]
     assert all(s["covers_trainable"] for s in neuron)
     assert [s["dendrites"] for s in neuron] == [0] * 8 + [1] * 8
@@ -266,3 +285,23 @@ def test_default_config_grows_without_a_dendrite_phase(tmp_path):
     stepped = {id(p) for g in probe.steps[8]["groups"] for p in g["params"]}
     assert grown <= stepped  # the new set learns with the network
     assert len({id(s["scheduler"]) for s in probe.steps}) == 2
+
+
+def test_a_grad_scaler_steps_each_new_optimizer(tmp_path):
+    net = tiny_bert()
+    pmodel = pf.perforate(net, pf.PerforationConfig.paper(candidates=2, seed=0))
+    trainer = make_trainer(tmp_path, net, compute_metrics=Scripted([0.5, 0.4, 0.7, 0.6]),
+                           gradient_accumulation_steps=2)
+    trainer.add_callback(CpuGradScaler(trainer))  # runs before the perforate callback
+    callback = PerforateTrainerCallback(pmodel, trainer, monitor="score", neuron_patience=1,
+                                        dendrite_patience=1, max_dendrite_epochs=2,
+                                        max_dendrites=1, plot=False)
+    probe = Probe(callback, trainer)
+    trainer.add_callback(probe)
+    trainer.train()
+    assert callback.tracker.done and pmodel.num_dendrites == 1
+    assert trainer.optimizer.scaler is trainer.accelerator.scaler
+    phases = [s["phase"] for s in probe.steps]
+    assert phases[:4] == ["neuron"] * 4 and "dendrite" in phases and phases[-1] == "neuron"
+    assert len(probe.steps) == 2 * len(callback.tracker.history)  # 4 batches, 2 per step
+    assert all(s["is_tracker_optimizer"] and s["moved"] for s in probe.steps)

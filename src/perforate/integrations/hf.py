@@ -63,7 +63,7 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
             ``max_dendrites``, ``out_dir``, ...), except the scheduler options.
     """
 
-    def __init__(self, model: PerforatedModel, trainer: Any = None, *,
+    def __init__(self, model: PerforatedModel, trainer: transformers.Trainer | None = None, *,
                  monitor: str = "eval_loss", mode: str | None = None,
                  **tracker_options: Any) -> None:
         if not isinstance(model, PerforatedModel):
@@ -80,7 +80,8 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
         self.mode = mode if mode is not None else (
             "min" if self.monitor.endswith("loss") else "max")
         self.tracker_options = tracker_options
-        self.trainer: Any = None
+        self.trainer: transformers.Trainer | None = None
+        """The bound Trainer (None before `bind`)."""
         self._tracker: Tracker | None = None
         self._active = False
         self._last_step = -1
@@ -96,7 +97,7 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
                               "trainer= or call callback.bind(trainer)")
         return self._tracker
 
-    def bind(self, trainer: Any) -> PerforateTrainerCallback:
+    def bind(self, trainer: transformers.Trainer) -> PerforateTrainerCallback:
         """Attach to `trainer` (adding the callback to it if missing) and build the tracker.
 
         Raises `ConfigError` (a ``ValueError``) for settings the cycle conflicts with.
@@ -218,13 +219,17 @@ def _is_accelerated(optimizer: Any) -> bool:
 def _dendrite_outputs_not_decayed(trainer: Any, model: PerforatedModel) -> Iterator[None]:
     """While building the optimizer, leave dendrite output weights out of the Trainer's
     weight-decay names (its own rule, or a subclass's, applies to everything else)."""
+    own = vars(trainer).get("get_decay_parameter_names")  # an instance attribute, if any
     decay_names = trainer.get_decay_parameter_names  # bound: a subclass's override applies
     outputs = {f"{name}.output_weight" for name in model.dendrite_layers()}
     trainer.get_decay_parameter_names = lambda m: [n for n in decay_names(m) if n not in outputs]
     try:
         yield
     finally:
-        del trainer.get_decay_parameter_names
+        if own is None:
+            del trainer.get_decay_parameter_names
+        else:
+            trainer.get_decay_parameter_names = own
 
 
 def _check_trainer(trainer: Any, model: PerforatedModel) -> None:

@@ -198,6 +198,13 @@ def test_a_run_cut_short_warns_and_evaluations_outside_training_are_ignored(tmp_
         trainer.train()
 
 
+def test_trainer_checkpoints_are_warned_about(tmp_path, caplog):
+    net = tiny_bert()
+    PerforateTrainerCallback(pf.perforate(net), make_trainer(tmp_path, net,
+                                                             save_strategy="epoch"))
+    assert "pmodel.save_pretrained" in caplog.text and "'epoch'" in caplog.text
+
+
 @pytest.mark.parametrize(("overrides", "match"), [
     ({"eval_strategy": "no"}, "eval_strategy='no'"),
     ({"load_best_model_at_end": True, "save_strategy": "epoch"}, "load_best_model_at_end"),

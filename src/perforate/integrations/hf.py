@@ -110,6 +110,12 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
                               "scheduler are rebuilt after every restructure; configure them "
                               "with TrainingArguments, optimizer_cls_and_kwargs, or by "
                               "overriding create_optimizer / create_scheduler")
+        if trainer.args.save_strategy != "no":
+            logger.warning("the Trainer's checkpoints (save_strategy=%r) cannot resume a "
+                           "perforated run, and from_pretrained re-initialises their wrapped "
+                           "layers: save the model with pmodel.save_pretrained (or the "
+                           "tracker's out_dir)", getattr(trainer.args.save_strategy, "value",
+                                                          trainer.args.save_strategy))
         self.trainer = trainer
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)

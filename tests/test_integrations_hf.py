@@ -241,6 +241,11 @@ def test_wrong_model_options_and_unbound_use_are_refused(tmp_path):
         PerforateTrainerCallback(net)
     with pytest.raises(ConfigError, match="scheduler_factory"):
         PerforateTrainerCallback(pmodel, scheduler_factory=lambda o: None)
+    trainer = make_trainer(tmp_path, net)
+    with pytest.raises(ValueError, match="mode"):
+        PerforateTrainerCallback(pmodel, trainer, mode="up")
+    assert not any(isinstance(c, PerforateTrainerCallback)
+                   for c in trainer.callback_handler.callbacks)
     other = make_trainer(tmp_path, tiny_bert())
     with pytest.raises(ConfigError, match="another model"):
         PerforateTrainerCallback(pmodel, other)

@@ -117,10 +117,14 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
                            "tracker's out_dir)", getattr(trainer.args.save_strategy, "value",
                                                           trainer.args.save_strategy))
         self.trainer = trainer
+        try:
+            self._tracker = Tracker(self.model, self._build_optimizer, mode=self.mode,
+                                    **self.tracker_options)
+        except Exception:
+            self.trainer = None  # unbound, as before: bad tracker options leave no trace
+            raise
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
-        self._tracker = Tracker(self.model, self._build_optimizer, mode=self.mode,
-                                **self.tracker_options)
         return self
 
     def _build_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -1,0 +1,319 @@
+"""`perforate.integrations.hf`: a tiny BERT built from a config, trained by a
+``transformers.Trainer`` through a dendrite phase and an install."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+import transformers
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    EarlyStoppingCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+import perforate as pf
+from perforate.errors import ConfigError, MissingExtraError, PhaseError
+from perforate.integrations.hf import PerforateTrainerCallback
+
+transformers.logging.set_verbosity_error()
+
+
+class Tokens(torch.utils.data.Dataset):
+    """Sequences of 8 tokens; the label says whether token 7 occurs (learnable)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(10, 50, (n, 8), generator=g)
+        self.labels = (torch.rand(n, generator=g) < 0.5).long()
+        pos = torch.randint(0, 8, (n,), generator=g)
+        self.ids[self.labels.bool(), pos[self.labels.bool()]] = 7
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def tiny_bert() -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=16, num_labels=2))
+
+
+def make_args(tmp_path: Any, **overrides: Any) -> TrainingArguments:
+    settings: dict[str, Any] = dict(
+        output_dir=str(tmp_path / "hf"), report_to=[], use_cpu=True, eval_strategy="epoch",
+        save_strategy="no", logging_strategy="no", num_train_epochs=20,
+        per_device_train_batch_size=16, per_device_eval_batch_size=32, learning_rate=1e-3,
+        weight_decay=0.01, lr_scheduler_type="linear", disable_tqdm=True, seed=0,
+        dataloader_num_workers=0)
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def make_trainer(tmp_path: Any, net: torch.nn.Module, **overrides: Any) -> Trainer:
+    callbacks = overrides.pop("callbacks", None)
+    compute_metrics = overrides.pop("compute_metrics", None)
+    return Trainer(model=net, args=make_args(tmp_path, **overrides),
+                   train_dataset=Tokens(64, 0), eval_dataset=Tokens(32, 1),
+                   compute_metrics=compute_metrics, callbacks=callbacks)
+
+
+class Scripted:
+    """compute_metrics returning scripted scores: a deterministic cycle."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = iter(scores)
+
+    def __call__(self, _: Any) -> dict[str, float]:
+        return {"score": next(self.scores)}
+
+
+class Probe(TrainerCallback):
+    """Records, at every optimizer step, what the Trainer steps and schedules with."""
+
+    def __init__(self, callback: PerforateTrainerCallback, trainer: Trainer) -> None:
+        self.callback, self.trainer = callback, trainer
+        self.steps: list[dict[str, Any]] = []
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        tracker, trainer, model = self.callback.tracker, self.trainer, self.callback.model
+        inner = trainer.optimizer.optimizer  # the AcceleratedOptimizer's
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        stepped = {id(p) for g in inner.param_groups for p in g["params"]}
+        candidates = {id(p) for m in model.dendrite_layers().values() if m.candidates is not None
+                      for p in m.candidates.parameters()}
+        self._before = [p.detach().clone() for g in inner.param_groups for p in g["params"]]
+        self.steps.append({
+            "phase": tracker.phase, "dendrites": model.num_dendrites,
+            "is_tracker_optimizer": inner is tracker.optimizer,
+            "covers_trainable": stepped == trainable, "candidates_only": stepped == candidates,
+            "scheduler": trainer.lr_scheduler,
+            "scheduler_optimizer": trainer.lr_scheduler.optimizer,
+            "lr": inner.param_groups[0]["lr"], "groups": inner.param_groups})
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        after = [p for g in self.trainer.optimizer.optimizer.param_groups for p in g["params"]]
+        self.steps[-1]["moved"] = any(not torch.equal(a, b) for a, b in zip(
+            after, self._before, strict=True))
+
+
+class CpuGradScaler(TrainerCallback):
+    """Gives the accelerator and its optimizer wrapper a GradScaler, as fp16 training on a GPU
+    does (the wrapper's scaler path, which the callback must keep working)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        scaler = self.trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
+        wrapper = self.trainer.optimizer
+        wrapper.__init__(wrapper.optimizer, scaler=scaler)
+
+
+def test_trainer_runs_a_dendrite_cycle(tmp_path: Any) -> None:
+    net = tiny_bert()
+    pmodel = pf.perforate(net, pf.PerforationConfig.paper(candidates=2, seed=0))
+    trainer = make_trainer(tmp_path, net, compute_metrics=Scripted([0.5, 0.4, 0.7, 0.6]))
+    callback = PerforateTrainerCallback(
+        pmodel, trainer, monitor="score", neuron_patience=1, dendrite_patience=1,
+        max_dendrite_epochs=2, max_dendrites=1, out_dir=tmp_path / "run", plot=False)
+    assert callback in trainer.callback_handler.callbacks and callback.mode == "max"
+    probe = Probe(callback, trainer)
+    trainer.add_callback(probe)
+    trainer.train()
+
+    tracker = callback.tracker
+    assert tracker.done and "max_dendrites" in tracker.stop_reason
+    phases = [r["phase"] for r in tracker.history]
+    d_epochs = phases.count("dendrite")
+    assert phases == ["neuron"] * 2 + ["dendrite"] * d_epochs + ["neuron"] * 2
+    assert 1 <= d_epochs <= 2
+    assert [r["val"] for r in tracker.history if r["phase"] == "neuron"] == [0.5, 0.4, 0.7, 0.6]
+    # training stopped when the tracker was done, long before num_train_epochs (20)
+    assert trainer.state.global_step == len(phases) * 4
+    assert pmodel.num_dendrites == 1 and len(tracker.dendrite_phases) == 1
+    assert tracker.final_architecture["dendrites"] == 1
+    assert (tmp_path / "run" / "history.csv").is_file()
+
+    steps = probe.steps
+    assert [s["phase"] for s in steps[::4]] == phases
+    assert all(s["is_tracker_optimizer"] and s["moved"] for s in steps)
+    neuron = [s for s in steps if s["phase"] == "neuron"]
+    assert all(s["covers_trainable"] for s in neuron)
+    assert [s["dendrites"] for s in neuron] == [0] * 8 + [1] * 8
+    dendrite = [s for s in steps if s["phase"] == "dendrite"]
+    assert all(s["dendrites"] == 0 and s["candidates_only"] for s in dendrite)
+    # one optimizer per cycle or phase; each scheduler is built over the Trainer's wrapper
+    optimizers = [id(s["groups"]) for s in steps]
+    assert len({id(s["scheduler"]) for s in steps}) == 3
+    assert all(s["scheduler_optimizer"] is trainer.optimizer for s in steps)
+    assert len(set(optimizers)) >= 3
+    # the linear schedule restarts at each neuron cycle: full rate at the cycle's first step
+    assert neuron[0]["lr"] == pytest.approx(1e-3) and neuron[8]["lr"] == pytest.approx(1e-3)
+    assert neuron[1]["lr"] < 1e-3
+    # the dendrite output weight is trained after the install, without weight decay
+    ow = [m.output_weight for m in pmodel.dendrite_layers().values()]
+    groups = neuron[8]["groups"]
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    undecayed = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert all(id(p) in undecayed and id(p) not in decayed for p in ow)
+    assert {id(net.classifier.weight)} <= decayed
+
+
+def test_a_run_cut_short_warns_and_evaluations_outside_training_are_ignored(tmp_path, caplog):
+    net = tiny_bert()
+    pmodel = pf.perforate(net)
+    callback = PerforateTrainerCallback(pmodel, neuron_patience=5, plot=False)
+    trainer = make_trainer(tmp_path, net, callbacks=[callback], eval_strategy="steps",
+                           eval_steps=2, max_steps=6, eval_on_start=True)
+    callback.bind(trainer)
+    assert trainer.callback_handler.callbacks.count(callback) == 1
+    assert (callback.monitor, callback.mode) == ("eval_loss", "min")
+    trainer.train()
+    tracker = callback.tracker
+    # one tracker epoch per evaluation with training before it (not the one at the start)
+    assert [r["epoch"] for r in tracker.history] == [1, 2, 3]
+    assert [r["val"] for r in tracker.history] == [pytest.approx(v) for v in [
+        h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h][1:]]
+    assert not tracker.done and "before the perforated cycle was done" in caplog.text
+    trainer.evaluate()
+    assert len(tracker.history) == 3
+    with pytest.raises(PhaseError, match=r"one trainer.train\(\) call"):
+        trainer.train()
+
+
+def test_trainer_checkpoints_are_warned_about(tmp_path, caplog):
+    net = tiny_bert()
+    PerforateTrainerCallback(pf.perforate(net), make_trainer(tmp_path, net,
+                                                             save_strategy="epoch"))
+    assert "pmodel.save_pretrained" in caplog.text and "'epoch'" in caplog.text
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    ({"eval_strategy": "no"}, "eval_strategy='no'"),
+    ({"load_best_model_at_end": True, "save_strategy": "epoch"}, "load_best_model_at_end"),
+    ({"activation_checkpointing": True}, "checkpointing"),
+    ({"callbacks": [EarlyStoppingCallback(2)]}, "EarlyStoppingCallback"),
+])
+def test_conflicting_settings_are_refused(tmp_path, overrides, match):
+    net = tiny_bert()
+    pmodel = pf.perforate(net)
+    trainer = make_trainer(tmp_path, net, **overrides)
+    with pytest.raises(ConfigError, match=match) as info:
+        PerforateTrainerCallback(pmodel, trainer)
+    assert isinstance(info.value, ValueError)
+
+
+def test_sharded_training_and_user_optimizers_are_refused(tmp_path):
+    net = tiny_bert()
+    pmodel = pf.perforate(net)
+    trainer = make_trainer(tmp_path, net)
+    trainer.is_fsdp_enabled = True
+    with pytest.raises(ConfigError, match="FSDP"):
+        PerforateTrainerCallback(pmodel, trainer)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    trainer = Trainer(model=net, args=make_args(tmp_path), train_dataset=Tokens(8, 0),
+                      eval_dataset=Tokens(8, 1), optimizers=(opt, None))
+    with pytest.raises(ConfigError, match="optimizers="):
+        PerforateTrainerCallback(pmodel, trainer)
+
+
+def test_wrong_model_options_and_unbound_use_are_refused(tmp_path):
+    net = tiny_bert()
+    pmodel = pf.perforate(net)
+    with pytest.raises(TypeError, match="PerforatedModel"):
+        PerforateTrainerCallback(net)
+    with pytest.raises(ConfigError, match="scheduler_factory"):
+        PerforateTrainerCallback(pmodel, scheduler_factory=lambda o: None)
+    trainer = make_trainer(tmp_path, net)
+    with pytest.raises(ValueError, match="mode"):
+        PerforateTrainerCallback(pmodel, trainer, mode="up")
+    assert not any(isinstance(c, PerforateTrainerCallback)
+                   for c in trainer.callback_handler.callbacks)
+    other = make_trainer(tmp_path, tiny_bert())
+    with pytest.raises(ConfigError, match="another model"):
+        PerforateTrainerCallback(pmodel, other)
+    unbound = PerforateTrainerCallback(pmodel)
+    with pytest.raises(ConfigError, match="not bound"):
+        make_trainer(tmp_path, net, callbacks=[unbound]).train()
+    bound = PerforateTrainerCallback(pmodel, make_trainer(tmp_path, net))
+    with pytest.raises(ConfigError, match="already bound"):
+        bound.bind(make_trainer(tmp_path, net))
+
+
+def test_a_missing_monitor_names_the_metrics(tmp_path):
+    net = tiny_bert()
+    pmodel = pf.perforate(net)
+    trainer = make_trainer(tmp_path, net, max_steps=4)
+    PerforateTrainerCallback(pmodel, trainer, monitor="accuracy", plot=False)
+    with pytest.raises(ConfigError, match=r"'eval_accuracy' is not among .*eval_loss"):
+        trainer.train()
+
+
+def test_missing_transformers_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.delitem(sys.modules, "perforate.integrations.hf")
+    with pytest.raises(MissingExtraError, match=r"pip install 'perforate\[hf\]'"):
+        importlib.import_module("perforate.integrations.hf")
+
+
+def test_import_perforate_does_not_import_transformers():
+    code = "import sys, perforate; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_default_config_grows_without_a_dendrite_phase(tmp_path):
+    net = tiny_bert()
+    pmodel = pf.perforate(net)  # the default: a new set is added at once and trained
+    trainer = make_trainer(tmp_path, net, compute_metrics=Scripted([0.5, 0.4, 0.7, 0.6]))
+    callback = PerforateTrainerCallback(pmodel, trainer, monitor="eval_score",
+                                        neuron_patience=1, max_dendrites=1, plot=False)
+    probe = Probe(callback, trainer)
+    trainer.add_callback(probe)
+    trainer.train()
+    assert callback.tracker.done and pmodel.num_dendrites == 1
+    assert [s["phase"] for s in probe.steps] == ["neuron"] * 16
+    assert [s["dendrites"] for s in probe.steps] == [0] * 8 + [1] * 8
+    assert all(s["is_tracker_optimizer"] and s["covers_trainable"] for s in probe.steps)
+    grown = {id(p) for m in pmodel.dendrite_layers().values() for p in m.dendrite_parameters()}
+    stepped = {id(p) for g in probe.steps[8]["groups"] for p in g["params"]}
+    assert grown <= stepped  # the new set learns with the network
+    assert len({id(s["scheduler"]) for s in probe.steps}) == 2
+
+
+def test_a_grad_scaler_steps_each_new_optimizer(tmp_path):
+    net = tiny_bert()
+    pmodel = pf.perforate(net, pf.PerforationConfig.paper(candidates=2, seed=0))
+    trainer = make_trainer(tmp_path, net, compute_metrics=Scripted([0.5, 0.4, 0.7, 0.6]),
+                           gradient_accumulation_steps=2)
+    trainer.add_callback(CpuGradScaler(trainer))  # runs before the perforate callback
+    callback = PerforateTrainerCallback(pmodel, trainer, monitor="score", neuron_patience=1,
+                                        dendrite_patience=1, max_dendrite_epochs=2,
+                                        max_dendrites=1, plot=False)
+    probe = Probe(callback, trainer)
+    trainer.add_callback(probe)
+    trainer.train()
+    assert callback.tracker.done and pmodel.num_dendrites == 1
+    assert trainer.optimizer.scaler is trainer.accelerator.scaler
+    phases = [s["phase"] for s in probe.steps]
+    assert phases[:4] == ["neuron"] * 4 and "dendrite" in phases and phases[-1] == "neuron"
+    assert len(probe.steps) == 2 * len(callback.tracker.history)  # 4 batches, 2 per step
+    assert all(s["is_tracker_optimizer"] and s["moved"] for s in probe.steps)

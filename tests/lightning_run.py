@@ -15,7 +15,7 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import perforate as pf
 from perforate.integrations.lightning import PerforateCallback
@@ -55,12 +55,17 @@ class Regressor(L.LightningModule):
                 "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)}
 
 
-def loaders(batch: int = 8) -> tuple[DataLoader, DataLoader]:
+def loaders(world: int = 1) -> tuple[DataLoader, DataLoader]:
+    """Global batch 8. One process: the training order of Lightning's DistributedSampler
+    (shuffled, seed 0), so that its global batches are those of `world` ranks; ranks: a plain
+    loader of batch 8 / world, to which Lightning adds that sampler."""
     g = torch.Generator().manual_seed(1)
     x, xv = torch.randn(64, 5, generator=g), torch.randn(32, 5, generator=g)
     target = lambda t: torch.sin(2 * t[:, :2]) + t[:, 2:4] * t[:, 4:]  # noqa: E731
-    return (DataLoader(TensorDataset(x, target(x)), batch_size=batch),
-            DataLoader(TensorDataset(xv, target(xv)), batch_size=batch))
+    train = TensorDataset(x, target(x))
+    sampler = DistributedSampler(train, num_replicas=1, rank=0, seed=0) if world == 1 else None
+    return (DataLoader(train, batch_size=8 // world, sampler=sampler),
+            DataLoader(TensorDataset(xv, target(xv)), batch_size=8 // world))
 
 
 class Recorder(L.Callback):
@@ -100,7 +105,7 @@ def fit(ckpt_path: Path | None = None, **trainer_options: Any,
                "logger": False, "enable_checkpointing": False, "enable_model_summary": False,
                **trainer_options}
     trainer = L.Trainer(callbacks=[callback, recorder], **options)
-    train, val = loaders(batch=4 if options.get("devices", 1) > 1 else 8)
+    train, val = loaders(options.get("devices", 1))
     trainer.fit(module, train, val, ckpt_path=ckpt_path)
     return module, callback, recorder, trainer
 

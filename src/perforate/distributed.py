@@ -79,7 +79,7 @@ class DistributedSync:
         step. A step given a closure (Lightning's, LBFGS) computes the gradients inside it,
         after this hook: the closure is then wrapped to sum them once it has run."""
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        closure = kwargs.get("closure", args[0] if args else None)
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0]: self
         if closure is None:
             self.sum_grads(params)
             return None
@@ -91,7 +91,7 @@ class DistributedSync:
 
         if "closure" in kwargs:
             return args, {**kwargs, "closure": summed}
-        return (summed, *args[1:]), kwargs
+        return (args[0], summed, *args[2:]), kwargs
 
     def mean_scores(self, values: Sequence[float | None], main_only: Sequence[float] = (),
                     ) -> tuple[list[float | None], list[float]]:

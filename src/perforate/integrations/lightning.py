@@ -170,7 +170,7 @@ class PerforateCallback(L.Callback):
                              f"optimizer, got {len(strategy.optimizers)}")
         optimizer = strategy.optimizers[0]
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        missing = [p for p in params if id(p) not in held]
+        missing = [p for p in params if p.numel() and id(p) not in held]
         if missing:
             raise ValueError(f"the optimizer of configure_optimizers leaves out {len(missing)} "
                              "trainable parameter(s) of the perforated model; build it over "

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["PerforateCallback"]
 
 #: Tracker arguments the callback sets itself.
-_OWN_ARGS = ("optimizer_factory", "scheduler_factory", "scheduler_interval", "wrap", "mode")
+_OWN_ARGS = ("optimizer_factory", "scheduler_factory", "scheduler_interval", "wrap")
 
 
 class PerforateCallback(L.Callback):

@@ -198,3 +198,26 @@ def test_a_perforated_model_can_be_named(tmp_path: Path) -> None:
     trainer.fit(module, *loaders())
     assert callback.tracker.model is module.net and callback.tracker.done
     assert trainer.current_epoch == 2
+
+
+def test_sharding_and_other_strategies_are_refused() -> None:
+    from types import SimpleNamespace
+
+    from perforate.integrations.lightning import _is_ddp
+
+    class DeepSpeedStrategy(L.strategies.DDPStrategy):  # stands in for Lightning's
+        pass
+
+    with pytest.raises(TypeError, match="does not support DeepSpeed"):
+        _is_ddp(DeepSpeedStrategy())
+    assert _is_ddp(L.strategies.DDPStrategy())
+    trainer = SimpleNamespace(strategy=object())
+    with pytest.raises(TypeError, match="single-device and DDP strategies, not object"):
+        PerforateCallback().on_fit_start(trainer, Regressor())
+
+
+def test_import_perforate_does_not_import_lightning() -> None:
+    code = "import sys, perforate, perforate.integrations; print('lightning' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(HERE.parent / "src")}, check=True)
+    assert out.stdout.strip() == "False"

@@ -135,10 +135,10 @@ class PerforateCallback(L.Callback):
                            checkpoint: dict[str, Any]) -> None:
         """Leave a dendrite phase's candidates out of the checkpoint's model weights: Lightning
         loads them into a model in the neuron phase (the tracker's state restores them)."""
-        pools = [f"{name}." for name, m in pl_module.named_modules()
-                 if isinstance(m, CandidatePool)]
+        pools = tuple(f"{name}." for name, m in pl_module.named_modules()
+                      if isinstance(m, CandidatePool))
         weights = checkpoint.get("state_dict", {})
-        for key in [k for k in weights if k.startswith(tuple(pools))] if pools else []:
+        for key in [k for k in weights if pools and k.startswith(pools)]:
             del weights[key]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -229,3 +229,33 @@ def test_one_process_trains_the_model_itself() -> None:
     assert tracker.mean_score(0.25) == 0.25
     with pytest.raises(RuntimeError, match="process group"):
         pf.Tracker(model, lambda p: torch.optim.SGD(p, 0.1), wrap=DDP)
+
+
+@pytest.mark.parametrize("how", ["none", "keyword", "positional"])
+def test_candidate_gradients_are_summed_after_a_steps_closure(how: str) -> None:
+    """Lightning (and LBFGS) compute the gradients inside ``step(closure)``, after the step's
+    pre-hooks: the sum must follow the closure's backward."""
+    from perforate.distributed import DistributedSync
+
+    sync = object.__new__(DistributedSync)  # no process group: record what would be summed
+    summed: list[torch.Tensor | None] = []
+    sync.sum_grads = lambda params: summed.extend(  # type: ignore[method-assign]
+        None if p.grad is None else p.grad.clone() for p in params)
+    w = nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.0)
+    opt.register_step_pre_hook(sync.step_pre_hook)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = (2 * w).sum()
+        loss.backward()
+        return loss
+
+    if how == "none":
+        closure()
+        opt.step()
+    elif how == "keyword":
+        assert opt.step(closure=closure).item() == 6.0
+    else:
+        assert opt.step(closure).item() == 6.0
+    assert len(summed) == 1 and torch.equal(summed[0], torch.full((3,), 2.0))

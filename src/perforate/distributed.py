@@ -80,6 +80,26 @@ class DistributedSync:
                 p.grad = torch.zeros_like(p)
         self.sum_([p.grad for p in params if p.grad is not None and p.numel()])
 
+    def step_pre_hook(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """A candidate optimizer's step pre-hook: sums its gradients across ranks before the
+        step. A step given a closure (Lightning's, LBFGS) computes the gradients inside it,
+        after this hook: the closure is then wrapped to sum them once it has run."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0]: self
+        if closure is None:
+            self.sum_grads(params)
+            return None
+
+        def summed() -> Any:
+            out = closure()
+            self.sum_grads(params)
+            return out
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": summed}
+        return (args[0], summed, *args[2:]), kwargs
+
     def mean_scores(self, values: Sequence[float | None], main_only: Sequence[float] = (),
                     ) -> tuple[list[float | None], list[float]]:
         """The mean across ranks of each score (None stays None: it must be None on every

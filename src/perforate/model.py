@@ -158,9 +158,7 @@ class PerforatedModel(nn.Module):
                 self._sync.broadcast_([*pool.parameters(), *pool.buffers()])
         self._optimizer = self._make_optimizer(params)
         if self._sync is not None:
-            sync = self._sync
-            self._optimizer.register_step_pre_hook(lambda opt, *_: sync.sum_grads(
-                [p for group in opt.param_groups for p in group["params"]]))
+            self._optimizer.register_step_pre_hook(self._sync.step_pre_hook)
         self._phase = DENDRITE
         logger.info("dendrite phase %d: %d candidate(s) per layer", self.num_dendrites + 1,
                     self.config.candidates)

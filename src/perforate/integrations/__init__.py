@@ -5,6 +5,7 @@
 - `perforate.integrations.hf.PerforateTrainerCallback`: Hugging Face ``transformers.Trainer``
   (``pip install 'perforate[hf]'``).
 
-Each module imports its framework lazily, when a callback is built, so ``import perforate``
-never needs them.
+Each module imports its framework when it is imported (its callback subclasses the
+framework's), and raises `perforate.errors.MissingExtraError` with the ``pip install`` to run
+when it is missing; ``import perforate`` never imports either framework.
 """

@@ -1,9 +1,11 @@
 """Cost of an epoch per phase on the PyTorch MNIST-example CNN, and exported inference speed.
 
 Prints a table and writes ``bench/results/epoch_cost.json``. Ratios are to the plain neuron
-phase (D = 0) beside the floors of the issue: (3 + D) / 3 for a neuron phase with D dendrite
-sets (the dendrites add D forwards, no backward) and (2 + 2K) / 3 for a dendrite phase with K
-candidates (frozen forward + input-gradient backward, and K candidate forwards + backwards).
+phase (D = 0) beside the floors of the issue: (3 + D) / 3 for a neuron phase with D frozen
+dendrite sets (the paper's: D forwards, no backward), (3 + 2D) / 3 with the default's trained,
+perforated sets (D forwards and D weight-gradient backwards, no input gradient), and
+(2 + 2K) / 3 for a dendrite phase with K candidates (frozen forward + input-gradient
+backward, and K candidate forwards + backwards).
 
     python bench/epoch_cost.py [--samples 4096] [--batch 64] [--repeats 3] [--device cpu]
 """
@@ -22,15 +24,16 @@ from mnist_net import MnistNet, load_data, run_epoch, sync
 from torch import nn
 
 import perforate as pf
+from perforate.config import ANCHOR
 
 __all__ = ["MnistNet", "load_data", "model_with", "run_epoch", "time_phase"]
 
 
 def model_with(dendrites: int, device: torch.device, candidates: int = 4,
                **config: object) -> pf.PerforatedModel:
-    """The network with `dendrites` random sets installed. The paper's configuration (frozen
-    sets, Cascade-Correlation dendrite phases): the floors count frozen dendrites, and the
-    default configuration has no dendrite phase to time."""
+    """The network with `dendrites` random sets installed, in the paper's configuration
+    (frozen sets, Cascade-Correlation dendrite phases) changed by `config` (e.g. `ANCHOR`,
+    the default's fields: trained sets, no dendrite phase)."""
     torch.manual_seed(0)
     model = pf.perforate(MnistNet(), pf.PerforationConfig.paper(candidates=candidates, seed=0,
                                                                 **config))
@@ -99,6 +102,10 @@ def main() -> None:
         t = base if d == 0 else time_phase(d, None, x, y, args, device)
         rows.append({"phase": "neuron", "D": d, "K": None, "seconds": t, "ratio": t / base,
                      "floor": (3 + d) / 3})
+    for d in (1, 2, 3):  # the default: dendrites trained with the network (perforated)
+        t = time_phase(d, None, x, y, args, device, **ANCHOR)
+        rows.append({"phase": "neuron (default)", "D": d, "K": None, "seconds": t,
+                     "ratio": t / base, "floor": (3 + 2 * d) / 3})
     for k in (1, 4):
         t = time_phase(0, k, x, y, args, device)
         rows.append({"phase": "dendrite", "D": 0, "K": k, "seconds": t, "ratio": t / base,

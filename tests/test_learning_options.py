@@ -203,6 +203,71 @@ def test_dendrites_that_see_m_inputs_are_counted_and_stay_sparse() -> None:
     assert torch.equal(layer.dendrite_weight.detach()[0] * (1 - mask), torch.zeros(8, 30))
 
 
+def test_input_score_sums_the_absolute_weight_gradient_of_each_backward() -> None:
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Conv1d(1, 2, 3),
+                        nn.ConvTranspose1d(2, 4, 3, groups=2))
+    config = pf.PerforationConfig(seed=0, dendrite_inputs=2,
+                                  dendrite_input_selection="correlation")
+    model = pf.perforate(net, config)
+    layers = model.dendrite_layers()
+    expected = {name: torch.zeros_like(layer.input_score) for name, layer in layers.items()}
+    for _ in range(2):
+        model.zero_grad()
+        model(torch.randn(5, 6).unsqueeze(1)).square().sum().backward()
+        for name, layer in layers.items():
+            expected[name] += layer.geometry.neuron_weights(layer.geometry.weight.grad).abs()
+    for name, layer in layers.items():
+        assert layer.input_score.shape == (layer.num_neurons,
+                                           *layer.geometry.neuron_weight_shape)
+        torch.testing.assert_close(layer.input_score, expected[name])
+        assert layer.input_score.abs().sum() > 0
+    assert "input_score" not in "".join(model.state_dict())  # not state
+
+
+def test_correlation_selection_gives_each_neuron_its_top_m_inputs() -> None:
+    """Neuron n's error correlates with inputs n and n + 4 far more than with the others (its
+    target is 3 x_n + 3 x_{n+4}, its weights start small): a set grown after a neuron phase
+    sees those two inputs (the random selection almost never does)."""
+    torch.manual_seed(7)
+    chosen = {}
+    for selection in ("correlation", "random"):
+        net = nn.Sequential(nn.Linear(8, 4, bias=False))
+        model = pf.perforate(net, pf.PerforationConfig(
+            seed=0, dendrite_inputs=2, dendrite_input_selection=selection))
+        x = torch.randn(64, 8)
+        target = 3 * x[:, :4] + 3 * x[:, 4:]
+        for _ in range(3):
+            model.zero_grad()
+            (model(x) - target).square().mean().backward()
+        layer = model.dendrite_layers()["0"]
+        model.grow()
+        chosen[selection] = layer.dendrite_mask[0]
+        if selection == "correlation":
+            assert torch.equal(layer.input_score, torch.zeros(4, 8))  # starts again
+    want = torch.zeros(4, 8)
+    want[torch.arange(4), torch.arange(4)] = want[torch.arange(4), torch.arange(4) + 4] = 1.0
+    assert torch.equal(chosen["correlation"], want)
+    assert not torch.equal(chosen["random"], want)
+
+
+def test_correlation_selection_needs_m_and_a_parameter_weight(tmp_path) -> None:
+    with pytest.raises(pf.ConfigError, match="set dendrite_inputs"):
+        pf.PerforationConfig(dendrite_input_selection="correlation")
+    with pytest.raises(pf.ConfigError, match="dendrite_input_selection"):
+        pf.PerforationConfig(dendrite_inputs=3, dendrite_input_selection="top")
+    config = pf.PerforationConfig(dendrite_inputs=3, dendrite_input_selection="correlation")
+    with pytest.raises(pf.ConfigError, match=r"LSTM's is not.*exclude_modules"):
+        pf.perforate(nn.Sequential(nn.LSTM(4, 5)), config)
+    attention = nn.MultiheadAttention(4, 2, batch_first=True)  # packed q, k, v: refused
+    with pytest.raises(pf.ConfigError, match="correlation"):
+        pf.perforate(nn.Sequential(attention), config)
+    model = pf.perforate(nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 2)), config)
+    torch.save(model, tmp_path / "model.pt")  # the hook is not pickled with the weight
+    again = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert again(torch.randn(2, 4)).shape == (2, 2)
+
+
 def test_presets() -> None:
     paper = pf.PerforationConfig.paper()
     assert (paper.dendrite_learning, paper.train_dendrites, paper.objective) == (

@@ -66,7 +66,8 @@ class CandidatePool(nn.Module):
     """
 
     def __init__(self, geometry: Geometry, num_dendrites: int, config: PerforationConfig,
-                 activation: nn.Module, generator: torch.Generator | None) -> None:
+                 activation: nn.Module, generator: torch.Generator | None, *,
+                 input_score: Tensor | None = None) -> None:
         super().__init__()
         self.geometry = geometry
         self.config = config
@@ -91,8 +92,12 @@ class CandidatePool(nn.Module):
 
         weight = normal(k, n, *w_shape, std=w_std)
         mask = None
-        if config.dendrite_inputs is not None:  # each candidate sees fan_in random inputs
-            scores = torch.rand(k, n, geometry.fan_in, generator=generator)
+        if config.dendrite_inputs is not None:  # each candidate sees fan_in of the inputs
+            scores = torch.rand(k, n, geometry.fan_in, generator=generator)  # random ones
+            if input_score is not None:  # those ranked first (`input_score`), ties at random
+                rank = input_score.reshape(n, -1).float().cpu()
+                rank = rank / rank.amax(-1, keepdim=True).clamp_min(1e-30)
+                scores = scores * 1e-6 - rank
             chosen = scores.argsort(dim=-1)[..., :fan_in]
             mask = torch.zeros(k, n, geometry.fan_in).scatter_(-1, chosen, 1.0)
             mask = mask.reshape(k, n, *w_shape).to(ref.device, ref.dtype)

@@ -18,6 +18,8 @@ from .errors import ConfigError
 Selector = str | type
 
 DENDRITE_LEARNING = ("cc", "gd", "none")
+#: How `dendrite_inputs` chooses each dendrite's inputs.
+INPUT_SELECTION = ("random", "correlation")
 CENTERING = ("batch", "running")
 CANDIDATE_OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 OUTPUT_INIT = ("zero", "signed", "least_squares")
@@ -31,14 +33,15 @@ PAPER: dict[str, Any] = {
     "dendrite_learning": "cc", "train_dendrites": False, "dendrite_activation": "tanh",
     "objective": "covariance", "sign_source": "batch", "candidate_init": "fan_in",
     "candidate_weight_std": 1.0, "candidate_bias_std": 1.0, "output_init": "zero",
-    "dendrite_inputs": None, "perforated": True, "centering": "batch", "normalize_error": True}
+    "dendrite_inputs": None, "dendrite_input_selection": "random", "perforated": True,
+    "centering": "batch", "normalize_error": True}
 #: `PerforationConfig.paper(literal=True)`: the paper's own centering and error scale.
 PAPER_LITERAL: dict[str, Any] = {"centering": "running", "normalize_error": False}
 #: `PerforationConfig.anchor()`: the official open package's dendrites on this engine.
 ANCHOR: dict[str, Any] = {
     "dendrite_learning": "none", "dendrite_activation": "sigmoid", "candidate_init": "normal",
     "candidate_weight_std": 0.01, "candidate_bias_std": 0.01, "train_dendrites": True,
-    "output_init": "zero", "dendrite_inputs": None}
+    "output_init": "zero", "dendrite_inputs": None, "dendrite_input_selection": "random"}
 
 
 @dataclass
@@ -113,6 +116,12 @@ class PerforationConfig:
     """None: a dendrite sees all of its neuron's inputs (the paper). m: each dendrite sees m
     of them, drawn at random per candidate, so a set costs m (not fan_in) weights per neuron.
     (Computed as a masked dense layer: fewer parameters, not less compute.)"""
+    dendrite_input_selection: str = "random"
+    """Which `dendrite_inputs` a new set's dendrites see: "random" (drawn per candidate) or
+    "correlation" (per neuron, the m inputs whose correlation with the neuron's error was
+    largest in the neuron phase before: Σ over backward passes of |dLoss/dW| of the layer's
+    own weight, which is Σ error × input per batch; ties at random). "correlation" needs a
+    layer whose weight is a parameter (Linear, ConvNd, ConvTransposeNd)."""
     gd_output_init_std: float = 1e-2
     """dendrite_learning="gd": std of the candidates' trainable output weights."""
 
@@ -151,6 +160,11 @@ class PerforationConfig:
                                                  or self.dendrite_inputs < 1):
             raise ConfigError(f"dendrite_inputs must be None or an int >= 1, "
                               f"got {self.dendrite_inputs!r}")
+        _check_choice("dendrite_input_selection", self.dendrite_input_selection,
+                      INPUT_SELECTION)
+        if self.dendrite_input_selection != "random" and self.dendrite_inputs is None:
+            raise ConfigError(f"dendrite_input_selection={self.dendrite_input_selection!r} "
+                              "chooses among a dendrite's inputs: set dendrite_inputs (m)")
         if self.dendrite_learning == "none" and self.output_init == "least_squares":
             raise ConfigError("output_init='least_squares' needs a dendrite phase's statistics; "
                               "dendrite_learning='none' has none")

@@ -57,6 +57,11 @@ class Geometry:
     def fan_in(self) -> int:
         return math.prod(self.neuron_weight_shape)
 
+    def neuron_weights(self, weight: Tensor) -> Tensor:
+        """A tensor shaped like the layer's weight as per-neuron rows ``[N, *w]`` (the
+        layout of Linear and ConvNd weights already)."""
+        return weight
+
     def stacked(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """Apply S sets of neurons (``weight [S, N, *w]``, ``bias [S, N]``) to ``x`` in one op."""
         raise NotImplementedError
@@ -173,10 +178,6 @@ class ConvGeometry(Geometry):
 
     def expand(self, p: Tensor) -> Tensor:
         return p.reshape(*p.shape, *self._ones())
-
-    def neuron_weights(self, weight: Tensor) -> Tensor:
-        """The layer's own weight as per-neuron rows ``[N, *w]`` (its layout already)."""
-        return weight
 
     def op_weight(self, weight: Tensor) -> Tensor:
         """S sets ``[S, N, *w]`` as the weight of one wide conv (groups interleaved)."""

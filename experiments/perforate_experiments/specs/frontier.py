@@ -60,6 +60,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "cc-mean-plateau": {"config": PAPER, "tracker": {"plateau": "mean"}},
     "gd": {"config": {**PAPER, "dendrite_learning": "gd"}},
     "anchor-sparse32": {"config": {**ANCHOR, "dendrite_inputs": 32}},
+    "anchor-top32": {"config": {**ANCHOR, "dendrite_inputs": 32,
+                                "dendrite_input_selection": "correlation"}},
     "cc-train-retry": {"config": {**PAPER, "train_dendrites": True},
                        "tracker": {"dendrite_tries": 2}},
     "restart-retry": {"tracker": {"add_dendrites": False, "dendrite_tries": 2}},

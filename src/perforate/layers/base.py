@@ -18,6 +18,7 @@ In the dendrite phase a `CandidatePool` is attached and the output is routed thr
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from ..activations import INPLACE, make_activation
 from ..candidates import CandidatePool, Winners
 from ..config import PerforationConfig
-from ..errors import PhaseError
+from ..errors import ConfigError, PhaseError
 from ..geometry import Geometry
 
 
@@ -86,6 +87,12 @@ class DendriteLayer(nn.Module):
         # correlated (see the module docstring) [D, N].
         self.register_buffer("dendrite_alive", torch.zeros(0, n, **kw))
         self.candidates: CandidatePool | None = None
+        # With dendrite_input_selection="correlation": per neuron and input, Σ |dLoss/dW|
+        # of the layer's own weight over this neuron phase's backward passes (not state).
+        self.input_score: Tensor | None
+        self.register_buffer("input_score", None, persistent=False)
+        if config.dendrite_input_selection == "correlation":
+            self._watch_input_correlation()
 
     # ----------------------------------------------------------------------------- structure
     @property
@@ -175,14 +182,41 @@ class DendriteLayer(nn.Module):
             hs.append(self._activation_(u) if inplace else self.activation(u))  # type: ignore[misc]
         return hs
 
+    def _watch_input_correlation(self) -> None:
+        """Sum |dLoss/dW| of the layer's weight after every backward into `input_score`: for
+        neuron n and input i, |Σ_batch error_n × input_i|, the size of their correlation
+        (one abs and add per backward, on the device)."""
+        weight, geo = self.geometry.weight, self.geometry
+        rows = (self.num_neurons, *geo.neuron_weight_shape)
+        if not isinstance(weight, nn.Parameter) or geo.neuron_weights(weight).shape != rows:
+            raise ConfigError(
+                f"dendrite_input_selection='correlation' needs a layer whose weight is one "
+                f"parameter holding its neurons' inputs (Linear, ConvNd, ConvTransposeNd); "
+                f"{type(self.base_layer).__name__}'s is not: leave it out (exclude_modules) "
+                "or use 'random'")
+        self.input_score = torch.zeros(self.num_neurons, *self.geometry.neuron_weight_shape,
+                                       device=weight.device, dtype=torch.float32)
+        layer = weakref.ref(self)  # the parameter must not keep its wrapper alive
+
+        def accumulate(param: Tensor) -> None:
+            me = layer()
+            if me is not None and me.input_score is not None and param.grad is not None:
+                me.input_score.add_(me.geometry.neuron_weights(param.grad.detach()).abs())
+
+        weight.register_post_accumulate_grad_hook(accumulate)
+
     # ------------------------------------------------------------------------ dendrite phase
     def begin_candidates(self, generator: torch.Generator | None) -> CandidatePool:
-        """Attach a fresh pool of K candidate sets (cascade inputs from all D dendrites)."""
+        """Attach a fresh pool of K candidate sets (cascade inputs from all D dendrites);
+        with ``dendrite_input_selection="correlation"`` they see the inputs `input_score`
+        ranks first, and the score starts again for the next neuron phase."""
         if self.candidates is not None:
             raise PhaseError("candidates are already attached")
         self.candidates = CandidatePool(self.geometry, self.num_dendrites, self.config,
                                         make_activation(self.config.dendrite_activation),
-                                        generator)
+                                        generator, input_score=self.input_score)
+        if self.input_score is not None:
+            self.input_score.zero_()
         return self.candidates
 
     def end_candidates(self) -> Winners:

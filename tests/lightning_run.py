@@ -79,7 +79,7 @@ class Recorder(L.Callback):
         self.installed: dict[str, torch.Tensor] | None = None
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.installed is None and self.perforate.tracker.model.num_dendrites:
+        if self.installed is None and self.perforate.tracker.perforated.num_dendrites:
             self.installed = {k: v.clone() for k, v in pl_module.state_dict().items()}
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
@@ -91,7 +91,7 @@ class Recorder(L.Callback):
             "epoch": trainer.current_epoch, "phase": tracker.phase,
             "shared": optimizer is tracker.optimizer,
             "params": sum(p.numel() for p in params if p.requires_grad),
-            "dendrites": tracker.model.num_dendrites,
+            "dendrites": tracker.perforated.num_dendrites,
             "schedulers": len(trainer.lr_scheduler_configs),
             "ddp": type(trainer.strategy.model).__name__})
 

@@ -76,7 +76,7 @@ def main() -> None:
     train, val, test = data()
     if args.resume:
         tracker = pf.resume(args.out, make_net(), optimizer_factory, scheduler_factory)
-        model = tracker.model
+        model = tracker.perforated
     else:
         torch.manual_seed(0)
         model = pf.perforate(make_net(), pf.PerforationConfig.paper())

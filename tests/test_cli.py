@@ -100,7 +100,7 @@ def small_run(out_dir: Path, *, net_factory: str | None = DIGITS, steps: int = 1
 
 def test_export_checkpoint_and_pretrained_dir(capsys, tmp_path):
     tracker = small_run(tmp_path / "run")
-    assert tracker.done and tracker.model.num_dendrites == 1
+    assert tracker.done and tracker.perforated.num_dendrites == 1
     x = torch.rand(7, 64)
     expected = tracker.model(x)
     for src in (tmp_path / "run", tmp_path / "run" / "checkpoint", tmp_path / "run" / "model"):

@@ -57,7 +57,10 @@ def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
             if world > 1:
                 xb, yb = xb.chunk(world)[rank], yb.chunk(world)[rank]
             tracker.optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.mse_loss(tracker.train_module(xb), yb)
+            if world > 1:  # the DDP wrapper in a neuron phase, the model in a dendrite phase
+                assert isinstance(tracker.model, DDP) == (tracker.phase == "neuron")
+                assert tracker.perforated is model and tracker.train_module is tracker.model
+            loss = nn.functional.mse_loss(tracker.model(xb), yb)
             loss.backward()
             tracker.optimizer.step()
         val = None
@@ -104,7 +107,7 @@ def _fit(rank: int, world: int, out: Path, resume: Path | None = None,
     else:
         tracker = pf.resume(resume, net, factory, wrap=DDP if world > 1 else None)
         rng.append(torch.get_rng_state())
-        model = tracker.model
+        model = tracker.perforated
     x, y, xv, yv = _data()
     sets = [TensorDataset(x, y), TensorDataset(xv, yv)]
     if world > 1:
@@ -225,7 +228,8 @@ def test_unused_parameters_are_the_empty_ones_and_a_single_sets_cascade() -> Non
 def test_one_process_trains_the_model_itself() -> None:
     model = pf.perforate(nn.Sequential(nn.Linear(5, 4)), _config("paper"))
     tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, 0.1))
-    assert tracker.train_module is model and tracker.sync is None and tracker.is_main
+    assert tracker.model is tracker.train_module is tracker.perforated is model
+    assert tracker.sync is None and tracker.is_main
     assert tracker.mean_score(0.25) == 0.25
     with pytest.raises(RuntimeError, match="process group"):
         pf.Tracker(model, lambda p: torch.optim.SGD(p, 0.1), wrap=DDP)

@@ -129,7 +129,7 @@ def test_fit_argument_errors():
     with pytest.raises(TypeError, match="optimizer_factory"):
         pf.fit(m, train, val, nn.CrossEntropyLoss(), progress=False)
     other = pf.Tracker(model(), adam)
-    with pytest.raises(ValueError, match=r"tracker\.model"):
+    with pytest.raises(ValueError, match=r"tracker\.perforated"):
         pf.fit(m, train, val, nn.CrossEntropyLoss(), tracker=other, progress=False)
     bad = DataLoader(TensorDataset(torch.randn(8, 6)), batch_size=4)
     with pytest.raises(TypeError, match=r"\(inputs, targets\)"):

@@ -65,7 +65,7 @@ def test_the_cycle_runs_in_the_trainer_with_the_trackers_optimizers() -> None:
     assert len(tracker.dendrite_phases) == 1
     # the set did not improve by the threshold: the final model is cycle 0's, without it
     assert module.net.num_dendrites == tracker.final_architecture["dendrites"] == 0
-    assert callback.model is None and tracker.model is module.net
+    assert callback.model is None and tracker.perforated is module.net
 
 
 def test_ddp_two_processes_identical_and_equal_to_one_process(tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ def test_a_perforated_model_can_be_named(tmp_path: Path) -> None:
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         callbacks=[callback])
     trainer.fit(module, *loaders())
-    assert callback.tracker.model is module.net and callback.tracker.done
+    assert callback.tracker.perforated is module.net and callback.tracker.done
     assert trainer.current_epoch == 2
 
 

@@ -233,14 +233,14 @@ def test_state_dict_roundtrip_mid_phase(where):
             break
     assert a.phase == where and not a.done
     if where == "dendrite":
-        pools = [m.candidates for m in a.model.dendrite_layers().values()]
+        pools = [m.candidates for m in a.perforated.dendrite_layers().values()]
         assert all(int(p.epochs) >= 1 and float(p.best_corr.max()) > 0 for p in pools)
     else:
-        assert a.model.num_dendrites == 1 and a.schedule.cycle_best is not None
+        assert a.perforated.num_dendrites == 1 and a.schedule.cycle_best is not None
     b = pf.Tracker(tiny_model(seed=5), sgd, **kw)
     b.load_state_dict(a.state_dict())
     assert b.phase == where and b.epoch == a.epoch
-    assert_state_equal(b.model, clone_state(a.model))
+    assert_state_equal(b.perforated, clone_state(a.perforated))
     for e in range(epoch + 1, 60):
         for t in (a, b):
             if not t.done:
@@ -252,7 +252,7 @@ def test_state_dict_roundtrip_mid_phase(where):
 
     assert strip(a.history) == strip(b.history)
     assert strip(a.architectures) == strip(b.architectures)
-    assert_state_equal(b.model, clone_state(a.model))
+    assert_state_equal(b.perforated, clone_state(a.perforated))
 
 
 def test_retry_drops_the_failed_set_restores_the_best_weights_and_grows_again():

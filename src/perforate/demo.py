@@ -192,7 +192,7 @@ def format_report(setup: DemoSetup, runs: dict[str, Tracker], *, seed: int, quic
                   seconds: float, where: str | None) -> list[str]:
     """The demo's closing table: one row per architecture of each run, then error reduction."""
     lines = [f"perforate demo: {setup.description}, seed {seed}{' (quick)' if quick else ''}, "
-             f"PB: {describe(runs['PB'].model.config)}",
+             f"PB: {describe(runs['PB'].perforated.config)}",
              "decisions on the validation loss (continuous); accuracies at the epoch of the best "
              "validation loss", ""]
     head = (f"{'run':<16} {'cycle':>5} {'dendrites':>9} {'params':>7} {'epochs':>6} "

@@ -110,7 +110,7 @@ def fit(model: PerforatedModel | nn.Module, train_loader: Iterable[Any], val_loa
     ``False``: nothing.
 
     Under torchrun, pass the `DistributedDataParallel`-wrapped model and loaders with a
-    `DistributedSampler`: training runs through ``tracker.train_module``, each sampler gets
+    `DistributedSampler`: training runs through ``tracker.model``, each sampler gets
     ``set_epoch``, and each rank scores its own validation loader (the tracker averages the
     scores); see ``docs/distributed.md``.
     """
@@ -124,9 +124,9 @@ def fit(model: PerforatedModel | nn.Module, train_loader: Iterable[Any], val_loa
                                  "['scheduler_interval'] differ")
             kwargs["scheduler_interval"] = scheduler_interval
         tracker = Tracker(model, optimizer_factory, scheduler_factory, **kwargs)
-    elif tracker.model is not getattr(model, "module", model):
-        raise ValueError("fit(): tracker.model is not the model given (after pf.resume, pass "
-                         "tracker.model)")
+    elif tracker.perforated is not getattr(model, "module", model):
+        raise ValueError("fit(): tracker.perforated is not the model given (after pf.resume, "
+                         "pass tracker.perforated)")
     if not callable(loss_fn) or (metric is not None and not callable(metric)):
         raise TypeError("fit(): loss_fn and metric must be callables")
     loaders = [train_loader, val_loader, *([test_loader] if test_loader is not None else [])]
@@ -135,7 +135,7 @@ def fit(model: PerforatedModel | nn.Module, train_loader: Iterable[Any], val_loa
         generators += [getattr(loader, "generator", None),
                        getattr(getattr(loader, "sampler", None), "generator", None)]
     tracker.track_generators(*generators)
-    model = tracker.model  # unwrapped; a DDP wrapper is `tracker.train_module`
+    model = tracker.perforated  # unwrapped; a DDP wrapper is `tracker.model`
     device = next(model.parameters()).device
 
     shown = make_progress(progress, total=tracker.schedule.max_epochs, initial=tracker.epoch)
@@ -143,7 +143,7 @@ def fit(model: PerforatedModel | nn.Module, train_loader: Iterable[Any], val_loa
         while not tracker.done:
             dendrite = model.phase == DENDRITE
             optimizer = tracker.optimizer
-            net = tracker.train_module
+            net = tracker.model
             _set_epoch(loaders, tracker.epoch)
             model.train()
             outs: list[Tensor] = []

@@ -2,7 +2,7 @@
 
     tracker = pf.Tracker(model, lambda params: torch.optim.Adam(params, 1e-3))
     while not tracker.done:
-        train_one_epoch(model, tracker.optimizer)   # candidate optimizer in the dendrite phase
+        train_one_epoch(tracker.model, tracker.optimizer)  # candidates' in a dendrite phase
         d = tracker.step(val_score)                 # val_score=None is fine in a dendrite phase
 
 The tracker owns the optimizers: a fresh one per neuron cycle from ``optimizer_factory(params)``
@@ -118,8 +118,9 @@ class Tracker:
     Distributed (``docs/distributed.md``): `model` may be a `DistributedDataParallel` around the
     `PerforatedModel` (a template: rebuilt after every restructure), or pass the model and
     ``wrap`` (``PerforatedModel -> nn.Module``, e.g. ``lambda m: DDP(m, device_ids=[i])``).
-    Then train with `train_module`; candidate statistics, candidate gradients and the scores
-    given to `step` (their mean) are reduced across ranks, and only rank 0 writes files.
+    Then train with ``tracker.model`` (the wrapper in a neuron phase) and evaluate
+    ``tracker.perforated``; candidate statistics, candidate gradients and the scores given to
+    `step` (their mean) are reduced across ranks, and only rank 0 writes files.
     """
 
     def __init__(self, model: PerforatedModel | nn.Module, optimizer_factory: OptimizerFactory,
@@ -155,8 +156,9 @@ class Tracker:
                                         or ":" not in net_factory):
             raise ValueError(f"net_factory must be a 'module:function' string, got "
                              f"{net_factory!r}")
-        self.model = model
-        """The `PerforatedModel` (unwrapped). Train with `train_module`."""
+        self.perforated = model
+        """The `PerforatedModel` (never wrapped): evaluate, save and export this one. Train
+        with `model`."""
         self.wrap = wrap
         self.sync = DistributedSync(group) if wrap is not None else None
         """The collectives of a distributed run (None on one process)."""
@@ -191,10 +193,17 @@ class Tracker:
 
     # ----------------------------------------------------------------------------- queries
     @property
+    def model(self) -> nn.Module:
+        """The module to call in the training loop this epoch (``tracker.model(x)``): in a
+        distributed neuron phase the `DistributedDataParallel` wrapper of `perforated`
+        (rebuilt after every restructure), else `perforated` itself (one process, or a
+        dendrite phase, which reduces its own statistics and gradients). Fetch it each
+        epoch; so the same loop runs on 1 or N ranks."""
+        return self._wrapped
+
+    @property
     def train_module(self) -> nn.Module:
-        """The module to call in the training loop this epoch: the `DistributedDataParallel`
-        wrapper of `model` in a distributed neuron phase (rebuilt after every restructure),
-        else `model` itself (a dendrite phase reduces its own statistics and gradients)."""
+        """The same as `model` (its earlier name)."""
         return self._wrapped
 
     @property
@@ -206,8 +215,8 @@ class Tracker:
         if self.wrap is None:
             return
         retire(self._wrapped)
-        self._wrapped = self.model if self.model.phase == DENDRITE else rewrap(
-            self.model, self.wrap)
+        self._wrapped = self.perforated if self.perforated.phase == DENDRITE else rewrap(
+            self.perforated, self.wrap)
 
     def mean_score(self, value: float) -> float:
         """`value` averaged across ranks (itself on one process)."""
@@ -269,7 +278,7 @@ class Tracker:
 
     @property
     def phase(self) -> str:
-        return self.model.phase
+        return self.perforated.phase
 
     @property
     def epoch(self) -> int:
@@ -330,13 +339,13 @@ class Tracker:
         """What ``summary.json`` holds: settings, the final architecture, error reduction."""
         first = self.architectures[0] if self.architectures else None
         return {"done": self.done, "stop_reason": self.stop_reason, "epochs": self.epoch,
-                "cycles": len(self.architectures), "dendrites": self.model.num_dendrites,
-                "params": self.model.count_parameters(), "best_val": self.best_val,
+                "cycles": len(self.architectures), "dendrites": self.perforated.num_dendrites,
+                "params": self.perforated.count_parameters(), "best_val": self.best_val,
                 "test_at_best_val": self.test_at_best_val, "first": first,
                 "final": self.final_architecture,
                 "error_reduction": self.records.error_reductions(self.final_architecture),
                 "wall_seconds": sum(r["seconds"] for r in self.history),
-                "settings": self.settings(), "config": self.model.config.to_dict(),
+                "settings": self.settings(), "config": self.perforated.config.to_dict(),
                 "architectures": self.architectures, "dendrite_phases": self.dendrite_phases}
 
     # -------------------------------------------------------------------------------- step
@@ -344,7 +353,7 @@ class Tracker:
         """Call after each optimizer step: steps the scheduler when
         ``scheduler_interval="batch"`` (a no-op otherwise and in a dendrite phase, so a
         training loop may always call it). `pf.fit` calls it."""
-        if self.model.phase == NEURON:
+        if self.perforated.phase == NEURON:
             self.optimization.end_batch()
 
     def step(self, val_score: float | None = None, *, test_score: float | None = None,
@@ -372,7 +381,8 @@ class Tracker:
             merged = dict(zip(names, means, strict=True))
             scores = {k: merged[k] for k in scores}
             extras = {k: merged[k] for k in extras}
-        phase, cycle, dendrites = self.model.phase, self.schedule.cycle, self.model.num_dendrites
+        model = self.perforated
+        phase, cycle, dendrites = model.phase, self.schedule.cycle, model.num_dendrites
         lr = self.optimization.lr
         corr = None
         if phase == NEURON:
@@ -380,11 +390,11 @@ class Tracker:
                 raise ValueError("step() needs a val_score in the neuron phase")
             decision = self.schedule.neuron_epoch(scores["val"])
             if decision.new_best:
-                self.snapshots.keep_cycle_best(self.model)
+                self.snapshots.keep_cycle_best(self.perforated)
                 self.records.keep_cycle_best(scores, extras, self.schedule.epoch)
             self.optimization.end_epoch(scores["val"])
         else:
-            reports = self.model.end_epoch()
+            reports = self.perforated.end_epoch()
             improvement = max((r.improvement for r in reports.values()), default=0.0)
             best = torch.cat([r.best_corr.reshape(-1) for r in reports.values()])
             corr = float(best.mean()) if best.numel() else 0.0
@@ -411,12 +421,12 @@ class Tracker:
         elif event in (RESTART, RETRY):
             self._begin_cycle()
         elif event == INSTALL:
-            self._install(self.model.end_dendrite_phase(), decision.reason)
+            self._install(self.perforated.end_dendrite_phase(), decision.reason)
         elif event == STOP:
             self._finish()
         if restructured and event != STOP:  # _finish logs the stop
             logger.info("epoch %d: %s (%s); %d dendrite set(s), %d parameters",
-                        self.schedule.epoch, event, decision.reason, self.model.num_dendrites,
+                        self.schedule.epoch, event, decision.reason, self.perforated.num_dendrites,
                         self.records.params)
         if restructured:
             self._rewrap()
@@ -424,32 +434,32 @@ class Tracker:
             self._rank_rng = self.sync.gather(self.rng.state())
         self._write(final=event == STOP, switch=restructured)
         self._last_time = time.perf_counter()
-        return Decision(phase=self.model.phase, restructured=restructured, done=self.done,
+        return Decision(phase=self.perforated.phase, restructured=restructured, done=self.done,
                         event=event, epoch=self.schedule.epoch, cycle=self.schedule.cycle,
-                        dendrites=self.model.num_dendrites, new_best=decision.new_best,
+                        dendrites=self.perforated.num_dendrites, new_best=decision.new_best,
                         reason=decision.reason)
 
     def _end_cycle(self) -> None:
         """Restore the cycle's best weights and record its architecture."""
         result = self.schedule.cycle_results[-1]
-        self.snapshots.restore_cycle_best(self.model)
-        self.records.add_cycle(result, self.model.num_dendrites)
+        self.snapshots.restore_cycle_best(self.perforated)
+        self.records.add_cycle(result, self.perforated.num_dendrites)
         if result.improved:
             self.snapshots.promote_cycle()
 
     def _grow(self) -> None:
         """Begin a dendrite phase, or add the set at once when candidates are not trained."""
         attempt = self.schedule.failed_tries
-        if self.model.trains_candidates:
-            self.model.begin_dendrite_phase(attempt)
-            self.optimization.use_candidates(self.model)
+        if self.perforated.trains_candidates:
+            self.perforated.begin_dendrite_phase(attempt)
+            self.optimization.use_candidates(self.perforated)
             return
-        stats = self.model.grow(attempt)
+        stats = self.perforated.grow(attempt)
         self._install(stats, self.schedule.skip_dendrite_phase().reason)
 
     def _install(self, stats: dict[str, dict[str, float]], reason: str) -> None:
         self.records.add_dendrite_phase({
-            "set": self.model.num_dendrites, "epochs": self.schedule.dendrite_epochs,
+            "set": self.perforated.num_dendrites, "epochs": self.schedule.dendrite_epochs,
             "end_epoch": self.schedule.epoch, "reason": reason, "layers": stats})
         self._begin_cycle()
 
@@ -459,31 +469,31 @@ class Tracker:
         final = self.final_architecture
         if final is None:  # pragma: no cover
             raise RuntimeError("no completed cycle to retry from")
-        while drop_set and self.model.num_dendrites > final["dendrites"]:
-            self.model.remove_last_dendrites()
-        self.snapshots.restore_best(self.model)
+        while drop_set and self.perforated.num_dendrites > final["dendrites"]:
+            self.perforated.remove_last_dendrites()
+        self.snapshots.restore_best(self.perforated)
         self.records.restored_scores = {
             "train": final["train_at_best_val"], "val": final["best_val"],
             "test": final["test_at_best_val"],
             **{k: final.get(f"{k}_at_best_val") for k in self.records.extra_names}}
 
     def _begin_cycle(self) -> None:
-        self.records.begin_cycle(self.model.count_parameters())
-        self.optimization.renew(self.model)
+        self.records.begin_cycle(self.perforated.count_parameters())
+        self.optimization.renew(self.perforated)
 
     def _finish(self) -> None:
         """Revert to the best cycle's architecture and weights (the final model)."""
-        if self.model.phase == DENDRITE:  # stopped by max_epochs inside a dendrite phase
-            self.model.end_dendrite_phase()
-            self.model.remove_last_dendrites()
+        if self.perforated.phase == DENDRITE:  # stopped by max_epochs inside a dendrite phase
+            self.perforated.end_dendrite_phase()
+            self.perforated.remove_last_dendrites()
         final = self.final_architecture
         if final is None:  # pragma: no cover
             raise RuntimeError("no completed cycle to finish with")
-        while self.model.num_dendrites > final["dendrites"]:
-            self.model.remove_last_dendrites()
-        self.snapshots.restore_best(self.model)
-        self.records.finish(final, self.model.count_parameters())
-        self.optimization.renew(self.model)
+        while self.perforated.num_dendrites > final["dendrites"]:
+            self.perforated.remove_last_dendrites()
+        self.snapshots.restore_best(self.perforated)
+        self.records.finish(final, self.perforated.count_parameters())
+        self.optimization.renew(self.perforated)
         logger.info("done after %d epochs: %s; final model: cycle %d, %d dendrite set(s), "
                     "best val %.6g", self.epoch, self.stop_reason, final["cycle"],
                     final["dendrites"], final["best_val"])
@@ -511,7 +521,7 @@ class Tracker:
     def save_model(self, directory: str | Path) -> Path:
         """``model.save_pretrained(directory)`` plus ``perforate_net.json`` naming the
         network factory (so ``perforate export`` can rebuild it). Neuron phase only."""
-        out = self.model.save_pretrained(directory)
+        out = self.perforated.save_pretrained(directory)
         artifacts.write_json(out / NET_FILE, {"net_factory": self.net_factory})
         return out
 
@@ -528,9 +538,9 @@ class Tracker:
         Tensors are references, as in ``nn.Module.state_dict``."""
         sd: dict[str, Any] = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
-            "settings": self.settings(), "config": json.dumps(self.model.config.to_dict()),
-            "model": self.model.training_state(),
-            **self.optimization.state_dict(self.model.phase == NEURON),
+            "settings": self.settings(), "config": json.dumps(self.perforated.config.to_dict()),
+            "model": self.perforated.training_state(),
+            **self.optimization.state_dict(self.perforated.phase == NEURON),
             "schedule": self.schedule.state_dict(),
             **self.snapshots.state_dict(),
             **self.records.state_dict(),
@@ -548,14 +558,14 @@ class Tracker:
         if state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
             raise LoadError(f"not a perforate tracker state (format {state.get('format')!r} "
                             f"v{state.get('format_version')!r})")
-        self.model.load_training_state(state["model"])
+        self.perforated.load_training_state(state["model"])
         self.schedule.load_state_dict(
             {k: v for k, v in state["schedule"].items() if k not in _SCHEDULE_ARGS})
-        self.optimization.load_state_dict(self.model, self.model.phase == NEURON,
+        self.optimization.load_state_dict(self.perforated, self.perforated.phase == NEURON,
                                           state["optimizer"], state["scheduler"])
-        device = next(iter(self.model.state_dict().values())).device
+        device = next(iter(self.perforated.state_dict().values())).device
         self.snapshots.load_state_dict(state, device)
-        self.records.load_state_dict(state, self.model.count_parameters())
+        self.records.load_state_dict(state, self.perforated.count_parameters())
         if restore_rng and state.get("rng") is not None:
             self.rng.restore(self._own_rng(state))
         self._rewrap()
@@ -581,9 +591,9 @@ class Tracker:
         every rank's RNG states as of the last `step` (gathered there), so each rank resumes
         with its own."""
         return write_checkpoint(directory, self.state_dict(include_rng=True), {
-            "epoch": self.epoch, "phase": self.model.phase, "cycle": self.cycle,
-            "dendrites": self.model.num_dendrites, "done": self.done,
-            "net_factory": self.net_factory, "config": self.model.config.to_dict()})
+            "epoch": self.epoch, "phase": self.perforated.phase, "cycle": self.cycle,
+            "dendrites": self.perforated.num_dendrites, "done": self.done,
+            "net_factory": self.net_factory, "config": self.perforated.config.to_dict()})
 
 
 # ------------------------------------------------------------------------------- resume

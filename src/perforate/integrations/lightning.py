@@ -184,7 +184,7 @@ class PerforateCallback(L.Callback):
         if tracker.phase == DENDRITE:  # type: ignore[union-attr]
             strategy.optimizers = [tracker.optimizer]  # type: ignore[union-attr]
             strategy.lr_scheduler_configs = []
-        if _is_ddp(strategy) and tracker.train_module is tracker.model:  # type: ignore[union-attr]
+        if _is_ddp(strategy) and tracker.model is tracker.perforated:  # type: ignore[union-attr]
             strategy.model = pl_module  # a dendrite phase: no DDP
 
 

@@ -119,3 +119,15 @@ def test_interpolation_is_linear_in_log_parameters() -> None:
     assert interpolate(points, 500.0) is None and interpolate(points, 5000.0) is None
     table = {4: {"plain": [{"final_test": 0.8, "final_params": 1000}]}}
     assert frontier_points(table) == [(1000.0, 0.8)]
+
+
+def test_describe_names_the_input_selection() -> None:
+    from perforate_experiments.report.frontier import describe
+
+    config = {"dendrite_learning": "none", "dendrite_activation": "sigmoid",
+              "train_dendrites": True, "dendrite_inputs": 32}
+    random = describe({"variant": "anchor-sparse32", "config": config})
+    top = describe({"variant": "anchor-top32",
+                    "config": {**config, "dendrite_input_selection": "correlation"}})
+    assert random.endswith("dendrite_inputs=32")
+    assert top == random + ", dendrite_input_selection=correlation"

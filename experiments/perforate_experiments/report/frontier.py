@@ -146,7 +146,8 @@ def describe(row: Row) -> str:
         text = (f"{learn} {c.get('dendrite_activation', '?')} candidates, then {after}"
                 f"{'' if c.get('perforated', True) else ', not perforated'}")
         for key, default in (("objective", "covariance"), ("sign_source", "batch"),
-                             ("output_init", "zero"), ("dendrite_inputs", None)):
+                             ("output_init", "zero"), ("dendrite_inputs", None),
+                             ("dendrite_input_selection", "random")):
             if c.get(key, default) != default:
                 text += f", {key}={c[key]}"
         if t.get("plateau", "max") != "max":

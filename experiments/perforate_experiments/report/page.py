@@ -360,7 +360,7 @@ def _pb_config(rows: Sequence[Row]) -> list[str]:
         if kinds:
             lines.append(f"`{variant}` is {what} (each row records its config): here "
                          f"{' and '.join(kinds)}.")
-    if any(r.get("variant") in ("pb-head", "pb-backbone", "cc-no-perf", "gd") for r in rows):
+    if any(r.get("variant") in ("pb-head", "pb-backbone", "cc-no-perf") for r in rows):
         lines.append("The Figure 7 variants (`pb-head`, `pb-backbone`, `cc-no-perf`, `gd`) "
                      "change one thing each in the paper's algorithm: compare them with "
                      "`pb-cc`.")

@@ -28,11 +28,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from .._extras import require
 from ..candidates import CandidatePool
-from ..distributed import retire, unused_parameters
+from ..distributed import retire, rewrap
 from ..model import DENDRITE, PerforatedModel
 from ..tracker import Tracker
 
@@ -208,8 +207,6 @@ def _is_ddp(strategy: Any) -> bool:
 def _wrap_lightning_module(strategy: Any, pl_module: nn.Module) -> nn.Module:
     """A new DDP wrapper of the whole LightningModule (Lightning's settings), with the
     parameters no forward uses left out, installed as the strategy's model."""
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-        pl_module, unused_parameters(pl_module))
-    strategy.model = strategy._setup_model(pl_module)
+    strategy.model = rewrap(pl_module, strategy._setup_model)
     strategy._register_ddp_hooks()
     return strategy.model

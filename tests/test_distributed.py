@@ -144,6 +144,7 @@ def _worker(rank: int, kind: str, port: int, out: str) -> None:
         else:
             result = _run(kind, rank, WORLD)
         torch.save(result, Path(out) / f"{kind}{rank}.pt")
+        dist.barrier()  # no rank tears the group down while another still reads from it
     finally:
         dist.destroy_process_group()
 

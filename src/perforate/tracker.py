@@ -390,11 +390,11 @@ class Tracker:
                 raise ValueError("step() needs a val_score in the neuron phase")
             decision = self.schedule.neuron_epoch(scores["val"])
             if decision.new_best:
-                self.snapshots.keep_cycle_best(self.perforated)
+                self.snapshots.keep_cycle_best(model)
                 self.records.keep_cycle_best(scores, extras, self.schedule.epoch)
             self.optimization.end_epoch(scores["val"])
         else:
-            reports = self.perforated.end_epoch()
+            reports = model.end_epoch()
             improvement = max((r.improvement for r in reports.values()), default=0.0)
             best = torch.cat([r.best_corr.reshape(-1) for r in reports.values()])
             corr = float(best.mean()) if best.numel() else 0.0
@@ -421,12 +421,12 @@ class Tracker:
         elif event in (RESTART, RETRY):
             self._begin_cycle()
         elif event == INSTALL:
-            self._install(self.perforated.end_dendrite_phase(), decision.reason)
+            self._install(model.end_dendrite_phase(), decision.reason)
         elif event == STOP:
             self._finish()
         if restructured and event != STOP:  # _finish logs the stop
             logger.info("epoch %d: %s (%s); %d dendrite set(s), %d parameters",
-                        self.schedule.epoch, event, decision.reason, self.perforated.num_dendrites,
+                        self.schedule.epoch, event, decision.reason, model.num_dendrites,
                         self.records.params)
         if restructured:
             self._rewrap()
@@ -434,9 +434,9 @@ class Tracker:
             self._rank_rng = self.sync.gather(self.rng.state())
         self._write(final=event == STOP, switch=restructured)
         self._last_time = time.perf_counter()
-        return Decision(phase=self.perforated.phase, restructured=restructured, done=self.done,
+        return Decision(phase=model.phase, restructured=restructured, done=self.done,
                         event=event, epoch=self.schedule.epoch, cycle=self.schedule.cycle,
-                        dendrites=self.perforated.num_dendrites, new_best=decision.new_best,
+                        dendrites=model.num_dendrites, new_best=decision.new_best,
                         reason=decision.reason)
 
     def _end_cycle(self) -> None:

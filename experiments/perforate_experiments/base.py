@@ -6,6 +6,8 @@ Variants are configurations, not forks (algorithm.md, Figure 7 and "Controls"):
 ``pb``             library defaults (`PerforationConfig()`)
 ``pb-cc``          the paper's algorithm with this library's measured choices
                    (`PerforationConfig.paper()`: Cascade-Correlation, frozen dendrites)
+``pb-unperf``      ``pb`` without perforation (installed dendrites pass error to earlier
+                   layers, as perforatedai's open version does)
 ``pb-paper``       the paper's literal choices (`PerforationConfig.paper(literal=True)`:
                    running centering, no error scaling)
 ``restart``        restart control: the same controller and schedule, dendrites disabled
@@ -40,6 +42,7 @@ WIDTH_CONTROLS = {"width": "pb", "width-cc": "pb-cc"}
 VARIANTS: dict[str, str] = {
     "pb": "PB (library defaults)",
     "pb-cc": "PB, the paper's algorithm (Cascade-Correlation, frozen dendrites)",
+    "pb-unperf": "PB (library defaults), not perforated",
     "pb-paper": "PB, the paper's literal choices (running centering, no error scaling)",
     "restart": "restart control (same controller, no dendrites)",
     "width": "width control (plain net widened to PB's final parameter count)",
@@ -64,6 +67,8 @@ def config_overrides(variant: str, head: str) -> dict[str, Any]:
         return {}
     if variant == "pb-paper":
         return paper_fields(**PAPER_LITERAL)
+    if variant == "pb-unperf":
+        return {"perforated": False}
     return paper_fields(**{
         "pb-cc": {},
         "pb-head": {"target_modules": [head]},

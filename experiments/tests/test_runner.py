@@ -112,3 +112,14 @@ def test_worker_records_a_failure_and_clears_it_on_success(
     monkeypatch.setattr(worker, "run_one", lambda *a, **k: {"experiment": "physionet"})
     assert worker.main(argv) == 0
     assert path.exists() and not failed.exists()
+
+
+def test_variant_config_overrides() -> None:
+    from perforate.config import PAPER, PerforationConfig
+    from perforate_experiments.base import config_overrides
+
+    assert config_overrides("pb", "fc2") == {} == config_overrides("restart", "fc2")
+    unperf = config_overrides("pb-unperf", "fc2")
+    assert unperf == {"perforated": False}
+    assert not PerforationConfig(**unperf).perforated and PerforationConfig().perforated
+    assert config_overrides("pb-head", "fc2") == {**PAPER, "target_modules": ["fc2"]}

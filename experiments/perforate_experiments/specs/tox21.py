@@ -158,7 +158,7 @@ EXPERIMENT = Experiment(
     name="tox21",
     description="Tox21 12-task toxicity, mean ROC-AUC (the paper's TrimNet experiment): "
                 "MPNN on graphs and an MLP on Morgan fingerprints",
-    variants=("pb", "pb-cc", "pb-paper", "restart", "width", "width-cc"),
+    variants=("pb", "pb-cc", "pb-paper", "pb-unperf", "restart", "width", "width-cc"),
     setup=tox21_setup,
     default_seeds=tuple(range(10)),
     options={"model": MODELS},

@@ -4,16 +4,18 @@ CPU processes (gloo), and what the dendrite phase's all-reduces cost at each wor
 Strong scaling: the global epoch (``--samples``, global batch ``--batch``) is split across
 the ranks. Rows per world size: the neuron epoch (DDP), the dendrite epoch with the candidate
 reductions of `perforate.distributed`, and the same dendrite epoch without them (each rank
-alone: the reductions' cost is the difference). One thread per rank. Prints a table and writes
+alone: the reductions' cost is the difference). One thread per rank; an epoch's time is the
+slowest rank's, the best of ``--repeats`` run in alternation. Prints a table and writes
 ``bench/results/ddp_scaling.json``.
 
-    python bench/ddp_scaling.py [--ranks 1 2 4] [--samples 1024] [--batch 64] [--repeats 2]
+    python bench/ddp_scaling.py [--ranks 1 2 4] [--samples 1024] [--batch 64] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import socket
 import tempfile
@@ -46,34 +48,51 @@ def _model() -> pf.PerforatedModel:
     return pf.perforate(MnistNet(), pf.PerforationConfig.paper(seed=0, candidates=4))
 
 
-def _best(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    return min(fn() for _ in range(repeats))
+def _slowest(times: list[float], world: int) -> list[float]:
+    """Each repeat's epoch time of the job: the slowest rank's (the epoch ends when every
+    rank's does; rank 0 alone would flatter unsynchronised ranks)."""
+    if world == 1:
+        return times
+    every: list[list[float]] = [[] for _ in range(world)]
+    dist.all_gather_object(every, times)
+    return [max(ts) for ts in zip(*every, strict=True)]
 
 
 def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
     torch.set_num_threads(1)
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if cores:  # one core per rank while there are enough: less migration noise
+        os.sched_setaffinity(0, {cores[rank % len(cores)]})
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                 world_size=world)
     x, y, _ = load_data(args.samples)
     x, y = x.chunk(world)[rank], y.chunk(world)[rank]
     local = args.batch // world
-    times = {}
     model = _model()
     train = rewrap(model, DDP) if world > 1 else model
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3)
-    times["neuron"] = _best(lambda: _epoch(train, opt, x, y, local), args.repeats)
+    runs = {"neuron": lambda: _epoch(train, opt, x, y, local)}
+    # The dendrite epoch with and without the reductions, in alternation (A B A B), so that
+    # a drift in the machine's speed reaches both alike.
     for name, synced in (("dendrite", True), ("dendrite_no_reduce", False)):
         if name == "dendrite_no_reduce" and world == 1:
             continue
-        model = _model()
-        model.set_distributed(DistributedSync() if synced and world > 1 else None)
-        model.begin_dendrite_phase()
-        times[name] = _best(lambda m=model: _epoch(m, m.candidate_optimizer(), x, y, local),
-                            args.repeats)
+        m = _model()
+        m.set_distributed(DistributedSync() if synced and world > 1 else None)
+        m.begin_dendrite_phase()
+        runs[name] = lambda m=m: _epoch(m, m.candidate_optimizer(), x, y, local)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            if world > 1:
+                dist.barrier()
+            times[name].append(run())
+    best = {name: min(_slowest(ts, world)) for name, ts in times.items()}
     if rank == 0:
-        Path(out).write_text(json.dumps(times))
+        Path(out).write_text(json.dumps(best))
     if world > 1:
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -88,7 +107,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,16 +21,17 @@ from perforate.distributed import check_not_sharded
 WORLD, LOCAL_BATCH, BATCHES, EPOCHS = 2, 8, 3, 9
 
 
-def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _data(features: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     n = WORLD * LOCAL_BATCH * BATCHES
-    x, xv = torch.randn(n, 5, generator=g), torch.randn(WORLD * 16, 5, generator=g)
-    target = lambda t: torch.sin(2 * t[:, :2]) + t[:, 2:4] * t[:, 4:]  # noqa: E731
+    x = torch.randn(n, features, generator=g)
+    xv = torch.randn(WORLD * 16, features, generator=g)
+    target = lambda t: torch.sin(2 * t[:, :2]) + t[:, 2:4] * t[:, 4:5]  # noqa: E731
     return x, target(x), xv, target(xv)
 
 
 def _config(kind: str) -> pf.PerforationConfig:
-    if kind == "paper":
+    if kind in ("paper", "wide"):
         return pf.PerforationConfig.paper(seed=0, candidates=4)
     if kind == "correlation":  # a second reduction (the variance); a scale-dependent install
         return pf.PerforationConfig.paper(seed=0, candidates=4, objective="correlation",
@@ -41,15 +42,18 @@ def _config(kind: str) -> pf.PerforationConfig:
 def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
     """Train through neuron -> dendrite/grow -> install -> neuron; `world` ranks each see their
     share of every batch (world=1: the whole batch) and score their own validation shard."""
+    # "wide": 40 inputs, so the first layer's candidates exchange inputs and output
+    # gradients (`DistributedSync.gathers`) where the others sum weight gradients.
+    features = 40 if kind == "wide" else 5
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 2))
+    net = nn.Sequential(nn.Linear(features, 12), nn.ReLU(), nn.Linear(12, 2))
     model = pf.perforate(net, _config(kind))
     wrapped = DDP(model) if world > 1 else model
     tracker = pf.Tracker(wrapped, lambda p: torch.optim.Adam(p, 1e-2), neuron_patience=2,
                          dendrite_patience=2, max_dendrite_epochs=3, max_epochs=EPOCHS,
                          improvement_threshold=10.0, plot=False)
-    x, y, xv, yv = _data()
-    installed = None
+    x, y, xv, yv = _data(features)
+    installed = gathers = None
     while not tracker.done:
         for b in range(BATCHES):
             rows = slice(b * WORLD * LOCAL_BATCH, (b + 1) * WORLD * LOCAL_BATCH)
@@ -63,6 +67,8 @@ def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
             loss = nn.functional.mse_loss(tracker.model(xb), yb)
             loss.backward()
             tracker.optimizer.step()
+            if tracker.phase == "dendrite" and world > 1:
+                gathers = [m.candidates._gathers for m in model.dendrite_layers().values()]
         val = None
         if tracker.phase == "neuron":
             with torch.no_grad():  # each rank its own shard; one process: the shards' mean
@@ -74,7 +80,7 @@ def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
             installed = {k: v.clone() for k, v in model.state_dict().items()}
     history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.history]
     return {"history": history, "installed": installed, "final": model.state_dict(),
-            "events": [r["event"] for r in tracker.history]}
+            "events": [r["event"] for r in tracker.history], "gathers": gathers}
 
 
 class _Killed(Exception):
@@ -149,18 +155,74 @@ def _worker(rank: int, kind: str, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+def _linear_worker(rank: int, port: int, out: str) -> None:
+    """`DistributedSync.linear` with 3 rows on rank 0 and 5 on rank 1, two backwards each."""
+    from perforate.distributed import DistributedSync
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD)
+    try:
+        sync = DistributedSync()
+        result = {}
+        for case, (x, w, b) in _linear_cases().items():
+            w, b = w.clone().requires_grad_(), b.clone().requires_grad_()
+            mine = x[:3] if rank == 0 else x[3:]
+            for _ in range(2):  # gradient accumulation adds global gradients
+                (sync.linear(mine, w, b) ** 2).sum().backward()
+            result[case] = (w.grad, b.grad, sync.gathers(5 * x.shape[1], w.shape[1],
+                                                          w.shape[0]))
+        torch.save(result, Path(out) / f"linear{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _linear_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(3)
+    return {name: (torch.randn(8, 2, fan_in, generator=g),
+                   torch.randn(fan_out, fan_in, generator=g), torch.randn(fan_out, generator=g))
+            for name, fan_in, fan_out in (("gather", 64, 48), ("sum", 3, 40))}
+
+
+def test_linear_gives_the_global_batchs_gradients_on_every_rank(tmp_path: Path) -> None:
+    mp.spawn(_linear_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"linear{r}.pt") for r in range(WORLD)]
+    for case, (x, w, b) in _linear_cases().items():
+        w, b = w.clone().requires_grad_(), b.clone().requires_grad_()
+        for _ in range(2):
+            (nn.functional.linear(x, w, b) ** 2).sum().backward()
+        (gw0, gb0, gathers), (gw1, gb1, _) = ranks[0][case], ranks[1][case]
+        assert gathers == (case == "gather")
+        assert torch.equal(gw0, gw1) and torch.equal(gb0, gb1)
+        torch.testing.assert_close(gw0, w.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gb0, b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_gathers_when_the_exchange_is_smaller_than_the_weights() -> None:
+    from perforate.distributed import DistributedSync
+
+    sync = object.__new__(DistributedSync)
+    sync.world = 2
+    assert sync.gathers(32, 9216, 512)  # the MNIST CNN's fc1, K=4: 0.6 M vs 9.4 M numbers
+    assert not sync.gathers(32, 32, 512)  # a narrow layer: 34 k vs 34 k
+    assert not sync.gathers(4096, 256, 1024)  # a long sequence: 10.5 M vs 0.5 M
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", ["paper", "correlation", "default"])
+@pytest.mark.parametrize("kind", ["paper", "wide", "correlation", "default"])
 def test_ranks_identical_and_equal_to_one_process(kind: str, tmp_path: Path) -> None:
     mp.spawn(_worker, args=(kind, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"{kind}{r}.pt", weights_only=False) for r in range(WORLD)]
     single = _run(kind, 0, 1)
     assert ranks[0]["installed"] is not None, ranks[0]["events"]
+    if kind != "default":  # which layers exchange inputs instead of summing gradients
+        assert ranks[0]["gathers"] == ranks[1]["gathers"] == [kind == "wide", False]
     assert ranks[0]["history"] == ranks[1]["history"]
     for key in ("installed", "final"):
         a, b, s = ranks[0][key], ranks[1][key], single[key]
@@ -248,7 +310,7 @@ def test_candidate_gradients_are_summed_after_a_steps_closure(how: str) -> None:
         None if p.grad is None else p.grad.clone() for p in params)
     w = nn.Parameter(torch.ones(3))
     opt = torch.optim.SGD([w], lr=0.0)
-    opt.register_step_pre_hook(sync.step_pre_hook)
+    opt.register_step_pre_hook(sync.grad_sum_hook(lambda: [w]))
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)

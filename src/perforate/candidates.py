@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .activations import INPLACE
 from .config import PerforationConfig
 from .errors import NonFiniteError
-from .geometry import Geometry
+from .geometry import Geometry, LinearGeometry
 from .masking import mask_for
 from .stats import CorrelationSums, ObservedBatch, accumulator_dtype
 
@@ -138,16 +138,47 @@ class CandidatePool(nn.Module):
         self._scratch: Tensor | None = None  # see `_scratch_like`; not state
         self.sync: DistributedSync | None = None
         """Set in a distributed run: each batch's sums are summed across ranks (not state)."""
+        self._gathers: bool | None = None  # see `forward`; not state
+        self.pad_rows = 0
+        """The most sample positions any rank has had in a batch this phase (a distributed
+        run's `observe` sums them): what each rank sends to a `DistributedSync.linear`."""
 
     @property
     def num_candidates(self) -> int:
         return self.bias.shape[0]
 
+    def distribute(self, sync: DistributedSync) -> None:
+        """Join a distributed run: take rank 0's candidates and reduce every batch's sums
+        across ranks."""
+        self.sync = sync
+        self._gathers = None
+        sync.broadcast_([*self.parameters(), *self.buffers()])
+
+    def params_to_sum(self) -> list[nn.Parameter]:
+        """In a distributed run, the parameters whose gradients the optimizer step must sum
+        across ranks: all but the weights and bias of a Linear layer's candidates that
+        exchange inputs instead (decided at the phase's first batch, see `forward`)."""
+        done = {id(self.weight), id(self.bias)} if self._gathers else set()
+        return [p for p in self.parameters() if id(p) not in done]
+
     def forward(self, x: Tensor, hs: list[Tensor]) -> Tensor:
         """Candidate activations, stacked ``[K]``; x and the dendrite outputs hs detached."""
         geo = self.geometry
         weight = self.weight if self.mask is None else self.weight * self.mask
-        pre = geo.stacked(x, weight, self.bias)
+        sync = self.sync
+        if sync is not None and geo.plain_linear and self._gathers is None:
+            # Once per phase, the same on every rank: whether exchanging this layer's inputs
+            # and output gradients moves less than summing its candidates' weight gradients.
+            rows = sync.max_rows(x.numel() // x.shape[-1]) if x.dim() > 1 else 1
+            self._gathers = sync.gathers(rows, x.shape[-1], self.bias.numel())
+        if self._gathers:  # global-batch weight gradients in the backward
+            def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+                return sync.linear(x, weight, bias,  # type: ignore[union-attr]
+                                   rows=lambda: self.pad_rows or None)
+
+            pre = LinearGeometry.stacked_with(linear, x, weight, self.bias)
+        else:
+            pre = geo.stacked(x, weight, self.bias)
         # Cascade inputs E[k, i] * h_i, then the activation: in place where `pre` is a tensor
         # of its own (no backward reads its old values), so no extra temporary of K layer
         # outputs; not on a view (the op's output reshaped), whose in-place change autograd
@@ -175,9 +206,23 @@ class CandidatePool(nn.Module):
         the sample positions that count (`perforate.masking`). Only device ops: no host sync.
         Few, fused ops, since this runs per layer per batch. objective="covariance":
         ``-sigma (e - ē) / s`` (eq. 3.4); "correlation": the gradient of ``-P |r|`` with r the
-        batch's Pearson correlation of c and e (P positions).
+        batch's Pearson correlation of c and e (P positions). In a distributed run the sums
+        are first summed across ranks.
         """
-        geo, cfg = self.geometry, self.config
+        batch, sums = self._batch_sums(c, e, mask)
+        sync = self.sync
+        if sync is not None:  # the global batch's sums, on every rank; and every rank's rows
+            rows = torch.zeros(sync.world, dtype=sums[0].dtype, device=sums[0].device)
+            rows[sync.rank] = e.numel() // self.geometry.num_neurons
+            sync.sum_([*sums, rows])
+            if self._gathers:  # a host read, only where the rows are sent
+                self.pad_rows = max(self.pad_rows, int(rows.max().item()))
+        return self._learn(batch, *sums)
+
+    def _batch_sums(self, c: Tensor, e: Tensor, mask: Tensor | None,
+                    ) -> tuple[ObservedBatch, list[Tensor]]:
+        """One batch's ``[count, cand, err]`` sums (`CorrelationSums.add`) of this rank."""
+        geo = self.geometry
         # Numerics first: float32+ statistics, masked positions out, a batch with a non-finite
         # (loss-scaled) error skipped; see `ObservedBatch`. Then the statistics proper.
         sync = self.sync
@@ -190,10 +235,17 @@ class CandidatePool(nn.Module):
         sce = geo.sum_stacked(torch.mul(c, geo.unsqueeze_set(e), out=self._scratch_like(c)))
         err = torch.stack([geo.sum_out(e), geo.sum_out(e * e)])
         cand = torch.stack([sc, sc2, sce]) * batch.finite
-        if sync is not None:  # the global batch's sums, on every rank
+        if sync is not None:  # one dtype, so one collective sums them all
             p = torch.as_tensor(p, dtype=cand.dtype, device=cand.device).clone()
-            sync.sum_([p, cand, err])
-            sc, sc2, sce = cand
+        return batch, [p, cand, err]
+
+    @torch.no_grad()
+    def _learn(self, batch: ObservedBatch, p: Tensor, cand: Tensor, err: Tensor,
+              ) -> Tensor | None:
+        """Add a batch's (global) sums to the statistics; return the candidate gradient."""
+        geo, cfg, sync = self.geometry, self.config, self.sync
+        c = batch.c
+        sc, _, sce = cand
         self.sums.add(p, cand, err)
         valid, p = p > 0, p.clamp_min(1).float()  # a skipped or fully masked batch moves no EMA
 

@@ -10,7 +10,10 @@ install reads is reduced across ranks (see ``docs/distributed.md``):
 - dendrite phase: no DDP (the network is frozen); candidates are broadcast from rank 0 when
   drawn, each batch's correlation sums are summed across ranks inside the backward (so the
   epoch's statistics, the running ones and each position's candidate gradient are those of
-  the global batch), and the candidates' gradients are summed before their optimizer steps;
+  the global batch). The candidates' gradients are summed before their optimizer steps,
+  except where a Linear layer's inputs and output gradients are smaller than its candidate
+  weights (K copies of the layer's): there the ranks exchange those in the backward and each
+  computes the global batch's weight gradient (`DistributedSync.linear`);
 - scores given to ``Tracker.step`` are averaged across ranks (one all-reduce per epoch).
 """
 
@@ -26,6 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 Wrap = Callable[[nn.Module], nn.Module]
 """``wrap(perforated_model) -> module to train with`` (e.g. a `DistributedDataParallel`)."""
+StepPreHook = Callable[[torch.optim.Optimizer, tuple[Any, ...], dict[str, Any]],
+                      "tuple[tuple[Any, ...], dict[str, Any]] | None"]
 
 
 class DistributedSync:
@@ -80,25 +85,72 @@ class DistributedSync:
                 p.grad = torch.zeros_like(p)
         self.sum_([p.grad for p in params if p.grad is not None and p.numel()])
 
-    def step_pre_hook(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
-                      kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        """A candidate optimizer's step pre-hook: sums its gradients across ranks before the
-        step. A step given a closure (Lightning's, LBFGS) computes the gradients inside it,
-        after this hook: the closure is then wrapped to sum them once it has run."""
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0]: self
-        if closure is None:
-            self.sum_grads(params)
-            return None
+    def grad_sum_hook(self, params: Callable[[], Sequence[nn.Parameter]]) -> StepPreHook:
+        """A step pre-hook for a candidate optimizer: sums the gradients of ``params()``
+        across ranks before the step. A step given a closure (Lightning's, LBFGS) computes the
+        gradients inside it, after the hook: the closure is then wrapped to sum them once it
+        has run."""
 
-        def summed() -> Any:
-            out = closure()
-            self.sum_grads(params)
-            return out
+        def reduce() -> None:
+            self.sum_grads(params())
 
-        if "closure" in kwargs:
-            return args, {**kwargs, "closure": summed}
-        return (args[0], summed, *args[2:]), kwargs
+        def hook(optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+            closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # 0: self
+            if closure is None:
+                reduce()
+                return None
+
+            def summed() -> Any:
+                out = closure()
+                reduce()
+                return out
+
+            if "closure" in kwargs:
+                return args, {**kwargs, "closure": summed}
+            return (args[0], summed, *args[2:]), kwargs
+
+        return hook
+
+    def gathers(self, rows: int, fan_in: int, fan_out: int) -> bool:
+        """Whether exchanging `rows` inputs and output gradients per rank (``world x rows x
+        (fan_in + fan_out)`` numbers received) moves less than summing a ``fan_out x fan_in``
+        weight gradient and its bias (a ring all-reduce moves about twice their size)."""
+        return self.world * rows * (fan_in + fan_out) < 2 * fan_out * (fan_in + 1)
+
+    def max_rows(self, rows: int) -> int:
+        """The largest of the ranks' `rows`."""
+        t = torch.tensor([rows], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return int(t.item())
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor,
+               rows: Callable[[], int | None] | None = None) -> Tensor:
+        """``F.linear(x, weight, bias)`` whose backward gives `weight` and `bias` the
+        gradients of the global batch on every rank (identical bits everywhere, so they need
+        no sum at the step): the ranks exchange their inputs and output gradients
+        (`linear_grads`), worth it where `gathers`. No gradient reaches `x` (a candidate's
+        input is detached). ``rows()``, if given and not None at the backward, is the
+        largest row count of any rank (saves a collective)."""
+        return _GlobalGradLinear.apply(x, weight, bias, self, rows)
+
+    def linear_grads(self, x: Tensor, grad: Tensor, most: int | None = None,
+                     ) -> tuple[Tensor, Tensor]:
+        """The global batch's ``(grad_weight, grad_bias)`` of a linear layer from this rank's
+        inputs ``x [rows, in]`` and output gradients ``grad [rows, out]``. Ranks may hold
+        different row counts (`most`: the largest, found with a collective if None): the
+        exchanged rows are padded with zeros, which add nothing."""
+        if most is None:
+            most = self.max_rows(x.shape[0])
+        fan_in, fan_out = x.shape[1], grad.shape[1]
+        mine = x.new_zeros((most, fan_in + fan_out),
+                           dtype=torch.promote_types(x.dtype, grad.dtype))
+        mine[:x.shape[0], :fan_in] = x
+        mine[:x.shape[0], fan_in:] = grad
+        every = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(every, mine, group=self.group)
+        xs, gs = torch.cat(every).split([fan_in, fan_out], dim=1)
+        return gs.t() @ xs, gs.sum(0)
 
     def mean_scores(self, values: Sequence[float | None], main_only: Sequence[float] = (),
                     ) -> tuple[list[float | None], list[float]]:
@@ -168,3 +220,24 @@ def retire(wrapper: nn.Module) -> None:
     new one (a reference kept elsewhere would otherwise still reduce into it)."""
     if is_ddp(wrapper):
         wrapper._remove_autograd_hooks()  # type: ignore[operator]
+
+
+class _GlobalGradLinear(torch.autograd.Function):
+    """`DistributedSync.linear`: a linear op whose weight and bias gradients are global."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor,  # type: ignore[override]
+                sync: DistributedSync, rows: Callable[[], int | None] | None) -> Tensor:
+        ctx.sync, ctx.rows = sync, rows
+        ctx.save_for_backward(x, weight)
+        return torch.nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor  # type: ignore[override]
+                 ) -> tuple[Tensor | None, Tensor, Tensor, None, None]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None
+        gw, gb = ctx.sync.linear_grads(x.reshape(-1, x.shape[-1]),
+                                       grad.reshape(-1, grad.shape[-1]),
+                                       None if ctx.rows is None else ctx.rows())
+        return grad_x, gw.to(weight.dtype), gb.to(weight.dtype), None, None

@@ -13,7 +13,7 @@ Per-set, per-neuron parameters have shape ``[S, N]`` and broadcast through `expa
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,8 @@ class Geometry:
     set_dim: int
     #: Input rank of an unbatched call (``Linear([in])``, ``Conv2d([C, H, W])``).
     unbatched_dim: int
+    #: `stacked` is one ``F.linear`` on the last axis (`LinearGeometry.stacked_with` works).
+    plain_linear = False
 
     def __init__(self, layer: nn.Module) -> None:
         self.layer = layer
@@ -123,10 +125,18 @@ class Geometry:
 class LinearGeometry(Geometry):
     set_dim = -2
     unbatched_dim = 1
+    plain_linear = True
 
     def stacked(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return self.stacked_with(F.linear, x, weight, bias)
+
+    @staticmethod
+    def stacked_with(linear: Callable[[Tensor, Tensor, Tensor], Tensor], x: Tensor,
+                     weight: Tensor, bias: Tensor) -> Tensor:
+        """`stacked` computed by ``linear(x, weight [S*N, in], bias [S*N])`` (e.g.
+        `DistributedSync.linear`, whose backward returns the global batch's gradients)."""
         s, n = bias.shape
-        out = torch.nn.functional.linear(x, weight.reshape(s * n, -1), bias.reshape(s * n))
+        out = linear(x, weight.reshape(s * n, -1), bias.reshape(s * n))
         return out.unflatten(-1, (s, n))
 
     def expand(self, p: Tensor) -> Tensor:

@@ -149,16 +149,17 @@ class PerforatedModel(nn.Module):
         if self.config.seed is not None:
             seed = self.config.seed + 1_000_003 * self.num_dendrites + 7_919 * attempt
             generator = torch.Generator().manual_seed(seed)
-        params = []
+        params, pools = [], []
         for layer in self.dendrite_layers().values():
             pool = layer.begin_candidates(generator)
             params += list(pool.parameters())
+            pools.append(pool)
             if self._sync is not None:  # rank 0's draw everywhere; global-batch statistics
-                pool.sync = self._sync
-                self._sync.broadcast_([*pool.parameters(), *pool.buffers()])
+                pool.distribute(self._sync)
         self._optimizer = self._make_optimizer(params)
         if self._sync is not None:
-            self._optimizer.register_step_pre_hook(self._sync.step_pre_hook)
+            self._optimizer.register_step_pre_hook(self._sync.grad_sum_hook(
+                lambda: [p for pool in pools for p in pool.params_to_sum()]))
         self._phase = DENDRITE
         logger.info("dendrite phase %d: %d candidate(s) per layer", self.num_dendrites + 1,
                     self.config.candidates)

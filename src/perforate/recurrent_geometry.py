@@ -105,6 +105,8 @@ class RecurrentGeometry(LinearGeometry):
     ``weight [S, N, F]`` -> ``[..., S, N]`` (a batched matmul over layer-directions).
     """
 
+    plain_linear = False
+
     def __init__(self, layer: nn.Module) -> None:
         super().__init__(layer)
         self.spec = RecurrentSpec.of(layer)

@@ -27,8 +27,8 @@ def test_registry_has_the_six_experiments() -> None:
     assert set(experiments()) == {"fashion-mnist", "ablation", "tox21", "physionet", "timing",
                                   "frontier"}
     assert get_experiment("ablation").variants == (
-        "pb", "pb-cc", "pb-head", "pb-backbone", "cc-no-perf", "gd", "restart", "width",
-        "width-cc")
+        "pb", "pb-cc", "pb-unperf", "pb-head", "pb-backbone", "cc-no-perf", "gd", "restart",
+        "width", "width-cc")
     with pytest.raises(ValueError, match="unknown experiment"):
         get_experiment("emnist")
 

@@ -33,6 +33,12 @@ StepPreHook = Callable[[torch.optim.Optimizer, tuple[Any, ...], dict[str, Any]],
                       "tuple[tuple[Any, ...], dict[str, Any]] | None"]
 
 
+#: `DistributedSync.sum_` sums at most this many numbers with an all-gather on gloo: on the
+#: 2-core development machine, 2 ranks, an all-reduce of 500 to 80 000 float32 took 1.6 to
+#: 2.0 ms and an all-gather of the same 0.9 to 1.3 ms.
+SMALL = 1 << 17
+
+
 class DistributedSync:
     """Collectives over one process group: sums, broadcasts from rank 0, score means."""
 
@@ -44,6 +50,8 @@ class DistributedSync:
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         nccl = dist.get_backend(group) == "nccl"
+        self.gather_small = dist.get_backend(group) == "gloo"
+        """Sum a few numbers with an all-gather (`sum_`): lower latency on gloo."""
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl \
             else torch.device("cpu")
         """Where host values (scores) are reduced: NCCL reduces CUDA tensors only."""
@@ -60,7 +68,15 @@ class DistributedSync:
             by_dtype.setdefault(t.dtype, []).append(t)
         for group in by_dtype.values():
             flat = torch.cat([t.reshape(-1) for t in group])
-            dist.all_reduce(flat, group=self.group)
+            if self.gather_small and flat.numel() <= SMALL:
+                # gloo's all-reduce takes two rounds of messages, an all-gather one: for a
+                # few numbers, where the latency is the cost, gather and add in rank order
+                # (the same bits on every rank).
+                every = [torch.empty_like(flat) for _ in range(self.world)]
+                dist.all_gather(every, flat, group=self.group)
+                flat = torch.stack(every).sum(0)
+            else:
+                dist.all_reduce(flat, group=self.group)
             for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
                 t.copy_(part.view_as(t))
 

@@ -209,6 +209,64 @@ def test_gathers_when_the_exchange_is_smaller_than_the_weights() -> None:
     assert not sync.gathers(4096, 256, 1024)  # a long sequence: 10.5 M vs 0.5 M
 
 
+def _overflow_worker(rank: int, port: int, out: str) -> None:
+    """A dendrite phase under a GradScaler where rank 0's loss overflows at batch 1."""
+    import datetime
+
+    from perforate.distributed import DistributedSync
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    try:
+        result = _overflow_run(DistributedSync(), rank)
+        torch.save(result, Path(out) / f"overflow{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _overflow_run(sync: Any, rank: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = pf.perforate(nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 2)),
+                         _config("paper"))
+    model.set_distributed(sync)
+    model.begin_dendrite_phase()
+    opt = model.candidate_optimizer()
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    x, y, _, _ = _data()
+    params, scales, skipped = [], [], []
+    for b in range(BATCHES):
+        rows = slice(b * WORLD * LOCAL_BATCH, (b + 1) * WORLD * LOCAL_BATCH)
+        xb, yb = x[rows].chunk(WORLD)[rank], y[rows].chunk(WORLD)[rank]
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.mse_loss(model(xb), yb)
+        if b == 1 and rank == 0:
+            loss = loss * float("inf")
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        params.append(torch.cat([p.detach().flatten().clone()
+                                 for g in opt.param_groups for p in g["params"]]))
+        scales.append(scaler.get_scale())
+        skipped.append([int(m.candidates.skipped) for m in model.dendrite_layers().values()])
+    return {"params": params, "scales": scales, "skipped": skipped}
+
+
+def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path) -> None:
+    """A GradScaler decides from each rank's own gradients: the rank whose loss overflowed
+    skips its step, so the others must too (else they wait for it in the gradient sum)."""
+    mp.spawn(_overflow_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"overflow{r}.pt") for r in range(WORLD)]
+    assert ranks[0]["scales"] == ranks[1]["scales"] == [16.0, 8.0, 8.0]  # halved: skipped
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] == [[0, 0], [1, 1], [1, 1]]
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"], strict=True):
+        assert torch.equal(a, b)
+    p0, p1, p2 = ranks[0]["params"]
+    assert torch.equal(p0, p1) and not torch.equal(p1, p2)  # batch 1 stepped nowhere
+    assert torch.isfinite(p2).all()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

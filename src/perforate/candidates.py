@@ -211,13 +211,25 @@ class CandidatePool(nn.Module):
         """
         batch, sums = self._batch_sums(c, e, mask)
         sync = self.sync
-        if sync is not None:  # the global batch's sums, on every rank; and every rank's rows
-            rows = torch.zeros(sync.world, dtype=sums[0].dtype, device=sums[0].device)
-            rows[sync.rank] = e.numel() // self.geometry.num_neurons
-            sync.sum_([*sums, rows])
-            if self._gathers:  # a host read, only where the rows are sent
-                self.pad_rows = max(self.pad_rows, int(rows.max().item()))
-        return self._learn(batch, *sums)
+        if sync is None:
+            self.skipped += ~batch.finite
+            return self._learn(batch, *sums)
+        # The global batch's sums, on every rank; each rank's rows; how many ranks saw a
+        # non-finite error (a loss scaler's overflow). Such a batch is skipped on every rank
+        # and every rank's candidate gradient made NaN, so that a GradScaler skips the step
+        # on all of them alike (one rank stepping alone would wait in the gradient sum).
+        extra = torch.zeros(sync.world + 1, dtype=sums[0].dtype, device=sums[0].device)
+        extra[sync.rank] = e.numel() // self.geometry.num_neurons
+        extra[-1] = ~batch.finite
+        sync.sum_([*sums, extra])
+        overflow = extra[-1] > 0
+        for t in sums:
+            t.mul_(~overflow)
+        self.skipped += overflow
+        if self._gathers:  # a host read, only where the rows are sent
+            self.pad_rows = max(self.pad_rows, int(extra[:-1].max().item()))
+        grad = self._learn(batch, *sums)
+        return None if grad is None else grad * torch.where(overflow, torch.nan, 1.0)
 
     def _batch_sums(self, c: Tensor, e: Tensor, mask: Tensor | None,
                     ) -> tuple[ObservedBatch, list[Tensor]]:
@@ -230,7 +242,6 @@ class CandidatePool(nn.Module):
             e = e / sync.world
         batch = ObservedBatch.of(geo, c, e, mask)
         c, e, p = batch.c, batch.e, batch.count
-        self.skipped += ~batch.finite
         sc, sc2 = geo.sums_stacked(c)
         sce = geo.sum_stacked(torch.mul(c, geo.unsqueeze_set(e), out=self._scratch_like(c)))
         err = torch.stack([geo.sum_out(e), geo.sum_out(e * e)])

@@ -77,6 +77,13 @@ class Recorder(L.Callback):
         self.perforate = perforate
         self.batches: list[dict[str, Any]] = []
         self.installed: dict[str, torch.Tensor] | None = None
+        self.val_batches: dict[int, int] = {}  # epoch -> validation batches run
+
+    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking:
+            self.val_batches[trainer.current_epoch] = \
+                self.val_batches.get(trainer.current_epoch, 0) + 1
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if self.installed is None and self.perforate.tracker.perforated.num_dendrites:
@@ -115,6 +122,7 @@ def main(out: Path) -> None:
     history = [{k: v for k, v in r.items() if k != "seconds"} for r in callback.tracker.history]
     torch.save({"state": module.state_dict(), "installed": recorder.installed,
                 "history": history, "batches": recorder.batches,
+                "val_batches": recorder.val_batches,
                 "epochs": trainer.current_epoch, "world": trainer.world_size},
                out / f"rank{trainer.global_rank}.pt")
 

@@ -56,6 +56,9 @@ def test_the_cycle_runs_in_the_trainer_with_the_trackers_optimizers() -> None:
     assert [e["params"] for e in epochs] == [NETWORK] * 2 + [CANDIDATES] * 2 + [WITH_SET] * 2
     assert [e["dendrites"] for e in epochs] == [0, 0, 0, 0, 1, 1]
     assert [e["schedulers"] for e in epochs] == [1, 1, 0, 0, 1, 1]  # Lightning's StepLR
+    # no validation in a dendrite epoch (4 batches of 8 in the others); restored at the end
+    assert [recorder.val_batches.get(e, 0) for e in range(len(PHASES))] == [4, 4, 0, 0, 4, 4]
+    assert trainer.limit_val_batches == 1.0
     lrs = [r["lr"] for r in tracker.history]  # stepped by Lightning, fresh after each cycle
     assert lrs == pytest.approx([5e-3, 2.5e-3, 1e-2, 1e-2, 5e-3, 2.5e-3])
     assert all(r["corr"] > 0 for r in tracker.history if r["phase"] == "dendrite")
@@ -89,6 +92,7 @@ def test_ddp_two_processes_identical_and_equal_to_one_process(tmp_path: Path) ->
     assert all(e["shared"] for e in epochs)
     assert [e["ddp"] for e in epochs] == [  # no DDP in the dendrite phase
         "DistributedDataParallel" if p == "neuron" else "Regressor" for p in PHASES]
+    assert [ranks[0]["val_batches"].get(e, 0) for e in range(len(PHASES))] == [4, 4, 0, 0, 4, 4]
     # one process on the global batches of the 2 ranks (loaders() in lightning_run.py)
     _, callback, recorder, _ = fit()
     one = history(callback)

@@ -12,7 +12,8 @@
     trainer.fit(Net(), train_loader, val_loader)
 
 The callback builds a `perforate.Tracker` at the start of fitting and steps it after every
-validation run with the monitored score. The neuron phase trains with the optimizer (and
+validation run with the monitored score; a dendrite epoch runs no validation (the network is
+frozen) and steps the tracker at its end. The neuron phase trains with the optimizer (and
 schedulers) of ``configure_optimizers``, rebuilt by ``trainer.strategy.setup_optimizers``
 after every restructure; a dendrite phase trains the candidates with the tracker's candidate
 optimizer. Under ``DDPStrategy`` the DDP wrapper of the LightningModule is rebuilt after every
@@ -83,6 +84,8 @@ class PerforateCallback(L.Callback):
         self.tracker: Tracker | None = None
         """The `Tracker` of the current fit (None before ``on_fit_start``)."""
         self._pending_state: dict[str, Any] | None = None
+        self._val_batches: Any = None  # the Trainer's limit_val_batches, outside dendrite phases
+        self._stepped = False  # the tracker stepped in this training epoch
 
     # ------------------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -100,6 +103,7 @@ class PerforateCallback(L.Callback):
         elif not isinstance(strategy, L.strategies.SingleDeviceStrategy):
             raise TypeError(f"PerforateCallback supports the single-device and DDP strategies, "
                             f"not {type(strategy).__name__}")
+        self._val_batches = trainer.limit_val_batches
         self.tracker = Tracker(model, lambda params: self._lightning_optimizer(trainer, params),
                                mode=self.mode, wrap=wrap, **self.tracker_options)
         if self._pending_state is not None:
@@ -107,17 +111,37 @@ class PerforateCallback(L.Callback):
             self._pending_state = None
         self._connect(trainer, pl_module)
 
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._stepped = False
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._val_batches is not None:  # the user's setting, for a later validate()
+            trainer.limit_val_batches = self._val_batches
+
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         """Step the tracker with the monitored score; after a restructure, give Lightning the
         new optimizer (and wrapper); stop when done."""
-        tracker = self.tracker
-        if trainer.sanity_checking or tracker is None or tracker.done \
-                or trainer.state.fn != "fit":
+        if trainer.sanity_checking or not self._live(trainer):
             return
         val = None
-        if tracker.phase != DENDRITE:  # a dendrite phase decides on candidate correlations
-            val = self._score(trainer)
-        decision = tracker.step(val)
+        if self.tracker.phase != DENDRITE:  # type: ignore[union-attr]
+            val = self._score(trainer)  # a dendrite phase decides on candidate correlations
+        self._step(trainer, pl_module, val)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        """Step the tracker after a dendrite epoch, which runs no validation (the network is
+        frozen: its score cannot change)."""
+        if self._live(trainer) and not self._stepped \
+                and self.tracker.phase == DENDRITE:  # type: ignore[union-attr]
+            self._step(trainer, pl_module, None)
+
+    def _live(self, trainer: Any) -> bool:
+        tracker = self.tracker
+        return tracker is not None and not tracker.done and trainer.state.fn == "fit"
+
+    def _step(self, trainer: Any, pl_module: Any, val: float | None) -> None:
+        decision = self.tracker.step(val)  # type: ignore[union-attr]
+        self._stepped = True
         if decision.restructured:
             self._connect(trainer, pl_module)
         if decision.done:
@@ -180,9 +204,12 @@ class PerforateCallback(L.Callback):
         """Give Lightning the tracker's optimizer and module for the next epoch."""
         tracker = self.tracker
         strategy = trainer.strategy
-        if tracker.phase == DENDRITE:  # type: ignore[union-attr]
+        dendrite = tracker.phase == DENDRITE  # type: ignore[union-attr]
+        if dendrite:
             strategy.optimizers = [tracker.optimizer]  # type: ignore[union-attr]
             strategy.lr_scheduler_configs = []
+        # No validation run in a dendrite epoch (the tracker steps at the epoch's end).
+        trainer.limit_val_batches = 0 if dendrite else self._val_batches
         if _is_ddp(strategy) and tracker.model is tracker.perforated:  # type: ignore[union-attr]
             strategy.model = pl_module  # a dendrite phase: no DDP
 

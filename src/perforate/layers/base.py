@@ -174,10 +174,13 @@ class DendriteLayer(nn.Module):
         inplace = self._activation_ is not None \
             and not (pre.requires_grad and torch.is_grad_enabled())
         cascade = self.live_weights()[0]
+        # Trained sets: `unbind`, whose backward stacks the sets' gradients once (a `select`
+        # per set would fill a zero tensor of all D sets for each, then add them up).
+        parts = None if inplace else pre.unbind(geo.set_dim)
         hs: list[Tensor] = []
         for j in range(self.num_dendrites):
-            u = geo.cascade(pre.select(geo.set_dim, j), cascade[j], hs,
-                            inplace=inplace)
+            u = pre.select(geo.set_dim, j) if parts is None else parts[j]
+            u = geo.cascade(u, cascade[j], hs, inplace=inplace)
             # No autograd through the dendrites (perforated, frozen): in place on `pre`.
             hs.append(self._activation_(u) if inplace else self.activation(u))  # type: ignore[misc]
         return hs

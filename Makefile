@@ -35,6 +35,7 @@ wheel-check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/epoch_cost.py
+	$(BIN)/python bench/epoch_cost.py --keep-memory --out bench/results/epoch_cost_kept.json
 	$(BIN)/python bench/tracker_step.py
 
 # Side by side with PyPI's perforatedai 3.2.9, in a venv of its own (git-ignored): torch first

@@ -8,6 +8,10 @@ perforated sets (D forwards and D weight-gradient backwards, no input gradient),
 backward, and K candidate forwards + backwards).
 
     python bench/epoch_cost.py [--samples 4096] [--batch 64] [--repeats 3] [--device cpu]
+                               [--keep-memory]
+
+``--keep-memory`` calls `perforate.keep_cpu_memory` first (glibc keeps freed memory instead of
+faulting in fresh pages for every large temporary; see `perforate.allocator`).
 """
 
 from __future__ import annotations
@@ -89,9 +93,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compare-optimizers", action="store_true",
                         help="also time K=4 with foreach and fused Adam for the candidates")
+    parser.add_argument("--keep-memory", action="store_true",
+                        help="pf.keep_cpu_memory() first (glibc keeps freed memory)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
                                               "epoch_cost.json"))
     args = parser.parse_args()
+    kept = pf.keep_cpu_memory() if args.keep_memory else False
     device = torch.device(args.device)
     x, y, source = load_data(args.samples)
     x, y = x.to(device), y.to(device)
@@ -115,9 +122,10 @@ def main() -> None:
             t = time_phase(0, 4, x, y, args, device, candidate_optimizer_kwargs=kw)
             rows.append({"phase": f"dendrite ({name} Adam)", "D": 0, "K": 4, "seconds": t,
                          "ratio": t / base, "floor": (2 + 2 * 4) / 3})
-    for r in rows:
+    for r in rows:  # the project's targets: neuron phase within 1.1x, dendrite within 1.2x
         r["ratio_to_floor"] = r["ratio"] / r["floor"]
-        r["target_met"] = r["ratio_to_floor"] <= 1.1
+        r["target"] = 1.2 if r["phase"].startswith("dendrite") else 1.1
+        r["target_met"] = r["ratio_to_floor"] <= r["target"]
 
     infer = []
     plain = MnistNet().to(device)
@@ -134,13 +142,14 @@ def main() -> None:
                       "ratio": tp / plain_tp, "floor": 1 / (1 + d)})
 
     print(f"MNIST-example CNN, {args.samples} {source} images/epoch, batch {args.batch}, "
-          f"{device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"{device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"freed memory {'kept' if kept else 'returned to the OS (default)'}")
     print(f"{'phase':24} {'D':>2} {'K':>2} {'s/epoch':>9} {'ratio':>7} {'floor':>7} "
-          f"{'ratio/floor':>11} target<=1.1")
+          f"{'ratio/floor':>11} target")
     for r in rows:
         print(f"{r['phase']:24} {r['D']:>2} {r['K'] or '-':>2} {r['seconds']:9.3f} "
               f"{r['ratio']:7.3f} {r['floor']:7.3f} {r['ratio_to_floor']:11.3f} "
-              f"{'yes' if r['target_met'] else 'NO'}")
+              f"<={r['target']} {'yes' if r['target_met'] else 'NO'}")
     print(f"\n{'inference (batch 256)':26} {'D':>2} {'inputs/s':>10} {'vs plain':>9}")
     for r in infer:
         print(f"{r['model']:26} {r['D']:>2} {r['inputs_per_s']:10.0f} {r['ratio']:9.3f}")
@@ -153,7 +162,7 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "epochs": rows, "inference": infer}, indent=2))
+        "keep_cpu_memory": kept, "epochs": rows, "inference": infer}, indent=2))
     print(f"\nwrote {out}")
 
 

@@ -20,10 +20,11 @@ __all__ = [
 ]
 
 from . import metrics
+from .allocator import keep_cpu_memory
 from .fit import fit, predict
 from .schedule import Schedule
 from .tracker import Decision, Tracker, resume
 from .training import param_groups
 
-__all__ += ["Decision", "Schedule", "Tracker", "fit", "metrics", "param_groups", "predict",
-            "resume"]
+__all__ += ["Decision", "Schedule", "Tracker", "fit", "keep_cpu_memory", "metrics",
+            "param_groups", "predict", "resume"]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .allocator import keep_cpu_memory
 from .atomic import atomic_write
 from .config import PerforationConfig
 from .demo import DATASETS, PRESETS, run_demo
@@ -126,6 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CLIError(f"--seed must be >= 0, got {args.seed}")
     if args.seeds < 1:
         raise CLIError(f"--seeds must be >= 1, got {args.seeds}")
+    keep_cpu_memory()  # an application may: dendrite epochs on a CPU run ~1.4x faster
     run_demo(args.dataset, out=args.out, seed=args.seed, seeds=args.seeds, quick=args.quick,
              progress=not args.no_progress, data_dir=args.data_dir, preset=args.preset)
     return 0

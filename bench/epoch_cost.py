@@ -1,7 +1,8 @@
 """Cost of an epoch per phase on the PyTorch MNIST-example CNN, and exported inference speed.
 
 Prints a table and writes ``bench/results/epoch_cost.json``. Ratios are to the plain neuron
-phase (D = 0) beside the floors of the issue: (3 + D) / 3 for a neuron phase with D frozen
+phase (D = 0), each the median over ``--repeats`` of an epoch timed right after a plain one
+(A B A B), beside the floors of the issue: (3 + D) / 3 for a neuron phase with D frozen
 dendrite sets (the paper's: D forwards, no backward), (3 + 2D) / 3 with the default's trained,
 perforated sets (D forwards and D weight-gradient backwards, no input gradient), and
 (2 + 2K) / 3 for a dendrite phase with K candidates (frozen forward + input-gradient
@@ -21,6 +22,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,8 +52,10 @@ def model_with(dendrites: int, device: torch.device, candidates: int = 4,
     return model.to(device)
 
 
-def time_phase(dendrites: int, candidates: int | None, x: torch.Tensor, y: torch.Tensor,
-               args: argparse.Namespace, device: torch.device, **config: object) -> float:
+def phase_epoch(dendrites: int, candidates: int | None, x: torch.Tensor, y: torch.Tensor,
+                args: argparse.Namespace, device: torch.device,
+                **config: object) -> Callable[[], float]:
+    """A warmed-up model in the phase; returns a function that times one epoch of it."""
     model = model_with(dendrites, device, candidates or 4, **config)
     model.train()
     if candidates is None:
@@ -60,12 +64,33 @@ def time_phase(dendrites: int, candidates: int | None, x: torch.Tensor, y: torch
         model.begin_dendrite_phase()
         opt = model.candidate_optimizer()
     run_epoch(model, opt, x[: args.batch * 3], y[: args.batch * 3], args.batch, device)  # warm up
-    times = []
-    for _ in range(args.repeats):
-        times.append(run_epoch(model, opt, x, y, args.batch, device))
+
+    def epoch() -> float:
+        seconds = run_epoch(model, opt, x, y, args.batch, device)
         if candidates is not None:
             model.end_epoch()
-    return statistics.median(times)
+        return seconds
+
+    return epoch
+
+
+def time_phase(dendrites: int, candidates: int | None, x: torch.Tensor, y: torch.Tensor,
+               args: argparse.Namespace, device: torch.device, **config: object) -> float:
+    """Median seconds of `args.repeats` epochs in the phase."""
+    epoch = phase_epoch(dendrites, candidates, x, y, args, device, **config)
+    return statistics.median(epoch() for _ in range(args.repeats))
+
+
+def paired(plain: Callable[[], float], epoch: Callable[[], float], repeats: int,
+           ) -> tuple[float, float]:
+    """(median seconds, median ratio to plain) of `repeats` epochs, each timed right after a
+    plain epoch (A B A B), so that a drift in the machine's speed reaches both alike."""
+    seconds, ratios = [], []
+    for _ in range(repeats):
+        base = plain()
+        seconds.append(epoch())
+        ratios.append(seconds[-1] / base)
+    return statistics.median(seconds), statistics.median(ratios)
 
 
 def throughput(net: nn.Module, x: torch.Tensor, batch: int, device: torch.device,
@@ -104,24 +129,27 @@ def main() -> None:
     x, y = x.to(device), y.to(device)
 
     rows = []
-    base = time_phase(0, None, x, y, args, device)
-    for d in (0, 1, 2, 3):
-        t = base if d == 0 else time_phase(d, None, x, y, args, device)
-        rows.append({"phase": "neuron", "D": d, "K": None, "seconds": t, "ratio": t / base,
-                     "floor": (3 + d) / 3})
+    plain = phase_epoch(0, None, x, y, args, device)
+
+    def add(phase: str, d: int, k: int | None, floor: float, **config: object) -> None:
+        epoch = phase_epoch(d, k, x, y, args, device, **config)
+        seconds, ratio = paired(plain, epoch, args.repeats)
+        rows.append({"phase": phase, "D": d, "K": k, "seconds": seconds, "ratio": ratio,
+                     "floor": floor})
+
+    base = statistics.median(plain() for _ in range(args.repeats))
+    rows.append({"phase": "neuron", "D": 0, "K": None, "seconds": base, "ratio": 1.0,
+                 "floor": 1.0})
+    for d in (1, 2, 3):
+        add("neuron", d, None, (3 + d) / 3)
     for d in (1, 2, 3):  # the default: dendrites trained with the network (perforated)
-        t = time_phase(d, None, x, y, args, device, **ANCHOR)
-        rows.append({"phase": "neuron (default)", "D": d, "K": None, "seconds": t,
-                     "ratio": t / base, "floor": (3 + 2 * d) / 3})
+        add("neuron (default)", d, None, (3 + 2 * d) / 3, **ANCHOR)
     for k in (1, 4):
-        t = time_phase(0, k, x, y, args, device)
-        rows.append({"phase": "dendrite", "D": 0, "K": k, "seconds": t, "ratio": t / base,
-                     "floor": (2 + 2 * k) / 3})
+        add("dendrite", 0, k, (2 + 2 * k) / 3)
     if args.compare_optimizers:
         for name, kw in (("foreach", {"foreach": True}), ("fused", {"fused": True})):
-            t = time_phase(0, 4, x, y, args, device, candidate_optimizer_kwargs=kw)
-            rows.append({"phase": f"dendrite ({name} Adam)", "D": 0, "K": 4, "seconds": t,
-                         "ratio": t / base, "floor": (2 + 2 * 4) / 3})
+            add(f"dendrite ({name} Adam)", 0, 4, (2 + 2 * 4) / 3,
+                candidate_optimizer_kwargs=kw)
     for r in rows:  # the project's targets: neuron phase within 1.1x, dendrite within 1.2x
         r["ratio_to_floor"] = r["ratio"] / r["floor"]
         r["target"] = 1.2 if r["phase"].startswith("dendrite") else 1.1

@@ -9,11 +9,13 @@ slowest rank's, the best of ``--repeats`` run in alternation. Prints a table and
 ``bench/results/ddp_scaling.json``.
 
     python bench/ddp_scaling.py [--ranks 1 2 4] [--samples 1024] [--batch 64] [--repeats 5]
+                                [--keep-memory] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -60,6 +62,8 @@ def _slowest(times: list[float], world: int) -> list[float]:
 
 def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
     torch.set_num_threads(1)
+    if args.keep_memory:
+        pf.keep_cpu_memory()
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if cores:  # one core per rank while there are enough: less migration noise
         os.sched_setaffinity(0, {cores[rank % len(cores)]})
@@ -93,6 +97,8 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
         Path(out).write_text(json.dumps(best))
     if world > 1:
         dist.barrier()
+        del train, runs
+        gc.collect()  # no DDP wrapper may outlive the process group (an abort at exit)
         dist.destroy_process_group()
 
 
@@ -108,6 +114,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
+                                              "ddp_scaling.json"))
+    parser.add_argument("--keep-memory", action="store_true",
+                        help="pf.keep_cpu_memory() in every rank (glibc keeps freed memory)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,9 +139,10 @@ def main() -> None:
               f"{'-' if nr is None else f'{nr:.3f}':>15} "
               f"{'-' if cost is None else f'{cost:+.1%}':>12}")
     result = {"samples": args.samples, "batch": args.batch, "repeats": args.repeats,
+              "keep_cpu_memory": args.keep_memory,
               "cpu": platform.processor() or platform.machine(),
               "torch": torch.__version__, "rows": rows}
-    path = Path(__file__).parent / "results" / "ddp_scaling.json"
+    path = Path(args.out)
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")

@@ -198,7 +198,8 @@ class Tracker:
         distributed neuron phase the `DistributedDataParallel` wrapper of `perforated`
         (rebuilt after every restructure), else `perforated` itself (one process, or a
         dendrite phase, which reduces its own statistics and gradients). Fetch it each
-        epoch; so the same loop runs on 1 or N ranks."""
+        epoch; so the same loop runs on 1 or N ranks. Once `done`, `perforated`: the
+        tracker lets go of its DDP wrapper."""
         return self._wrapped
 
     @property
@@ -211,12 +212,14 @@ class Tracker:
         """True on rank 0 and on a single process: the rank that writes files."""
         return self.sync is None or self.sync.is_main
 
-    def _rewrap(self) -> None:
+    def _rewrap(self, done: bool = False) -> None:
         if self.wrap is None:
             return
         retire(self._wrapped)
-        self._wrapped = self.perforated if self.perforated.phase == DENDRITE else rewrap(
-            self.perforated, self.wrap)
+        # Done: no wrapper is kept (a DDP wrapper that outlives its process group can abort
+        # the process at exit; docs/distributed.md).
+        bare = self.perforated.phase == DENDRITE or done
+        self._wrapped = self.perforated if bare else rewrap(self.perforated, self.wrap)
 
     def mean_score(self, value: float) -> float:
         """`value` averaged across ranks (itself on one process)."""
@@ -428,8 +431,8 @@ class Tracker:
             logger.info("epoch %d: %s (%s); %d dendrite set(s), %d parameters",
                         self.schedule.epoch, event, decision.reason, model.num_dendrites,
                         self.records.params)
-        if restructured:
-            self._rewrap()
+        if restructured or self.done:
+            self._rewrap(done=self.done)
         if self.sync is not None:  # every rank, every epoch: rank 0 may checkpoint now
             self._rank_rng = self.sync.gather(self.rng.state())
         self._write(final=event == STOP, switch=restructured)

@@ -120,5 +120,6 @@ EXPERIMENT = Experiment(
     setup=physionet_setup,
     default_seeds=tuple(range(5)),
     options={"width": WIDTHS},
-    variant_options={v: {"width": PB_WIDTHS} for v in ("pb", "pb-cc", "pb-unperf", "width", "width-cc")},
+    variant_options={v: {"width": PB_WIDTHS}
+                     for v in ("pb", "pb-cc", "pb-unperf", "width", "width-cc")},
 )

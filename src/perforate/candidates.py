@@ -151,7 +151,6 @@ class CandidatePool(nn.Module):
         """Join a distributed run: take rank 0's candidates and reduce every batch's sums
         across ranks."""
         self.sync = sync
-        self._gathers = None
         sync.broadcast_([*self.parameters(), *self.buffers()])
 
     def params_to_sum(self) -> list[nn.Parameter]:

@@ -107,19 +107,16 @@ class DistributedSync:
         gradients inside it, after the hook: the closure is then wrapped to sum them once it
         has run."""
 
-        def reduce() -> None:
-            self.sum_grads(params())
-
         def hook(optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
             closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # 0: self
             if closure is None:
-                reduce()
+                self.sum_grads(params())
                 return None
 
             def summed() -> Any:
                 out = closure()
-                reduce()
+                self.sum_grads(params())
                 return out
 
             if "closure" in kwargs:

@@ -10,7 +10,7 @@ def test_defaults_are_the_measured_winner_and_the_paper_is_one_call_away() -> No
     cfg = pf.PerforationConfig()
     assert cfg == pf.PerforationConfig.anchor()  # Protocol P's winner (docs/algorithm.md)
     assert (cfg.dendrite_learning, cfg.dendrite_activation, cfg.train_dendrites,
-            cfg.perforated) == ("none", "sigmoid", True, True)
+            cfg.perforated) == ("none", "sigmoid", True, False)
     assert (cfg.candidate_init, cfg.candidate_weight_std, cfg.candidate_bias_std) == (
         "normal", 0.01, 0.01)
     paper = pf.PerforationConfig.paper()

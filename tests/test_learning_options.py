@@ -274,7 +274,7 @@ def test_presets() -> None:
         "cc", False, "covariance")
     literal = pf.PerforationConfig.paper(literal=True)
     assert (literal.centering, literal.normalize_error) == ("running", False)
-    anchor = pf.PerforationConfig.anchor(perforated=False)
+    anchor = pf.PerforationConfig.anchor()
     assert (anchor.dendrite_learning, anchor.dendrite_activation, anchor.candidate_init,
             anchor.candidate_weight_std, anchor.train_dendrites, anchor.perforated) == (
         "none", "sigmoid", "normal", 0.01, True, False)

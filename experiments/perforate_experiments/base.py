@@ -6,14 +6,15 @@ Variants are configurations, not forks (algorithm.md, Figure 7 and "Controls"):
 ``pb``             library defaults (`PerforationConfig()`)
 ``pb-cc``          the paper's algorithm with this library's measured choices
                    (`PerforationConfig.paper()`: Cascade-Correlation, frozen dendrites)
-``pb-unperf``      ``pb`` without perforation (installed dendrites pass error to earlier
-                   layers, as perforatedai's open version does)
+``pb-perf``        ``pb`` with perforation (installed dendrites pass no error to earlier
+                   layers; the default until the Protocol P comparison, docs/algorithm.md)
 ``pb-paper``       the paper's literal choices (`PerforationConfig.paper(literal=True)`:
                    running centering, no error scaling)
 ``restart``        restart control: the same controller and schedule, dendrites disabled
 ``width``          width control: the plain network widened to ``pb``'s final parameter count
                    (same seed), trained with the restart controller
 ``width-cc``       the same, matched to ``pb-cc``'s final parameter count
+``width-perf``     the same, matched to ``pb-perf``'s final parameter count
 ``pb-head``        ``pb-cc`` with dendrites on the output layer only
 ``pb-backbone``    ``pb-cc`` with dendrites on every layer but the output layer
 ``cc-no-perf``     ``pb-cc`` without perforation
@@ -35,18 +36,19 @@ from torch import nn
 from perforate.config import PAPER, PAPER_LITERAL
 
 #: Variants without dendrites (the controls and the frontier's plain network).
-PLAIN_VARIANTS = ("restart", "width", "width-cc", "plain")
+PLAIN_VARIANTS = ("restart", "width", "width-cc", "width-perf", "plain")
 #: Width controls and the PB variant whose final parameter count each one matches.
-WIDTH_CONTROLS = {"width": "pb", "width-cc": "pb-cc"}
+WIDTH_CONTROLS = {"width": "pb", "width-cc": "pb-cc", "width-perf": "pb-perf"}
 
 VARIANTS: dict[str, str] = {
     "pb": "PB (library defaults)",
     "pb-cc": "PB, the paper's algorithm (Cascade-Correlation, frozen dendrites)",
-    "pb-unperf": "PB (library defaults), not perforated",
+    "pb-perf": "PB (library defaults), perforated",
     "pb-paper": "PB, the paper's literal choices (running centering, no error scaling)",
     "restart": "restart control (same controller, no dendrites)",
     "width": "width control (plain net widened to PB's final parameter count)",
     "width-cc": "width control matched to pb-cc's final parameter count",
+    "width-perf": "width control matched to pb-perf's final parameter count",
     "pb-head": "PB only head",
     "pb-backbone": "PB only backbone",
     "cc-no-perf": "CC no perforation",
@@ -67,8 +69,8 @@ def config_overrides(variant: str, head: str) -> dict[str, Any]:
         return {}
     if variant == "pb-paper":
         return paper_fields(**PAPER_LITERAL)
-    if variant == "pb-unperf":
-        return {"perforated": False}
+    if variant == "pb-perf":
+        return {"perforated": True}
     return paper_fields(**{
         "pb-cc": {},
         "pb-head": {"target_modules": [head]},

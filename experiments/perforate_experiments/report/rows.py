@@ -16,8 +16,8 @@ from ..base import PLAIN_VARIANTS  # noqa: F401  (re-exported: no PB points for 
 logger = logging.getLogger(__name__)
 
 #: Display order of variants (unknown ones follow, sorted by name).
-VARIANT_ORDER = ("pb", "pb-cc", "pb-unperf", "pb-paper", "pb-head", "pb-backbone",
-                 "cc-no-perf", "gd", "restart", "width", "width-cc")
+VARIANT_ORDER = ("pb", "pb-cc", "pb-perf", "pb-paper", "pb-head", "pb-backbone",
+                 "cc-no-perf", "gd", "restart", "width", "width-cc", "width-perf")
 CONTROL = "restart"
 PB = "pb"
 

@@ -25,8 +25,8 @@ def ablation_setup(seed: int, quick: bool, **overrides: Any) -> Setup:
 EXPERIMENT = Experiment(
     name="ablation",
     description="Figure 7: which parts of PB matter (MNIST-example CNN, Fashion-MNIST)",
-    variants=("pb", "pb-cc", "pb-unperf", "pb-head", "pb-backbone", "cc-no-perf", "gd",
-              "restart", "width", "width-cc"),
+    variants=("pb", "pb-cc", "pb-perf", "pb-head", "pb-backbone", "cc-no-perf", "gd",
+              "restart", "width", "width-cc", "width-perf"),
     setup=ablation_setup,
     default_seeds=tuple(range(7)),
 )

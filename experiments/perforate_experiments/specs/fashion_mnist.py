@@ -56,7 +56,8 @@ def mnist_setup(seed: int, quick: bool, *, root: str | None = None, **overrides:
 EXPERIMENT = Experiment(
     name="fashion-mnist",
     description="PyTorch MNIST-example CNN on Fashion-MNIST (the paper's EMNIST experiment)",
-    variants=("pb", "pb-cc", "pb-unperf", "pb-paper", "restart", "width", "width-cc"),
+    variants=("pb", "pb-cc", "pb-perf", "pb-paper", "restart", "width", "width-cc",
+              "width-perf"),
     setup=mnist_setup,
     default_seeds=tuple(range(3)),
 )

@@ -43,7 +43,7 @@ LR = 1e-3
 PAPER = paper_fields()
 ANCHOR = {"dendrite_learning": "none", "dendrite_activation": "sigmoid",
           "candidate_init": "normal", "candidate_weight_std": 0.01, "candidate_bias_std": 0.01,
-          "train_dendrites": True}
+          "train_dendrites": True, "perforated": True}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "cc": {"config": PAPER},
     "cc-train": {"config": {**PAPER, "train_dendrites": True}},

@@ -116,10 +116,10 @@ def physionet_setup(seed: int, quick: bool, *, width: float = 1.0, root: str | N
 EXPERIMENT = Experiment(
     name="physionet",
     description="PhysioNet 2012 mortality, mTAN compression study (the paper's Figures 10-11)",
-    variants=("pb", "pb-cc", "pb-unperf", "restart", "width", "width-cc"),
+    variants=("pb", "pb-cc", "pb-perf", "restart", "width", "width-cc", "width-perf"),
     setup=physionet_setup,
     default_seeds=tuple(range(5)),
     options={"width": WIDTHS},
     variant_options={v: {"width": PB_WIDTHS}
-                     for v in ("pb", "pb-cc", "pb-unperf", "width", "width-cc")},
+                     for v in ("pb", "pb-cc", "pb-perf", "width", "width-cc", "width-perf")},
 )

@@ -158,7 +158,8 @@ EXPERIMENT = Experiment(
     name="tox21",
     description="Tox21 12-task toxicity, mean ROC-AUC (the paper's TrimNet experiment): "
                 "MPNN on graphs and an MLP on Morgan fingerprints",
-    variants=("pb", "pb-cc", "pb-paper", "pb-unperf", "restart", "width", "width-cc"),
+    variants=("pb", "pb-cc", "pb-paper", "pb-perf", "restart", "width", "width-cc",
+              "width-perf"),
     setup=tox21_setup,
     default_seeds=tuple(range(10)),
     options={"model": MODELS},

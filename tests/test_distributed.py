@@ -34,6 +34,9 @@ def _data(features: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
 def _config(kind: str) -> pf.PerforationConfig:
     if kind in ("paper", "wide"):
         return pf.PerforationConfig.paper(seed=0, candidates=4)
+    if kind == "rank":  # the dendrites' shared input projection P (drawn, then trained)
+        return pf.PerforationConfig.paper(seed=0, candidates=4, dendrite_rank=3,
+                                          train_dendrites=True)
     if kind == "correlation":  # a second reduction (the variance); a scale-dependent install
         return pf.PerforationConfig.paper(seed=0, candidates=4, objective="correlation",
                                           output_init="least_squares")
@@ -282,7 +285,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", ["paper", "wide", "correlation", "default"])
+@pytest.mark.parametrize("kind", ["paper", "wide", "correlation", "default", "rank"])
 def test_ranks_identical_and_equal_to_one_process(kind: str, tmp_path: Path) -> None:
     mp.spawn(_worker, args=(kind, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"{kind}{r}.pt", weights_only=False) for r in range(WORLD)]

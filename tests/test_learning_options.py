@@ -203,6 +203,71 @@ def test_dendrites_that_see_m_inputs_are_counted_and_stay_sparse() -> None:
     assert torch.equal(layer.dendrite_weight.detach()[0] * (1 - mask), torch.zeros(8, 30))
 
 
+def test_low_rank_dendrites_compute_v_of_p_x_and_count_p_once() -> None:
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(30, 8), nn.ReLU(), nn.Linear(8, 2))
+    model = pf.perforate(net, pf.PerforationConfig(seed=0, dendrite_rank=4))
+    base = model.count_parameters()
+    model.grow()
+    model.grow()
+    first, head = model.dendrite_layers()["0"], model.dendrite_layers()["2"]
+    p = first.dendrite_projection.detach()
+    assert p.shape == (4, 30) and 0.12 < float(p.std()) < 0.24  # N(0, 1/30): std 0.18
+    assert first.dendrite_weight.shape == (2, 8, 4)  # r weights per neuron and set
+    assert head.dendrite_projection.shape == (4, 8) and head.dendrite_weight.shape == (2, 2, 4)
+    cascade = 8 + 2  # one entry per neuron between its two sets
+    assert model.count_parameters() == base + 2 * (8 * 4 + 2 * 8) + 4 * 30 + cascade \
+        + 2 * (2 * 4 + 2 * 2) + 4 * 8
+    # By hand: z = W x + b + sum_j a_j h_j, h_1 = g(V_1 P x + c_1), h_2 = g(V_2 P x + c_2 + C h_1)
+    with torch.no_grad():
+        first.output_weight.copy_(torch.randn(2, 8))
+        first.cascade_weight[1, 0].copy_(torch.randn(8))
+    x = torch.randn(5, 30)
+    v, c, casc, a = (t.detach() for t in (first.dendrite_weight, first.dendrite_bias,
+                                         first.cascade_weight, first.output_weight))
+    px = x @ p.T
+    h1 = torch.sigmoid(px @ v[0].T + c[0])
+    h2 = torch.sigmoid(px @ v[1].T + c[1] + casc[1, 0] * h1)
+    want = first.base_layer(x) + a[0] * h1 + a[1] * h2
+    torch.testing.assert_close(first(x), want)
+    torch.testing.assert_close(pf.export(model)(x), model(x))  # V (P x) = (V P) x
+    model(x).square().sum().backward()  # P learns with the network (train_dendrites)
+    assert first.dendrite_projection.grad.abs().sum() > 0
+
+
+def test_low_rank_projection_goes_with_the_last_set_and_loads_into_a_fresh_model() -> None:
+    def make() -> pf.PerforatedModel:
+        return pf.perforate(nn.Sequential(nn.Linear(12, 3), nn.Tanh(), nn.Linear(3, 2)),
+                            pf.PerforationConfig.paper(seed=0, candidates=2, dendrite_rank=3))
+    model = make()
+    layer = model.dendrite_layers()["0"]
+    assert layer.dendrite_projection.shape == (0, 12)  # nothing drawn before the first set
+    assert model.dendrite_layers()["2"].dendrite_projection is None  # fan_in 3 <= 3
+    data = [(torch.randn(16, 12), torch.randint(0, 2, (16,))) for _ in range(2)]
+    model.begin_dendrite_phase()
+    assert layer.candidates.weight.shape == (2, 3, 3)  # candidates see P x too
+    train_candidates(model, data, nn.functional.cross_entropy)
+    model.end_dendrite_phase()
+    with torch.no_grad():
+        layer.output_weight.fill_(0.5)
+    fresh = make()
+    fresh.load_state_dict(model.state_dict())  # resized to D = 1, P included
+    x = data[0][0]
+    torch.testing.assert_close(fresh(x), model(x))
+    assert layer.dendrite_parameter_count() == 3 * 3 + 2 * 3 + 3 * 12  # V, bias and a, P
+    layer.remove_last()
+    assert layer.dendrite_projection.shape == (0, 12) and layer.dendrite_parameter_count() == 0
+
+
+def test_low_rank_is_for_linear_layers_and_excludes_dendrite_inputs() -> None:
+    with pytest.raises(pf.ConfigError, match="dendrite_rank must be"):
+        pf.PerforationConfig(dendrite_rank=0)
+    with pytest.raises(pf.ConfigError, match="set one of them"):
+        pf.PerforationConfig(dendrite_rank=4, dendrite_inputs=4)
+    with pytest.raises(pf.ConfigError, match="Linear layers"):
+        pf.perforate(nn.Sequential(nn.Conv2d(3, 4, 3)), pf.PerforationConfig(dendrite_rank=2))
+
+
 def test_input_score_sums_the_absolute_weight_gradient_of_each_backward() -> None:
     torch.manual_seed(6)
     net = nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Conv1d(1, 2, 3),

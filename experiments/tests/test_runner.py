@@ -27,8 +27,8 @@ def test_registry_has_the_six_experiments() -> None:
     assert set(experiments()) == {"fashion-mnist", "ablation", "tox21", "physionet", "timing",
                                   "frontier"}
     assert get_experiment("ablation").variants == (
-        "pb", "pb-cc", "pb-unperf", "pb-head", "pb-backbone", "cc-no-perf", "gd", "restart",
-        "width", "width-cc")
+        "pb", "pb-cc", "pb-perf", "pb-head", "pb-backbone", "cc-no-perf", "gd", "restart",
+        "width", "width-cc", "width-perf")
     with pytest.raises(ValueError, match="unknown experiment"):
         get_experiment("emnist")
 
@@ -119,7 +119,7 @@ def test_variant_config_overrides() -> None:
     from perforate_experiments.base import config_overrides
 
     assert config_overrides("pb", "fc2") == {} == config_overrides("restart", "fc2")
-    unperf = config_overrides("pb-unperf", "fc2")
-    assert unperf == {"perforated": False}
-    assert not PerforationConfig(**unperf).perforated and PerforationConfig().perforated
+    perf = config_overrides("pb-perf", "fc2")
+    assert perf == {"perforated": True}
+    assert PerforationConfig(**perf).perforated and not PerforationConfig().perforated
     assert config_overrides("pb-head", "fc2") == {**PAPER, "target_modules": ["fc2"]}

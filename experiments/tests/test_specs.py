@@ -94,10 +94,10 @@ def test_physionet_plan(tmp_path):
     combos = [(variant, options["width"]) for variant, seed, options, _ in runs if seed == 0]
     assert sorted(combos) == sorted(
         [("restart", w) for w in (0.125, 0.25, 0.5, 1.0, 2.0)]
-        + [(v, w) for v in ("pb", "pb-cc", "pb-unperf", "width", "width-cc")
+        + [(v, w) for v in ("pb", "pb-cc", "pb-perf", "width", "width-cc", "width-perf")
            for w in (0.125, 0.25)])
-    assert {v for v, _ in combos[:6]} == {"pb", "pb-cc", "pb-unperf"}
-    assert {v for v, _ in combos[-4:]} == {"width", "width-cc"}
+    assert {v for v, _ in combos[:6]} == {"pb", "pb-cc", "pb-perf"}
+    assert {v for v, _ in combos[-6:]} == {"width", "width-cc", "width-perf"}
     assert len(runs) == 2 * len(combos)
     assert len({path for *_, path in runs}) == len(runs)
 
@@ -105,8 +105,8 @@ def test_physionet_plan(tmp_path):
 def test_tox21_plan(tmp_path):
     runs = runner.plan("tox21", [0], None, quick=True, out=tmp_path)
     combos = {(variant, options["model"]) for variant, _, options, _ in runs}
-    assert combos == {(v, m) for v in ("pb", "pb-cc", "pb-paper", "pb-unperf", "restart",
-                                     "width", "width-cc")
+    assert combos == {(v, m) for v in ("pb", "pb-cc", "pb-paper", "pb-perf", "restart",
+                                     "width", "width-cc", "width-perf")
                       for m in ("mpnn", "morgan")}
 
 

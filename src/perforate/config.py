@@ -33,8 +33,8 @@ PAPER: dict[str, Any] = {
     "dendrite_learning": "cc", "train_dendrites": False, "dendrite_activation": "tanh",
     "objective": "covariance", "sign_source": "batch", "candidate_init": "fan_in",
     "candidate_weight_std": 1.0, "candidate_bias_std": 1.0, "output_init": "zero",
-    "dendrite_inputs": None, "dendrite_input_selection": "random", "perforated": True,
-    "centering": "batch", "normalize_error": True}
+    "dendrite_inputs": None, "dendrite_input_selection": "random", "dendrite_rank": None,
+    "perforated": True, "centering": "batch", "normalize_error": True}
 #: `PerforationConfig.paper(literal=True)`: the paper's own centering and error scale.
 PAPER_LITERAL: dict[str, Any] = {"centering": "running", "normalize_error": False}
 #: `PerforationConfig.anchor()`: the official open package's dendrites on this engine.
@@ -42,7 +42,7 @@ ANCHOR: dict[str, Any] = {
     "dendrite_learning": "none", "dendrite_activation": "sigmoid", "candidate_init": "normal",
     "candidate_weight_std": 0.01, "candidate_bias_std": 0.01, "train_dendrites": True,
     "output_init": "zero", "dendrite_inputs": None, "dendrite_input_selection": "random",
-    "perforated": False}
+    "dendrite_rank": None, "perforated": False}
 
 
 @dataclass
@@ -125,6 +125,12 @@ class PerforationConfig:
     largest in the neuron phase before: Σ over backward passes of |dLoss/dW| of the layer's
     own weight, which is Σ error × input per batch; ties at random). "correlation" needs a
     layer whose weight is a parameter (Linear, ConvNd, ConvTransposeNd)."""
+    dendrite_rank: int | None = None
+    """None: dendrites see their inputs directly (the paper). r: the dendrites of a Linear
+    layer see its input through one projection P ``[r, fan_in]`` they all share (drawn
+    ~ N(0, 1/fan_in) with the first set; trained like V with `train_dendrites`), so a set costs
+    r weights per neuron plus P once per layer. Linear layers only; one whose fan_in is at
+    most r keeps its full inputs."""
     gd_output_init_std: float = 1e-2
     """dendrite_learning="gd": std of the candidates' trainable output weights."""
 
@@ -163,6 +169,14 @@ class PerforationConfig:
                                                  or self.dendrite_inputs < 1):
             raise ConfigError(f"dendrite_inputs must be None or an int >= 1, "
                               f"got {self.dendrite_inputs!r}")
+        if self.dendrite_rank is not None and (isinstance(self.dendrite_rank, bool) or not
+                                               isinstance(self.dendrite_rank, int)
+                                               or self.dendrite_rank < 1):
+            raise ConfigError(f"dendrite_rank must be None or an int >= 1, "
+                              f"got {self.dendrite_rank!r}")
+        if self.dendrite_rank is not None and self.dendrite_inputs is not None:
+            raise ConfigError("dendrite_rank and dendrite_inputs are two ways to give dendrites "
+                              "fewer inputs: set one of them")
         _check_choice("dendrite_input_selection", self.dendrite_input_selection,
                       INPUT_SELECTION)
         if self.dendrite_input_selection != "random" and self.dendrite_inputs is None:

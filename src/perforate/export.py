@@ -123,6 +123,8 @@ class DendriteLinearExport(_FusedDendrites):
         base = layer.base_layer
         d, n = layer.num_dendrites, layer.num_neurons
         w, b = layer.dendrite_weight.reshape(d * n, -1), layer.dendrite_bias.reshape(-1)
+        if layer.dendrite_projection is not None:  # V (P x) = (V P) x: one fused layer still
+            w = w @ layer.dendrite_projection
         if not tied:
             own = plain_copy(base)  # the effective weight of a parametrised layer
             b0 = own.bias if own.bias is not None else own.weight.new_zeros(n)

@@ -159,6 +159,19 @@ class LinearGeometry(Geometry):
 
 
 
+class ProjectedLinearGeometry(LinearGeometry):
+    """A Linear layer's dendrites behind a shared projection to `rank` inputs
+    (``config.dendrite_rank``): their weights are ``[S, N, rank]``; the layer's own are not."""
+
+    def __init__(self, layer: nn.Module, rank: int) -> None:
+        super().__init__(layer)
+        self.rank = rank
+
+    @property
+    def neuron_weight_shape(self) -> tuple[int, ...]:
+        return (self.rank,)
+
+
 class ConvGeometry(Geometry):
     set_dim = 1
 

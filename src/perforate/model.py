@@ -156,6 +156,8 @@ class PerforatedModel(nn.Module):
             pools.append(pool)
             if self._sync is not None:  # rank 0's draw everywhere; global-batch statistics
                 pool.distribute(self._sync)
+                if layer.dendrite_projection is not None:
+                    self._sync.broadcast_([layer.dendrite_projection.data])
         self._optimizer = self._make_optimizer(params)
         if self._sync is not None:
             self._optimizer.register_step_pre_hook(self._sync.grad_sum_hook(

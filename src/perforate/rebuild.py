@@ -18,7 +18,7 @@ from .storage import check_structure
 
 #: Weights of the dendrites, reported after the network's own (those explain a mismatch better).
 _DENDRITE_KEYS = ("output_weight", "dendrite_weight", "dendrite_bias", "cascade_weight",
-                  "dendrite_alive", "dendrite_mask")
+                  "dendrite_alive", "dendrite_mask", "dendrite_projection")
 
 
 def _config(config: PerforationConfig | Mapping[str, Any]) -> PerforationConfig:

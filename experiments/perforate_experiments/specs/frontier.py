@@ -65,6 +65,9 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "cc-train-retry": {"config": {**PAPER, "train_dendrites": True},
                        "tracker": {"dendrite_tries": 2}},
     "restart-retry": {"tracker": {"add_dendrites": False, "dendrite_tries": 2}},
+    # Parameter-efficient dendrites on the default (ANCHOR unperforated).
+    "anchor-unperf-sparse32": {"config": {**ANCHOR, "perforated": False, "dendrite_inputs": 32}},
+    "anchor-unperf-rank4": {"config": {**ANCHOR, "perforated": False, "dendrite_rank": 4}},
 }
 
 

@@ -2,8 +2,9 @@
 
 Forward with D installed dendrite sets (algorithm.md, "Forward")::
 
-    x~  = x.detach()                                   # perforation
-    h_j = g(V_j(x~) + sum_{i<j} C_j[:, i] * h_i)       # all V_j in one wide op, no autograd
+    x~  = x.detach()                                   # perforation (x itself if unperforated)
+    x~  = P x~                                         # only with config.dendrite_rank
+    h_j = g(V_j(x~) + sum_{i<j} C_j[:, i] * h_i)       # all V_j in one wide op
     z'  = W(x) + sum_j a_j * h_j
 
 A dendrite whose neuron never correlated with its error in the dendrite phase (a dead ReLU, a
@@ -22,13 +23,14 @@ import weakref
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..activations import INPLACE, make_activation
 from ..candidates import CandidatePool, Winners
 from ..config import PerforationConfig
 from ..errors import ConfigError, PhaseError
-from ..geometry import Geometry
+from ..geometry import Geometry, LinearGeometry, ProjectedLinearGeometry
 
 
 def base_view(name: str) -> property:
@@ -63,6 +65,10 @@ class DendriteLayer(nn.Module):
         self.base_layer = base_layer
         self.config = config
         self.geometry = self.geometry_cls(base_layer)
+        fan_in = self.geometry.fan_in
+        rank = self._projection_rank(config)
+        if rank is not None:  # the dendrites' geometry: `rank` inputs per neuron
+            self.geometry = ProjectedLinearGeometry(base_layer, rank)
         self.activation = make_activation(config.dendrite_activation)
         self._activation_ = INPLACE.get(config.dendrite_activation)
         w = self.geometry.weight
@@ -79,6 +85,10 @@ class DendriteLayer(nn.Module):
         self.dendrite_bias = nn.Parameter(torch.zeros(0, n, **kw), trained)
         self.cascade_weight = nn.Parameter(torch.zeros(0, 0, n, **kw), trained)
         self.output_weight = nn.Parameter(torch.zeros(0, n, **kw))
+        # With `config.dendrite_rank` r (Linear layers): the projection P [r, fan_in] that all
+        # dendrites of the layer share; [0, fan_in] until the first set is drawn, like V.
+        self.dendrite_projection = None if rank is None else \
+            nn.Parameter(torch.zeros(0, fan_in, **kw), trained)
         # With `config.dendrite_inputs`, each dendrite sees a subset of its neuron's inputs:
         # a 0/1 mask on V (same shape), whose zeros are neither used nor counted.
         self.register_buffer("dendrite_mask", torch.zeros(0, n, *shape, **kw)
@@ -103,18 +113,36 @@ class DendriteLayer(nn.Module):
     def num_neurons(self) -> int:
         return self.geometry.num_neurons
 
+    def _projection_rank(self, config: PerforationConfig) -> int | None:
+        """r of `config.dendrite_rank` for this layer: None without it, or where the layer's
+        fan_in is at most r (a projection would not save weights)."""
+        rank = config.dendrite_rank
+        if rank is None:
+            return None
+        if type(self.geometry) is not LinearGeometry:
+            raise ConfigError(
+                f"dendrite_rank applies to Linear layers; this {type(self.base_layer).__name__} "
+                "is not one: leave it out (target_modules=[nn.Linear] or exclude_modules)")
+        return rank if rank < self.geometry.fan_in else None
+
     def dendrite_parameters(self) -> list[nn.Parameter]:
-        """The installed dendrites' parameters: V, bias, cascade C and output weights a."""
-        return [self.dendrite_weight, self.dendrite_bias, self.cascade_weight,
-                self.output_weight]
+        """The installed dendrites' parameters: V, bias, cascade C and output weights a (and
+        the shared input projection P with `config.dendrite_rank`)."""
+        params = [self.dendrite_weight, self.dendrite_bias, self.cascade_weight,
+                  self.output_weight]
+        return params if self.dendrite_projection is None else [*params,
+                                                                 self.dendrite_projection]
 
     def dendrite_parameter_count(self) -> int:
-        """Deployable parameters the alive dendrites add: V (its used entries), biases, a, and
-        the cascade entries between two alive dendrites of a neuron (dead ones count 0)."""
+        """Deployable parameters the alive dendrites add: V (its used entries), biases, a, the
+        cascade entries between two alive dendrites of a neuron (dead ones count 0), and the
+        shared projection P once if any dendrite is alive."""
         alive = self.dendrite_alive
         per_neuron = alive.sum(0)  # alive sets of each neuron
         count = (self._used_inputs() * alive).sum() + 2 * alive.sum() \
             + (per_neuron * (per_neuron - 1) / 2).sum()
+        if self.dendrite_projection is not None and bool(alive.any()):
+            count = count + self.dendrite_projection.numel()
         return int(count)
 
     def _used_inputs(self) -> Tensor:
@@ -146,9 +174,13 @@ class DendriteLayer(nn.Module):
         if self.num_dendrites == 0 and pool is None:
             return z
         x_free = x.detach()
+        x_in = x_free if self.config.perforated else x
+        if self.dendrite_projection is not None:  # the dendrites' shared input projection
+            x_in = F.linear(x_in, self.dendrite_projection)
+            x_free = x_in.detach()
         hs: list[Tensor] = []
         if self.num_dendrites:
-            hs = self.dendrite_outputs(x_free if self.config.perforated else x)
+            hs = self.dendrite_outputs(x_in)
             a = self.live_weights()[1]
             for j, h in enumerate(hs):
                 z = torch.addcmul(z, self.geometry.expand(a[j]), h)
@@ -215,6 +247,12 @@ class DendriteLayer(nn.Module):
         ranks first, and the score starts again for the next neuron phase."""
         if self.candidates is not None:
             raise PhaseError("candidates are already attached")
+        proj = self.dendrite_projection
+        if proj is not None and proj.shape[0] == 0:  # the first set: draw P ~ N(0, 1/fan_in)
+            fan_in = proj.shape[1]
+            value = torch.randn(self.geometry.rank, fan_in, generator=generator,  # type: ignore[attr-defined]
+                                dtype=torch.float32) / fan_in ** 0.5
+            self._set(proj, value.to(proj))
         self.candidates = CandidatePool(self.geometry, self.num_dendrites, self.config,
                                         make_activation(self.config.dendrite_activation),
                                         generator, input_score=self.input_score)
@@ -262,6 +300,8 @@ class DendriteLayer(nn.Module):
             raise PhaseError("no dendrite set to remove")
         self._assign(self.dendrite_weight[: d - 1], self.dendrite_bias[: d - 1],
                      self.cascade_weight[: d - 1, : d - 1], self.output_weight[: d - 1])
+        if d == 1 and self.dendrite_projection is not None:  # P goes with the last set
+            self._set(self.dendrite_projection, self.dendrite_projection[:0])
         self.dendrite_alive = self.dendrite_alive[: d - 1].clone()
         if self.dendrite_mask is not None:
             self.dendrite_mask = self.dendrite_mask[: d - 1].clone()
@@ -274,23 +314,33 @@ class DendriteLayer(nn.Module):
         ref, n, d = self.dendrite_bias, self.num_neurons, num_dendrites
         weight = ref.new_zeros(d, n, *self.geometry.neuron_weight_shape)
         self._assign(weight, ref.new_zeros(d, n), ref.new_zeros(d, d, n), ref.new_zeros(d, n))
+        proj = self.dendrite_projection
+        if proj is not None:
+            self._set(proj, proj.new_zeros(self.geometry.rank if d else 0,  # type: ignore[attr-defined]
+                                           proj.shape[1]))
         self.dendrite_alive = ref.new_ones(d, n)
         if self.dendrite_mask is not None:
             self.dendrite_mask = torch.zeros_like(weight)
 
     def _assign(self, weight: Tensor, bias: Tensor, cascade: Tensor, output: Tensor) -> None:
-        """Give the four dendrite parameters new values (and shapes), keeping their identity."""
-        for param, value in zip(self.dendrite_parameters(), (weight, bias, cascade, output),
+        """Give the four per-set dendrite parameters new values (and shapes)."""
+        for param, value in zip(self.dendrite_parameters()[:4], (weight, bias, cascade, output),
                                 strict=True):
-            value = value.detach().clone()
-            if param.shape != value.shape:
-                # `.data =` forgets the parameter's cached gradient accumulator only on a dtype
-                # or device change; one kept alive by a graph the caller still holds (the last
-                # batch's loss) would reject the new shape in the next backward.
-                other = torch.float32 if value.dtype == torch.float64 else torch.float64
-                param.data = value.to(other)
-            param.data = value
-            param.grad = None
+            self._set(param, value)
+
+    @staticmethod
+    def _set(param: nn.Parameter, value: Tensor) -> None:
+        """Give `param` a new value (and shape), keeping its identity: an optimizer, EMA or
+        DDP built earlier still holds it."""
+        value = value.detach().clone()
+        if param.shape != value.shape:
+            # `.data =` forgets the parameter's cached gradient accumulator only on a dtype
+            # or device change; one kept alive by a graph the caller still holds (the last
+            # batch's loss) would reject the new shape in the next backward.
+            other = torch.float32 if value.dtype == torch.float64 else torch.float64
+            param.data = value.to(other)
+        param.data = value
+        param.grad = None
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
                               *args: Any, **kwargs: Any) -> None:
@@ -319,5 +369,7 @@ class DendriteLayer(nn.Module):
                  "dendrite_alive"]
         if self.dendrite_mask is not None:
             names.append("dendrite_mask")
+        if self.dendrite_projection is not None:
+            names.append("dendrite_projection")
         return {name: getattr(self, name).detach() for name in names}
 

@@ -218,6 +218,26 @@ def test_inspect_attention_projections_with_input_shape():
     assert rows["layers.0.linear1"]["positions"] == 5
 
 
+def test_inspect_counts_the_inputs_a_dendrite_sees(capsys):
+    from perforate.cli import inspect_model
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(30, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    full, sparse, rank = (
+        {r["layer"]: r for r in inspect_model(net(), pf.PerforationConfig(**kw))["layers"]}
+        for kw in ({}, {"dendrite_inputs": 5}, {"dendrite_rank": 4}))
+    assert (full["0"]["set_params"], full["0"]["projection_params"]) == (30 * 8 + 16, 0)
+    assert sparse["0"]["set_params"] == 5 * 8 + 16 and sparse["2"]["set_params"] == 5 * 2 + 4
+    assert (rank["0"]["fan_in"], rank["0"]["set_params"], rank["0"]["projection_params"]) == (
+        30, 4 * 8 + 16, 4 * 30)
+    model = pf.perforate(net(), pf.PerforationConfig(dendrite_rank=4))
+    base = model.count_parameters()
+    model.grow()  # the dry run's figures are what a set really adds
+    assert model.count_parameters() - base == sum(
+        r["set_params"] + r["projection_params"] for r in rank.values())
+
+
 def test_debug_shows_the_traceback_the_one_line_error_hides(capsys):
     code, _, err = run_main(capsys, "inspect", "perforate.demo:nothing")
     assert_one_line_error(code, err, "has no attribute")

@@ -165,7 +165,12 @@ def inspect_model(net: nn.Module, config: Any, input_shape: tuple[int, ...] | No
     k = config.candidates
     rows = []
     for name, layer in model.dendrite_layers().items():
-        n, fan_in = layer.num_neurons, layer.geometry.fan_in
+        n, seen = layer.num_neurons, layer.geometry.fan_in  # inputs a dendrite weighs
+        proj = layer.dendrite_projection  # dendrite_rank: seen = r, P [r, fan_in] once
+        fan_in = seen if proj is None else proj.shape[1]
+        if config.dendrite_inputs is not None:  # masked dense: fewer weights, same compute
+            seen = min(config.dendrite_inputs, seen)
+        once = 0 if proj is None else seen * fan_in
         base = layer.base_layer
         # An attention projection is a parameter-free view: count the weights it reads.
         base_params = (sum(p.numel() for p in base.parameters()) or layer.weight.numel()
@@ -178,9 +183,10 @@ def inspect_model(net: nn.Module, config: Any, input_shape: tuple[int, ...] | No
         rows.append({
             "layer": name, "type": type(base).__name__, "neurons": n, "fan_in": fan_in,
             "positions": pos if name in positions else None, "params": base_params,
-            "set_params": fan_in * n + 2 * n, "set_macs": pos * (fan_in * n + n),
-            "pool_params": k * (fan_in * n + n), "pool_macs": pos * k * fan_in * n,
-            "base_macs": pos * fan_in * n})
+            "set_params": seen * n + 2 * n, "projection_params": once,
+            "set_macs": pos * (layer.geometry.fan_in * n + n),
+            "pool_params": k * (seen * n + n), "pool_macs": pos * k * layer.geometry.fan_in * n,
+            "base_macs": pos * fan_in * n, "projection_macs": pos * once})
     return {"layers": rows, "model_params": model.count_parameters(), "candidates": k,
             "per_sample": input_shape is not None}
 
@@ -208,10 +214,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
           f"{total['set_params']:>11,} {total['set_macs']:>11,} {total['pool_params']:>11,} "
           f"{total['pool_macs']:>11,}")
     params = info["model_params"]
+    once = sum(r["projection_params"] for r in rows)
+    first = total["set_params"] + once
     print(f"model: {params:,} parameters; each dendrite set adds {total['set_params']:,} "
-          f"(x{(params + total['set_params']) / params:.2f} after one set) plus cascade weights "
+          f"(x{(params + first) / params:.2f} after one set) plus cascade weights "
           f"(set j: (j - 1) x neurons per layer); wrapped layers' own multiply-adds "
           f"{total['base_macs']:,} {unit}")
+    if once:
+        print(f"dendrite_rank: the first set also adds the layers' shared input projections, "
+              f"{once:,} parameters and {sum(r['projection_macs'] for r in rows):,} "
+              f"multiply-adds {unit}")
     return 0
 
 

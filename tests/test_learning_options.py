@@ -235,10 +235,14 @@ def test_low_rank_dendrites_compute_v_of_p_x_and_count_p_once() -> None:
     assert first.dendrite_projection.grad.abs().sum() > 0
 
 
-def test_low_rank_projection_goes_with_the_last_set_and_loads_into_a_fresh_model() -> None:
+def test_low_rank_projection_goes_with_the_last_set_and_loads_into_a_fresh_model(
+        tmp_path) -> None:
+    def plain() -> nn.Module:
+        return nn.Sequential(nn.Linear(12, 3), nn.Tanh(), nn.Linear(3, 2))
+
     def make() -> pf.PerforatedModel:
-        return pf.perforate(nn.Sequential(nn.Linear(12, 3), nn.Tanh(), nn.Linear(3, 2)),
-                            pf.PerforationConfig.paper(seed=0, candidates=2, dendrite_rank=3))
+        return pf.perforate(plain(), pf.PerforationConfig.paper(seed=0, candidates=2,
+                                                                dendrite_rank=3))
     model = make()
     layer = model.dendrite_layers()["0"]
     assert layer.dendrite_projection.shape == (0, 12)  # nothing drawn before the first set
@@ -254,6 +258,8 @@ def test_low_rank_projection_goes_with_the_last_set_and_loads_into_a_fresh_model
     fresh.load_state_dict(model.state_dict())  # resized to D = 1, P included
     x = data[0][0]
     torch.testing.assert_close(fresh(x), model(x))
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(pf.load(tmp_path, plain())(x), model(x))
     assert layer.dendrite_parameter_count() == 3 * 3 + 2 * 3 + 3 * 12  # V, bias and a, P
     layer.remove_last()
     assert layer.dendrite_projection.shape == (0, 12) and layer.dendrite_parameter_count() == 0

@@ -147,7 +147,7 @@ def describe(row: Row) -> str:
                 f"{'' if c.get('perforated', True) else ', not perforated'}")
         for key, default in (("objective", "covariance"), ("sign_source", "batch"),
                              ("output_init", "zero"), ("dendrite_inputs", None),
-                             ("dendrite_input_selection", "random")):
+                             ("dendrite_input_selection", "random"), ("dendrite_rank", None)):
             if c.get(key, default) != default:
                 text += f", {key}={c[key]}"
         if t.get("plateau", "max") != "max":

@@ -268,8 +268,10 @@ def _at_a_glance(groups: Sequence[Group]) -> list[str]:
     compression = _compression_lines(groups)
     return ["## At a glance", "",
             "PB against the two controls the paper lacks, per experiment: `pb` is the "
-            "library's defaults, `pb-cc` the paper's algorithm (`PerforationConfig.paper()`), "
-            "each with a width control matched to its own parameter count. "
+            "library's defaults, `pb-perf` the same perforated (the default before the "
+            "Protocol P comparison), `pb-cc` the paper's algorithm "
+            "(`PerforationConfig.paper()`), each with a width control matched to its own "
+            "parameter count. "
             "Test scores in %, mean ± std over seeds; differences in points, paired by seed, "
             f"with the paired t-test p (\"beat\": mean > 0 and p < {ALPHA}). Details, the other "
             "variants and the paper's own figures are in each experiment's section.", "",
@@ -344,7 +346,9 @@ def _config_kind(config: Mapping[str, Any]) -> str:
         return ("the paper's algorithm (Cascade-Correlation, frozen dendrites: "
                 "`PerforationConfig.paper()`)")
     if config.get("dendrite_learning") == "none" and config.get("train_dendrites"):
-        return ("small random dendrites trained with the network, perforated "
+        if config.get("perforated", True):
+            return "small random dendrites trained with the network, perforated"
+        return ("small random dendrites trained with the network, not perforated "
                 "(`PerforationConfig.anchor()`)")
     return (f"dendrite_learning={config.get('dendrite_learning')!r}, "
             f"train_dendrites={bool(config.get('train_dendrites'))}")
@@ -354,6 +358,7 @@ def _pb_config(rows: Sequence[Row]) -> list[str]:
     """What `pb` (the library's defaults when the row was made) and `pb-cc` meant here."""
     lines = []
     for variant, what in ((PB, "the library's defaults when the row was made"),
+                          ("pb-perf", "the defaults with perforation"),
                           ("pb-cc", "the paper's algorithm")):
         kinds = sorted({_config_kind(r.get("config") or {}) for r in rows
                         if r.get("variant") == variant})

@@ -131,3 +131,21 @@ def test_describe_names_the_input_selection() -> None:
                     "config": {**config, "dendrite_input_selection": "correlation"}})
     assert random.endswith("dendrite_inputs=32")
     assert top == random + ", dendrite_input_selection=correlation"
+
+
+def test_the_legend_marks_the_rows_that_ran_with_todays_defaults() -> None:
+    from perforate.config import PerforationConfig
+    from perforate_experiments.report.frontier import is_default, legend
+
+    default = {**PerforationConfig(seed=3).to_dict()}
+    default.pop("dendrite_rank")  # rows made before a field existed hold its default
+    tracker = {"neuron_patience": 5, "max_dendrites": 3}
+    rows = {"pb": {"config": default, "tracker": tracker},
+            "perf": {"config": {**default, "perforated": True}, "tracker": tracker},
+            "retry": {"config": default, "tracker": {**tracker, "dendrite_tries": 2}},
+            "restart": {"config": default, "tracker": {**tracker, "add_dendrites": False}}}
+    assert [v for v, r in rows.items() if is_default(r)] == ["pb"]
+    text = "\n".join(legend({4: {v: [{**r, "variant": v}] for v, r in rows.items()}}))
+    assert text.count("**the default**") == 1
+    assert "| `pb` | untrained sigmoid candidates, then trained with the network, not " \
+           "perforated (**the default**" in text

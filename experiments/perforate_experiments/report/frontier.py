@@ -157,12 +157,27 @@ def describe(row: Row) -> str:
     return text
 
 
+def is_default(row: Row) -> bool:
+    """Whether a PB row ran with today's `PerforationConfig()` (its seed aside) and the
+    controller's default options."""
+    from perforate.config import PerforationConfig
+
+    config, tracker = row.get("config") or {}, row.get("tracker") or {}
+    if not config or tracker.get("add_dendrites") is False or set(tracker) - {
+            "neuron_patience", "dendrite_patience", "max_dendrite_epochs", "max_dendrites",
+            "min_dendrites", "max_epochs"}:
+        return False
+    default = PerforationConfig().to_dict()
+    return all(config.get(k, v) == v for k, v in default.items() if k != "seed")
+
+
 def legend(table: Table) -> list[str]:
-    """One line per variant: what it is."""
+    """One line per variant: what it is (and which one `PerforationConfig()` is today)."""
     seen: dict[str, str] = {}
     for variants in table.values():
         for variant, rows in variants.items():
-            seen.setdefault(variant, describe(rows[0]))
+            mark = " (**the default**, `PerforationConfig()`)" if is_default(rows[0]) else ""
+            seen.setdefault(variant, describe(rows[0]) + mark)
     body = [[f"`{v}`", seen[v]] for v in _order(seen)]
     return [*md_table(["variant", "how its dendrites learn"], body, align=["l", "l"]), ""]
 

@@ -263,7 +263,7 @@ def test_paper_algorithm_has_its_own_width_control(tmp_path: Path) -> None:
     finals = {"restart": (0.80, 0.81, 0.82), "pb": (0.82, 0.84, 0.85),
               "width": (0.83, 0.84, 0.85), "pb-cc": (0.80, 0.81, 0.83),
               "width-cc": (0.79, 0.80, 0.81)}
-    configs = {"pb": {"dendrite_learning": "none", "train_dendrites": True},
+    configs = {"pb": {"dendrite_learning": "none", "train_dendrites": True, "perforated": False},
                "pb-cc": {"dendrite_learning": "cc", "train_dendrites": False}}
     for variant, scores in finals.items():
         for seed, score in enumerate(scores):

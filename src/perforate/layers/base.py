@@ -66,7 +66,7 @@ class DendriteLayer(nn.Module):
         self.config = config
         self.geometry = self.geometry_cls(base_layer)
         fan_in = self.geometry.fan_in
-        rank = self._projection_rank(config)
+        rank = self._rank = self._projection_rank(config)
         if rank is not None:  # the dendrites' geometry: `rank` inputs per neuron
             self.geometry = ProjectedLinearGeometry(base_layer, rank)
         self.activation = make_activation(config.dendrite_activation)
@@ -160,7 +160,8 @@ class DendriteLayer(nn.Module):
 
     def extra_repr(self) -> str:
         k = self.candidates.num_candidates if self.candidates is not None else 0
-        return f"dendrites={self.num_dendrites}, candidates={k}"
+        rank = "" if self._rank is None else f", dendrite_rank={self._rank}"
+        return f"dendrites={self.num_dendrites}, candidates={k}{rank}"
 
     # ------------------------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
@@ -250,7 +251,7 @@ class DendriteLayer(nn.Module):
         proj = self.dendrite_projection
         if proj is not None and proj.shape[0] == 0:  # the first set: draw P ~ N(0, 1/fan_in)
             fan_in = proj.shape[1]
-            value = torch.randn(self.geometry.rank, fan_in, generator=generator,  # type: ignore[attr-defined]
+            value = torch.randn(self._rank or 0, fan_in, generator=generator,
                                 dtype=torch.float32) / fan_in ** 0.5
             self._set(proj, value.to(proj))
         self.candidates = CandidatePool(self.geometry, self.num_dendrites, self.config,
@@ -316,8 +317,7 @@ class DendriteLayer(nn.Module):
         self._assign(weight, ref.new_zeros(d, n), ref.new_zeros(d, d, n), ref.new_zeros(d, n))
         proj = self.dendrite_projection
         if proj is not None:
-            self._set(proj, proj.new_zeros(self.geometry.rank if d else 0,  # type: ignore[attr-defined]
-                                           proj.shape[1]))
+            self._set(proj, proj.new_zeros((self._rank or 0) if d else 0, proj.shape[1]))
         self.dendrite_alive = ref.new_ones(d, n)
         if self.dendrite_mask is not None:
             self.dendrite_mask = torch.zeros_like(weight)

@@ -7,9 +7,10 @@ from .base import Experiment
 
 def experiments() -> dict[str, Experiment]:
     """{name: Experiment}, imported lazily (each spec pulls its own data code)."""
-    from .specs import ablation, fashion_mnist, frontier
+    from .specs import ablation, fashion_mnist, frontier, frontier_1d
 
-    found = [fashion_mnist.EXPERIMENT, ablation.EXPERIMENT, frontier.EXPERIMENT]
+    found = [fashion_mnist.EXPERIMENT, ablation.EXPERIMENT, frontier.EXPERIMENT,
+             frontier_1d.EXPERIMENT]
     for module in ("tox21", "physionet", "timing"):
         try:
             spec = __import__(f"{__package__}.specs.{module}", fromlist=["EXPERIMENT"])

@@ -1,12 +1,13 @@
 """Protocol P with the official open package ``perforatedai==3.2.9``: the frontier's anchor arm.
 
 Trains the package on Protocol P (``specs/frontier.py``: Fashion-MNIST 50k/10k/10k with split
-seed 0, MLP 784 -> h -> 10, ``torch.manual_seed(seed)`` before building, Adam(lr=1e-3), batch
+seed 0, MLP 784 -> h -> 10; with ``--experiment frontier-1d``, ``specs/frontier_1d.py``:
+MNIST-1D, MLP 40 -> h -> h -> 10), ``torch.manual_seed(seed)`` before building, Adam(lr=1e-3), batch
 128, data order from torch's generator seeded with the seed, a fresh optimizer whenever the
 package restructures the model, decisions on validation accuracy, at most 150 epochs, 1 torch
 thread) with ``n_epochs_to_switch=5``, ``max_dendrites=3`` and its other defaults, and writes
 one row per (seed, h) where ``perforate report`` reads the frontier's results:
-``<out>/frontier/perforatedai/seed-S__h-H.json``.
+``<out>/<experiment>/perforatedai/seed-S__h-H.json``.
 
 perforatedai is not a dependency: it runs in its own venv (``make bench-anchor`` creates
 ``bench/.venv-anchor``), with this package and the library on the path::
@@ -74,35 +75,49 @@ def summarize(epochs: Sequence[Epoch]) -> dict[str, Any]:
 
 def anchor_row(seed: int, h: int, epochs: Sequence[Epoch], *, stop_reason: str,
                wall_seconds: float, hardware: dict[str, Any], git_commit: str,
-               protocol: dict[str, Any]) -> dict[str, Any]:
+               protocol: dict[str, Any], experiment: str = "frontier") -> dict[str, Any]:
     """The result row of one run, with the keys the frontier experiment's rows have."""
-    return {"experiment": "frontier", "variant": VARIANT, "seed": seed, "quick": False,
+    return {"experiment": experiment, "variant": VARIANT, "seed": seed, "quick": False,
             "options": {"h": h}, "metric": "accuracy", "decision_metric": "accuracy",
             **summarize(epochs), "stop_reason": stop_reason, "protocol": protocol,
             "wall_seconds": wall_seconds, "hardware": hardware, "git_commit": git_commit,
             "history": [asdict(e) for e in epochs]}
 
 
-def row_path(out: str | Path, seed: int, h: int) -> Path:
-    return result_path(Path(out), "frontier", VARIANT, seed, {"h": h}, False)
+def row_path(out: str | Path, seed: int, h: int, experiment: str = "frontier") -> Path:
+    return result_path(Path(out), experiment, VARIANT, seed, {"h": h}, False)
 
 
 def write_row(out: str | Path, row: dict[str, Any]) -> Path:
     """Write `row` (from `anchor_row`) where the frontier report reads it; return the path."""
-    path = row_path(out, int(row["seed"]), int(row["options"]["h"]))
+    path = row_path(out, int(row["seed"]), int(row["options"]["h"]), row["experiment"])
     write_json_atomic(path, row)
     return path
 
 
-def protocol_description(h: int) -> dict[str, Any]:
+def protocol_description(h: int, experiment: str = "frontier") -> dict[str, Any]:
     from .specs.frontier import BATCH_SIZE, FULL, LR, SPLIT_SEED
 
+    data = {"frontier": {"data": "Fashion-MNIST 50k/10k/10k, flattened",
+                         "split_seed": SPLIT_SEED},
+            "frontier-1d": {"data": "MNIST-1D 50k/10k/10k (generator seed 42), length 40",
+                            "network": "MLP 40-h-h-10"}}[experiment]
     return {"h": h, "package": PACKAGE, **{f"pai_{k}": v for k, v in SETTINGS.items()},
             "max_epochs": FULL["max_epochs"], "batch_size": BATCH_SIZE,
             "optimizer": f"Adam(lr={LR}), fresh at every restructure",
-            "decision": "val accuracy", "split_seed": SPLIT_SEED,
-            "data": "Fashion-MNIST 50k/10k/10k, flattened",
+            "decision": "val accuracy", **data,
             "params": "used by the forward pass (parameters that receive a gradient)"}
+
+
+def network(experiment: str, h: int) -> nn.Module:
+    """The experiment's network at hidden width `h`."""
+    if experiment == "frontier-1d":
+        from .specs.frontier_1d import mlp2
+
+        return mlp2(h)
+    from .specs.frontier import mlp
+
+    return mlp(h)
 
 
 def used_parameters(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -127,21 +142,22 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train_anchor(seed: int, h: int, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 *, max_epochs: int = 150,
+                 *, max_epochs: int = 150, experiment: str = "frontier",
                  log: Callable[[str], None] = logger.info) -> tuple[list[Epoch], str]:
     """Train perforatedai on Protocol P in the current directory; return the epochs and why
     the run stopped."""
     from perforatedai import globals_perforatedai as GPA
     from perforatedai import utils_perforatedai as UPA
 
-    from .specs.frontier import BATCH_SIZE, LR, mlp
+    from .specs.frontier import BATCH_SIZE, LR
 
     GPA.pc.set_configuration_confirmed(True)  # else a prompt (TTY) or a RuntimeError
     GPA.pc.set_testing_dendrite_capacity(False)  # else a test mode adds a set every epoch
     GPA.pc.set_n_epochs_to_switch(SETTINGS["n_epochs_to_switch"])
     GPA.pc.set_max_dendrites(SETTINGS["max_dendrites"])
     torch.manual_seed(seed)
-    model = UPA.perforate_model(mlp(h), save_name="protocol-p", maximizing_score=True)
+    model = UPA.perforate_model(network(experiment, h), save_name="protocol-p",
+                                maximizing_score=True)
     GPA.pai_tracker.set_optimizer(torch.optim.Adam)
 
     def optimizer(model: nn.Module) -> torch.optim.Optimizer:
@@ -186,7 +202,16 @@ def _count_sets(model: nn.Module) -> int:
     return max(counts)
 
 
-def load_protocol_data(root: str | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def load_protocol_data(root: str | None = None, experiment: str = "frontier"
+                       ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The experiment's train / val / test tensors (`root`: the Fashion-MNIST folder, or the
+    MNIST-1D cache directory)."""
+    if experiment == "frontier-1d":
+        from .data.mnist1d import load_mnist1d
+
+        parts = load_mnist1d(None if root is None else Path(root))
+        return dict(zip(("train", "val", "test"), (tuple(p.tensors) for p in parts),
+                        strict=True))
     from .data.fashion_mnist import load_fashion_mnist
     from .specs.frontier import SPLIT_SEED, _flat
 
@@ -210,29 +235,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0", help="e.g. 0-2 or 0,3")
     parser.add_argument("--h", default="4,8,16", help="hidden widths, comma-separated")
     parser.add_argument("--out", default="results/experiments")
-    parser.add_argument("--root", default=None, help="Fashion-MNIST folder")
+    parser.add_argument("--experiment", default="frontier", choices=("frontier", "frontier-1d"))
+    parser.add_argument("--root", default=None,
+                        help="Fashion-MNIST folder (frontier-1d: MNIST-1D cache directory)")
     parser.add_argument("--max-epochs", type=int, default=150)
     parser.add_argument("--force", action="store_true", help="rerun rows that exist")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
-    data = load_protocol_data(args.root)
+    data = load_protocol_data(args.root, args.experiment)
+    exp = args.experiment
     out = Path(args.out).resolve()
     for h in (int(v) for v in args.h.split(",")):
         for seed in parse_seeds(args.seeds):
-            if row_path(out, seed, h).exists() and not args.force:
+            if row_path(out, seed, h, exp).exists() and not args.force:
                 logger.info("seed %d h %d: row exists, skipped", seed, h)
                 continue
             start, cwd = time.perf_counter(), os.getcwd()
             with tempfile.TemporaryDirectory(prefix="perforatedai-run-") as work:
                 os.chdir(work)  # the package's files and settings stay in this run's folder
                 try:
-                    epochs, reason = train_anchor(seed, h, data, max_epochs=args.max_epochs)
+                    epochs, reason = train_anchor(seed, h, data, max_epochs=args.max_epochs,
+                                                  experiment=exp)
                 finally:
                     os.chdir(cwd)
             row = anchor_row(seed, h, epochs, stop_reason=reason,
                              wall_seconds=time.perf_counter() - start, hardware=hardware(),
-                             git_commit=git_commit(), protocol=protocol_description(h))
+                             git_commit=git_commit(), protocol=protocol_description(h, exp),
+                             experiment=exp)
             path = write_row(out, row)
             print(f"wrote {path}: test {row['final_test']:.4f}, {row['final_params']:,} "
                   f"params, {row['final_dendrites']} sets", file=sys.stderr)

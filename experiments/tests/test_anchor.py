@@ -117,3 +117,19 @@ def test_training_loop_scores_every_epoch_and_stops_when_the_package_says(monkey
     _stand_in(monkeypatch, complete_at=100)
     epochs, reason = anchor.train_anchor(0, 4, split, max_epochs=2, log=lambda m: None)
     assert reason == "max_epochs (2) reached" and len(epochs) == 2
+
+
+def test_the_second_protocol_trains_its_own_network_and_writes_its_own_rows(
+        monkeypatch, tmp_path) -> None:
+    _stand_in(monkeypatch, complete_at=2)
+    g = torch.Generator().manual_seed(0)
+    split = {k: (torch.randn(64, 40, generator=g), torch.randint(0, 10, (64,), generator=g))
+             for k in ("train", "val", "test")}
+    epochs, _ = anchor.train_anchor(0, 8, split, experiment="frontier-1d", log=lambda m: None)
+    assert epochs[0].params == 40 * 8 + 8 + 8 * 8 + 8 + 8 * 10 + 10  # MLP 40-h-h-10
+    protocol = anchor.protocol_description(8, "frontier-1d")
+    assert protocol["network"] == "MLP 40-h-h-10" and "MNIST-1D" in protocol["data"]
+    row = anchor.anchor_row(0, 8, epochs, stop_reason="done", wall_seconds=1.0, hardware={},
+                            git_commit="abc", protocol=protocol, experiment="frontier-1d")
+    path = anchor.write_row(tmp_path, row)
+    assert path == tmp_path / "frontier-1d" / "perforatedai" / "seed-0__h-8.json"

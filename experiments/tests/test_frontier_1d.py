@@ -46,7 +46,7 @@ def test_quick_runs(tmp_path_factory: pytest.TempPathFactory, variant: str) -> N
 def test_plan_and_report_section(tmp_path: Path) -> None:
     runs = runner.plan("frontier-1d", [0], None, quick=False, out=tmp_path)
     combos = {(v, o["h"]) for v, _, o, _ in runs}
-    assert ("plain", 128) in combos and ("pb", 16) in combos and ("pb", 128) not in combos
+    assert ("plain", 48) in combos and ("pb", 16) in combos and ("pb", 48) not in combos
     out = tmp_path / "runs"
     for variant, h, test, params in (("plain", 8, 0.60, 500), ("plain", 16, 0.70, 1000),
                                      ("restart", 8, 0.61, 500), ("pb", 8, 0.66, 800)):

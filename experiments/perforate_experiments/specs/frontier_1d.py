@@ -27,7 +27,7 @@ from .frontier import BATCH_SIZE, FULL, LR, QUICK, TRACKER_KEYS
 
 #: Hidden widths of the PB arms, and of the plain width frontier.
 HIDDEN = (8, 16)
-WIDTHS = (8, 12, 16, 24, 32, 48, 64, 128)
+WIDTHS = (8, 12, 16, 24, 32, 48)
 
 
 def mlp2(hidden: int) -> nn.Module:

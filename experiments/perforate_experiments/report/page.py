@@ -52,8 +52,8 @@ DESCRIPTIONS = {
                 "784 → h → 10 narrow enough that added capacity can pay; every way of learning "
                 "dendrites against the restart control and the width frontier",
     "frontier-1d": "Protocol P on a second network and data set: MNIST-1D (50k generated "
-                   "signals), an MLP 40 → h → h → 10; the default, the same perforated and the "
-                   "paper's algorithm against the restart control and the width frontier",
+                   "signals), an MLP 40 → h → h → 10; PB against the restart control, the "
+                   "official package and the width frontier",
     "fashion-mnist": "the paper's EMNIST network (PyTorch MNIST-example CNN) on Fashion-MNIST",
     "ablation": "the paper's Figure 7 ablation: which parts of PB matter",
     "tox21": "molecular property prediction on Tox21 (the paper's drug-discovery experiment)",

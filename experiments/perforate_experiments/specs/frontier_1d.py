@@ -14,6 +14,7 @@ Arms: the library's defaults (``pb``), the same perforated (``pb-perf``), the pa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,8 +40,6 @@ def mlp2(hidden: int) -> nn.Module:
 def frontier_1d_setup(seed: int, quick: bool, *, h: int = 8, root: str | None = None,
                       **overrides: Any) -> Setup:
     """Setup of one run with hidden width `h` (`root`: the cache directory of the data)."""
-    from pathlib import Path
-
     from ..data.mnist1d import N_TEST, N_TRAIN, N_VAL, load_mnist1d
 
     p = {**(QUICK if quick else FULL), **overrides}

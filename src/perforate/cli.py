@@ -168,9 +168,9 @@ def inspect_model(net: nn.Module, config: Any, input_shape: tuple[int, ...] | No
         n, seen = layer.num_neurons, layer.geometry.fan_in  # inputs a dendrite weighs
         proj = layer.dendrite_projection  # dendrite_rank: seen = r, P [r, fan_in] once
         fan_in = seen if proj is None else proj.shape[1]
+        once = 0 if proj is None else proj.shape[1] * seen
         if config.dendrite_inputs is not None:  # masked dense: fewer weights, same compute
             seen = min(config.dendrite_inputs, seen)
-        once = 0 if proj is None else seen * fan_in
         base = layer.base_layer
         # An attention projection is a parameter-free view: count the weights it reads.
         base_params = (sum(p.numel() for p in base.parameters()) or layer.weight.numel()

@@ -23,9 +23,9 @@ def test_parse_seeds() -> None:
             runner.parse_seeds(bad)
 
 
-def test_registry_has_the_six_experiments() -> None:
+def test_registry_has_the_seven_experiments() -> None:
     assert set(experiments()) == {"fashion-mnist", "ablation", "tox21", "physionet", "timing",
-                                  "frontier"}
+                                  "frontier", "frontier-1d"}
     assert get_experiment("ablation").variants == (
         "pb", "pb-cc", "pb-perf", "pb-head", "pb-backbone", "cc-no-perf", "gd", "restart",
         "width", "width-cc", "width-perf")

@@ -97,11 +97,11 @@ def write_row(out: str | Path, row: dict[str, Any]) -> Path:
 
 def protocol_description(h: int, experiment: str = "frontier") -> dict[str, Any]:
     from .specs.frontier import BATCH_SIZE, FULL, LR, SPLIT_SEED
+    from .specs.frontier_1d import DATA, NETWORK
 
     data = {"frontier": {"data": "Fashion-MNIST 50k/10k/10k, flattened",
                          "split_seed": SPLIT_SEED},
-            "frontier-1d": {"data": "MNIST-1D 50k/10k/10k (generator seed 42), length 40",
-                            "network": "MLP 40-h-h-10"}}[experiment]
+            "frontier-1d": {"data": DATA, "network": NETWORK}}[experiment]
     return {"h": h, "package": PACKAGE, **{f"pai_{k}": v for k, v in SETTINGS.items()},
             "max_epochs": FULL["max_epochs"], "batch_size": BATCH_SIZE,
             "optimizer": f"Adam(lr={LR}), fresh at every restructure",

@@ -24,11 +24,16 @@ from perforate.metrics import accuracy
 
 from ..base import Experiment, Setup
 from ..data.batches import TensorBatches
+from ..data.mnist1d import DATA_SEED, N_TEST, N_TRAIN, N_VAL, load_mnist1d
 from .frontier import BATCH_SIZE, FULL, LR, QUICK, TRACKER_KEYS
 
 #: Hidden widths of the PB arms, and of the plain width frontier.
 HIDDEN = (8, 16)
 WIDTHS = (8, 12, 16, 24, 32, 48)
+#: How rows (ours and the anchor arm's) describe the data and the network.
+DATA = (f"MNIST-1D {N_TRAIN // 1000}k/{N_VAL // 1000}k/{N_TEST // 1000}k "
+        f"(generator seed {DATA_SEED}), length 40")
+NETWORK = "MLP 40-h-h-10"
 
 
 def mlp2(hidden: int) -> nn.Module:
@@ -40,8 +45,6 @@ def mlp2(hidden: int) -> nn.Module:
 def frontier_1d_setup(seed: int, quick: bool, *, h: int = 8, root: str | None = None,
                       **overrides: Any) -> Setup:
     """Setup of one run with hidden width `h` (`root`: the cache directory of the data)."""
-    from ..data.mnist1d import N_TEST, N_TRAIN, N_VAL, load_mnist1d
-
     p = {**(QUICK if quick else FULL), **overrides}
     n_eval = p["n_eval"]
     train, val, test = load_mnist1d(
@@ -60,8 +63,7 @@ def frontier_1d_setup(seed: int, quick: bool, *, h: int = 8, root: str | None = 
         tracker_kwargs={k: p[k] for k in TRACKER_KEYS if k in p},
         protocol={**p, "h": h, "batch_size": BATCH_SIZE, "optimizer": f"Adam(lr={LR})",
                   "decision": "val accuracy",
-                  "data": "MNIST-1D 50k/10k/10k (generator seed 42), length 40",
-                  "network": "MLP 40-h-h-10"},
+                  "data": DATA, "network": NETWORK},
     )
 
 

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 
 import perforate as pf
+from perforate.geometry import ConvGeometry
+from perforate.stats import ObservedBatch
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*GradScaler.*:UserWarning")
 
@@ -129,3 +131,57 @@ def test_an_epoch_of_only_non_finite_batches_raises() -> None:
     (out * torch.tensor([float("nan"), 1.0])).sum().backward()
     with pytest.raises(pf.NonFiniteError, match="every batch"):
         model.end_dendrite_phase()
+
+
+def _conv_batch(mask: torch.Tensor | None = None, bad: float | None = None,
+                ) -> tuple[ConvGeometry, ObservedBatch, torch.Tensor, torch.Tensor]:
+    """K=2 candidates of a conv layer with N=3 channels, 4 samples of 5x5 positions."""
+    geo = ConvGeometry(nn.Conv2d(2, 3, 3))
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(4, 2, 3, 5, 5, generator=g)
+    e = torch.randn(4, 3, 5, 5, generator=g)
+    if bad is not None:
+        e[2, 1, 3, 4] = bad
+    return geo, ObservedBatch.of(geo, c, e, mask), c, e
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_observed_batch_sums_are_the_plain_sums(masked: bool) -> None:
+    mask = torch.rand(4, 5, 5, generator=torch.Generator().manual_seed(2)) > 0.3 if masked \
+        else None
+    geo, batch, c, e = _conv_batch(mask)
+    keep = torch.ones(4, 5, 5, dtype=torch.bool) if mask is None else mask
+    k = keep[:, None, None].float()  # [B, 1, 1, H, W] against c [B, K, N, H, W]
+    count, cand, err = batch.sums(geo)
+    assert bool(batch.finite) and float(count) == float(keep.sum())
+    torch.testing.assert_close(cand[0], (c * k).sum((0, 3, 4)))
+    torch.testing.assert_close(cand[1], (c * c * k).sum((0, 3, 4)))
+    torch.testing.assert_close(cand[2], (c * e[:, None] * k).sum((0, 3, 4)))
+    ke = keep[:, None].float()
+    torch.testing.assert_close(err, torch.stack([(e * ke).sum((0, 2, 3)),
+                                                 (e * e * ke).sum((0, 2, 3))]))
+    # scale (e - e_bar), stacked like c, 0 at masked positions (one fused pass unmasked)
+    scale, e_bar = torch.randn(2, 3), torch.randn(3)
+    want = scale[None, :, :, None, None] * (e[:, None] - e_bar[None, None, :, None, None]) * k
+    torch.testing.assert_close(batch.scaled_centred_error(geo, scale, e_bar), want)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 3e19])
+def test_one_non_finite_error_zeroes_the_sums_without_a_pass_of_its_own(bad: float) -> None:
+    geo, batch, _, _ = _conv_batch(bad=bad)
+    assert batch.finite is None  # decided from the sums
+    count, cand, err = batch.sums(geo)
+    assert not bool(batch.finite)
+    assert float(count) == 0.0
+    assert torch.equal(cand, torch.zeros_like(cand)) and torch.equal(err, torch.zeros_like(err))
+    # the candidate gradient keeps a non-finite error, so that a GradScaler sees the overflow
+    grad = batch.scaled_centred_error(geo, torch.ones(2, 3), torch.zeros(3))
+    assert bool(grad.isfinite().all()) == (bad == 3e19)
+
+
+def test_a_non_finite_error_at_a_masked_position_is_ignored() -> None:
+    mask = torch.ones(4, 5, 5, dtype=torch.bool)
+    mask[2, 3, 4] = False
+    geo, batch, _, _ = _conv_batch(mask, bad=float("nan"))
+    count, cand, _ = batch.sums(geo)
+    assert bool(batch.finite) and float(count) == 99.0 and bool(cand.isfinite().all())

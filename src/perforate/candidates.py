@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .activations import INPLACE
+from .activations import FUNCTIONS, INPLACE
 from .config import PerforationConfig
 from .errors import NonFiniteError
 from .geometry import Geometry, LinearGeometry
@@ -73,6 +73,7 @@ class CandidatePool(nn.Module):
         self.config = config
         self.activation = activation
         self._activation_ = INPLACE.get(config.dendrite_activation)
+        self._activation_fn = FUNCTIONS.get(config.dendrite_activation)  # faster than the module
         ref = geometry.weight
         self.learning = config.dendrite_learning
         # With no candidate training ("none") one candidate per neuron is installed as drawn.
@@ -187,7 +188,7 @@ class CandidatePool(nn.Module):
                           inplace=own)
         if self._activation_ is not None and (own or hs):
             return self._activation_(pre)
-        return self.activation(pre)
+        return (self._activation_fn or self.activation)(pre)
 
     def attach(self, z: Tensor, c: Tensor) -> Tensor:
         """Return the layer output to use downstream: z itself (plus the candidates' output
@@ -211,7 +212,7 @@ class CandidatePool(nn.Module):
         batch, sums = self._batch_sums(c, e, mask)
         sync = self.sync
         if sync is None:
-            self.skipped += ~batch.finite
+            self.skipped += ~batch.finite  # type: ignore[operator]
             return self._learn(batch, *sums)
         # The global batch's sums, on every rank; each rank's rows; how many ranks saw a
         # non-finite error (a loss scaler's overflow). Such a batch is skipped on every rank
@@ -219,7 +220,7 @@ class CandidatePool(nn.Module):
         # on all of them alike (one rank stepping alone would wait in the gradient sum).
         extra = torch.zeros(sync.world + 1, dtype=sums[0].dtype, device=sums[0].device)
         extra[sync.rank] = e.numel() // self.geometry.num_neurons
-        extra[-1] = ~batch.finite
+        extra[-1] = ~batch.finite  # type: ignore[operator]
         sync.sum_([*sums, extra])
         overflow = extra[-1] > 0
         for t in sums:
@@ -240,14 +241,7 @@ class CandidatePool(nn.Module):
         if sync is not None:  # each rank's mean loss is world x the global one's share
             e = e / sync.world
         batch = ObservedBatch.of(geo, c, e, mask)
-        c, e, p = batch.c, batch.e, batch.count
-        sc, sc2 = geo.sums_stacked(c)
-        sce = geo.sum_stacked(torch.mul(c, geo.unsqueeze_set(e), out=self._scratch_like(c)))
-        err = torch.stack([geo.sum_out(e), geo.sum_out(e * e)])
-        cand = torch.stack([sc, sc2, sce]) * batch.finite
-        if sync is not None:  # one dtype, so one collective sums them all
-            p = torch.as_tensor(p, dtype=cand.dtype, device=cand.device).clone()
-        return batch, [p, cand, err]
+        return batch, batch.sums(geo, self._scratch_like(batch.c))  # one dtype: one collective
 
     @torch.no_grad()
     def _learn(self, batch: ObservedBatch, p: Tensor, cand: Tensor, err: Tensor,
@@ -286,8 +280,8 @@ class CandidatePool(nn.Module):
             s_raw = sce - c_bar * se - e_bar * sc + p * c_bar * e_bar
         self.cov.lerp_(s_raw / p, w)
         sign = torch.sign(self.cov if cfg.sign_source == "running" else s_raw)
-        centred_e = geo.unsqueeze_set(batch.centred_error(geo.expand(e_bar)))
         if cfg.objective == "correlation":
+            centred_e = geo.unsqueeze_set(batch.centred_error(geo.expand(e_bar)))
             centred_c = c - geo.expand(mean_c_b.to(c.dtype))
             if batch.keep is not None:
                 centred_c = torch.where(geo.unsqueeze_set(batch.keep), centred_c, 0.0)
@@ -307,7 +301,7 @@ class CandidatePool(nn.Module):
         scale = sign.neg_()
         if cfg.normalize_error:
             scale *= torch.where(self.error_var > 0, self.error_var.rsqrt(), 0.0)
-        return (geo.expand(scale.to(centred_e.dtype)) * centred_e).to(batch.dtype)
+        return batch.scaled_centred_error(geo, scale, e_bar).to(batch.dtype)
 
     def _scratch_like(self, t: Tensor) -> Tensor | None:
         """On a CPU, a tensor shaped like `t` for a per-batch product that is summed at once,

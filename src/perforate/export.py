@@ -83,6 +83,8 @@ class _FusedDendrites(nn.Module):
 
     def _act(self, u: Tensor, inplace: bool) -> Tensor:
         if inplace and self.activation_name == "tanh":
+            if u.device.type == "cpu" and u.dtype == torch.float32:  # `activations.tanh_`
+                return u.mul_(2).sigmoid_().mul_(2).sub_(1)
             return torch.tanh_(u)
         if inplace and self.activation_name == "sigmoid":
             return torch.sigmoid_(u)

@@ -33,24 +33,22 @@ class ObservedBatch:
       sum, so float16 sums don't overflow and bfloat16 products don't round.
     - Sample masks (`perforate.masking`): a masked position is 0 in c and e and not counted.
     - A loss-scaler overflow: a batch with a non-finite error at a kept position adds nothing
-      (``e`` is all 0, ``count`` 0, ``finite`` False: multiply c-only sums by it). Decided on
-      the device, without a host sync.
+      (`sums` are 0 and `finite` False). Decided on the device, without a host sync, and
+      without a pass of its own over e: see `sums`.
     """
 
     c: Tensor
     """Stacked candidate activations, statistics dtype, masked positions 0."""
     e: Tensor
-    """Errors for the sums: statistics dtype, masked positions 0, all 0 if not finite."""
-    e_raw: Tensor
-    """Errors for the candidate gradient: like `e` but non-finite values kept."""
-    count: Tensor
-    """Sample positions this batch adds to the statistics (0-dim)."""
-    finite: Tensor
-    """0-dim bool: the batch's kept errors are all finite."""
+    """Errors: statistics dtype, masked positions 0, non-finite values kept."""
+    positions: Tensor | int
+    """Sample positions the batch holds (masked ones not counted)."""
     keep: Tensor | None
     """The mask, broadcast against e (None: every position counts)."""
     dtype: torch.dtype
     """dtype of the candidate activations as received (that of their gradient)."""
+    finite: Tensor | None = None
+    """0-dim bool, set by `sums`: the batch's kept errors are all finite."""
 
     @classmethod
     def of(cls, geo: Geometry, c: Tensor, e: Tensor, mask: Tensor | None) -> ObservedBatch:
@@ -58,21 +56,47 @@ class ObservedBatch:
         c_dtype = c.dtype
         c, e = c.to(dt), e.to(dt)
         keep = None
-        count: Tensor | int = e.numel() // geo.num_neurons
+        positions: Tensor | int = e.numel() // geo.num_neurons
         if mask is not None:
             mask = mask.to(e.device, non_blocking=True)
             keep = geo.expand_positions(mask)
             c = torch.where(geo.unsqueeze_set(keep), c, 0.0)
             e = torch.where(keep, e, 0.0)
-            count = mask.sum(dtype=dt)
-        finite = e.isfinite().all()
-        return cls(c=c, e=torch.where(finite, e, 0.0), e_raw=e, count=(finite * count).to(dt),
-                   finite=finite, keep=keep, dtype=c_dtype)
+            positions = mask.sum(dtype=dt)
+        return cls(c=c, e=e, positions=positions, keep=keep, dtype=c_dtype)
+
+    def sums(self, geo: Geometry, scratch: Tensor | None = None) -> list[Tensor]:
+        """The batch's ``[count, cand, err]`` sums (`CorrelationSums.add`); sets `finite`.
+
+        A non-finite error at a kept position makes its neuron's sum of squared errors
+        non-finite (inf² is inf, NaN stays NaN), so finiteness is read from the ``[2, N]``
+        error sums rather than from a pass over e; a square overflowing the statistics dtype
+        (|e| > 1.8e19 in float32) counts as non-finite too. `scratch`: an output for the
+        ``c * e`` product (shaped like c), or None for a fresh one.
+        """
+        c, e = self.c, self.e
+        sc, sc2 = geo.sums_stacked(c)
+        sce = geo.sum_stacked(torch.mul(c, geo.unsqueeze_set(e), out=scratch))
+        err = torch.stack([geo.sum_out(e), geo.sum_out(e * e)])
+        self.finite = finite = err.isfinite().all()
+        count = (finite * self.positions).to(c.dtype)  # a device op: no host copy
+        return [count, torch.where(finite, torch.stack([sc, sc2, sce]), 0.0),
+                torch.where(finite, err, 0.0)]
 
     def centred_error(self, e_bar: Tensor) -> Tensor:
         """``e - e_bar`` (e_bar broadcast against e) at kept positions, 0 at masked ones."""
-        centred = self.e_raw - e_bar.to(self.e_raw.dtype)
+        centred = self.e - e_bar.to(self.e.dtype)
         return centred if self.keep is None else torch.where(self.keep, centred, 0.0)
+
+    def scaled_centred_error(self, geo: Geometry, scale: Tensor, e_bar: Tensor) -> Tensor:
+        """``scale (e - e_bar)`` for per-set scales ``[S, N]``, stacked, 0 at masked positions:
+        one fused pass ``scale e - scale e_bar`` when nothing is masked."""
+        if self.keep is not None:
+            return geo.expand(scale.to(self.e.dtype)) * geo.unsqueeze_set(
+                self.centred_error(geo.expand(e_bar)))
+        scale = scale.to(self.e.dtype)
+        return torch.addcmul(geo.expand(-scale * e_bar.to(scale.dtype)), geo.expand(scale),
+                             geo.unsqueeze_set(self.e))
 
 
 class CorrelationSums(nn.Module):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..activations import INPLACE, make_activation
+from ..activations import FUNCTIONS, INPLACE, make_activation
 from ..candidates import CandidatePool, Winners
 from ..config import PerforationConfig
 from ..errors import ConfigError, PhaseError
@@ -71,6 +71,7 @@ class DendriteLayer(nn.Module):
             self.geometry = ProjectedLinearGeometry(base_layer, rank)
         self.activation = make_activation(config.dendrite_activation)
         self._activation_ = INPLACE.get(config.dendrite_activation)
+        self._activation_fn = FUNCTIONS.get(config.dendrite_activation)  # faster than the module
         w = self.geometry.weight
         n, shape = self.geometry.num_neurons, self.geometry.neuron_weight_shape
         kw = {"device": w.device, "dtype": w.dtype}
@@ -215,7 +216,8 @@ class DendriteLayer(nn.Module):
             u = pre.select(geo.set_dim, j) if parts is None else parts[j]
             u = geo.cascade(u, cascade[j], hs, inplace=inplace)
             # No autograd through the dendrites (perforated, frozen): in place on `pre`.
-            hs.append(self._activation_(u) if inplace else self.activation(u))  # type: ignore[misc]
+            g = self._activation_ if inplace else self._activation_fn or self.activation
+            hs.append(g(u))  # type: ignore[misc]
         return hs
 
     def _watch_input_correlation(self) -> None:

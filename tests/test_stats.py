@@ -152,7 +152,7 @@ def test_observed_batch_sums_are_the_plain_sums(masked: bool) -> None:
     geo, batch, c, e = _conv_batch(mask)
     keep = torch.ones(4, 5, 5, dtype=torch.bool) if mask is None else mask
     k = keep[:, None, None].float()  # [B, 1, 1, H, W] against c [B, K, N, H, W]
-    count, cand, err = batch.sums(geo)
+    count, cand, err = batch.sums
     assert bool(batch.finite) and float(count) == float(keep.sum())
     torch.testing.assert_close(cand[0], (c * k).sum((0, 3, 4)))
     torch.testing.assert_close(cand[1], (c * c * k).sum((0, 3, 4)))
@@ -169,8 +169,7 @@ def test_observed_batch_sums_are_the_plain_sums(masked: bool) -> None:
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 3e19])
 def test_one_non_finite_error_zeroes_the_sums_without_a_pass_of_its_own(bad: float) -> None:
     geo, batch, _, _ = _conv_batch(bad=bad)
-    assert batch.finite is None  # decided from the sums
-    count, cand, err = batch.sums(geo)
+    count, cand, err = batch.sums
     assert not bool(batch.finite)
     assert float(count) == 0.0
     assert torch.equal(cand, torch.zeros_like(cand)) and torch.equal(err, torch.zeros_like(err))
@@ -182,6 +181,6 @@ def test_one_non_finite_error_zeroes_the_sums_without_a_pass_of_its_own(bad: flo
 def test_a_non_finite_error_at_a_masked_position_is_ignored() -> None:
     mask = torch.ones(4, 5, 5, dtype=torch.bool)
     mask[2, 3, 4] = False
-    geo, batch, _, _ = _conv_batch(mask, bad=float("nan"))
-    count, cand, _ = batch.sums(geo)
+    _, batch, _, _ = _conv_batch(mask, bad=float("nan"))
+    count, cand, _ = batch.sums
     assert bool(batch.finite) and float(count) == 99.0 and bool(cand.isfinite().all())

@@ -212,7 +212,7 @@ class CandidatePool(nn.Module):
         batch, sums = self._batch_sums(c, e, mask)
         sync = self.sync
         if sync is None:
-            self.skipped += ~batch.finite  # type: ignore[operator]
+            self.skipped += ~batch.finite
             return self._learn(batch, *sums)
         # The global batch's sums, on every rank; each rank's rows; how many ranks saw a
         # non-finite error (a loss scaler's overflow). Such a batch is skipped on every rank
@@ -220,7 +220,7 @@ class CandidatePool(nn.Module):
         # on all of them alike (one rank stepping alone would wait in the gradient sum).
         extra = torch.zeros(sync.world + 1, dtype=sums[0].dtype, device=sums[0].device)
         extra[sync.rank] = e.numel() // self.geometry.num_neurons
-        extra[-1] = ~batch.finite  # type: ignore[operator]
+        extra[-1] = ~batch.finite
         sync.sum_([*sums, extra])
         overflow = extra[-1] > 0
         for t in sums:
@@ -240,8 +240,8 @@ class CandidatePool(nn.Module):
         sync = self.sync
         if sync is not None:  # each rank's mean loss is world x the global one's share
             e = e / sync.world
-        batch = ObservedBatch.of(geo, c, e, mask)
-        return batch, batch.sums(geo, self._scratch_like(batch.c))  # one dtype: one collective
+        batch = ObservedBatch.of(geo, c, e, mask, self._scratch_like)
+        return batch, batch.sums  # one dtype: one collective sums them
 
     @torch.no_grad()
     def _learn(self, batch: ObservedBatch, p: Tensor, cand: Tensor, err: Tensor,

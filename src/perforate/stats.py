@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,24 +35,33 @@ class ObservedBatch:
     - Sample masks (`perforate.masking`): a masked position is 0 in c and e and not counted.
     - A loss-scaler overflow: a batch with a non-finite error at a kept position adds nothing
       (`sums` are 0 and `finite` False). Decided on the device, without a host sync, and
-      without a pass of its own over e: see `sums`.
+      without a pass of its own over e: see `of`.
     """
 
     c: Tensor
     """Stacked candidate activations, statistics dtype, masked positions 0."""
     e: Tensor
     """Errors: statistics dtype, masked positions 0, non-finite values kept."""
-    positions: Tensor | int
-    """Sample positions the batch holds (masked ones not counted)."""
     keep: Tensor | None
     """The mask, broadcast against e (None: every position counts)."""
     dtype: torch.dtype
     """dtype of the candidate activations as received (that of their gradient)."""
-    finite: Tensor | None = None
-    """0-dim bool, set by `sums`: the batch's kept errors are all finite."""
+    finite: Tensor
+    """0-dim bool: the batch's kept errors are all finite."""
+    sums: list[Tensor]
+    """The batch's ``[count, cand, err]`` sums (`CorrelationSums.add`), 0 if not `finite`."""
 
     @classmethod
-    def of(cls, geo: Geometry, c: Tensor, e: Tensor, mask: Tensor | None) -> ObservedBatch:
+    def of(cls, geo: Geometry, c: Tensor, e: Tensor, mask: Tensor | None,
+           scratch: Callable[[Tensor], Tensor | None] = lambda t: None) -> ObservedBatch:
+        """The batch, with its sums. `scratch(c)` may give an output for the ``c * e`` product
+        (shaped like c, the statistics dtype), or None for a fresh one.
+
+        A non-finite error at a kept position makes its neuron's sum of squared errors
+        non-finite (inf² is inf, NaN stays NaN), so finiteness is read from the ``[2, N]``
+        error sums rather than from a pass over e; a square overflowing the statistics dtype
+        (|e| > 1.8e19 in float32) counts as non-finite too.
+        """
         dt = statistics_dtype(c.dtype, e.dtype)
         c_dtype = c.dtype
         c, e = c.to(dt), e.to(dt)
@@ -63,25 +73,14 @@ class ObservedBatch:
             c = torch.where(geo.unsqueeze_set(keep), c, 0.0)
             e = torch.where(keep, e, 0.0)
             positions = mask.sum(dtype=dt)
-        return cls(c=c, e=e, positions=positions, keep=keep, dtype=c_dtype)
-
-    def sums(self, geo: Geometry, scratch: Tensor | None = None) -> list[Tensor]:
-        """The batch's ``[count, cand, err]`` sums (`CorrelationSums.add`); sets `finite`.
-
-        A non-finite error at a kept position makes its neuron's sum of squared errors
-        non-finite (inf² is inf, NaN stays NaN), so finiteness is read from the ``[2, N]``
-        error sums rather than from a pass over e; a square overflowing the statistics dtype
-        (|e| > 1.8e19 in float32) counts as non-finite too. `scratch`: an output for the
-        ``c * e`` product (shaped like c), or None for a fresh one.
-        """
-        c, e = self.c, self.e
         sc, sc2 = geo.sums_stacked(c)
-        sce = geo.sum_stacked(torch.mul(c, geo.unsqueeze_set(e), out=scratch))
+        sce = geo.sum_stacked(torch.mul(c, geo.unsqueeze_set(e), out=scratch(c)))
         err = torch.stack([geo.sum_out(e), geo.sum_out(e * e)])
-        self.finite = finite = err.isfinite().all()
-        count = (finite * self.positions).to(c.dtype)  # a device op: no host copy
-        return [count, torch.where(finite, torch.stack([sc, sc2, sce]), 0.0),
+        finite = err.isfinite().all()
+        sums = [(finite * positions).to(dt),  # a device op: no host copy
+                torch.where(finite, torch.stack([sc, sc2, sce]), 0.0),
                 torch.where(finite, err, 0.0)]
+        return cls(c=c, e=e, keep=keep, dtype=c_dtype, finite=finite, sums=sums)
 
     def centred_error(self, e_bar: Tensor) -> Tensor:
         """``e - e_bar`` (e_bar broadcast against e) at kept positions, 0 at masked ones."""

@@ -272,6 +272,83 @@ def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path) ->
     assert torch.isfinite(p2).all()
 
 
+class _GRURegressor(nn.Module):
+    """A GRU (its candidates observe a zero probe on the gate pre-activations) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(5, 6, batch_first=True)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gru(x)[0][:, -1])
+
+
+def _deferred_run(sync: Any, rank: int, world: int) -> dict[str, Any]:
+    """One dendrite-phase step of an MLP with three perforated layers and of a GRU model,
+    counting `DistributedSync.sum_` calls (collectives of statistics and step sums)."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(WORLD * LOCAL_BATCH, 4, 5, generator=g), torch.randn(16, 2, generator=g)
+    if world > 1:
+        x, y = x.chunk(world)[rank], y.chunk(world)[rank]
+    out: dict[str, Any] = {}
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 12),
+                        nn.ReLU(), nn.Linear(12, 2))
+    for name, net in (("mlp", mlp), ("gru", _GRURegressor())):
+        model = pf.perforate(net, _config("paper"))
+        calls: list[int] = []
+        if sync is not None:
+            model.set_distributed(sync)
+            real = sync.sum_
+            sync.sum_ = lambda ts, real=real, calls=calls: (calls.append(len(ts)), real(ts))[1]
+        model.begin_dendrite_phase()
+        opt = model.candidate_optimizer()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()
+                  if ".candidates." in n}
+        nn.functional.mse_loss(model(x), y).backward()
+        out[f"{name}_calls_backward"] = len(calls)
+        opt.step()
+        out[f"{name}_calls_step"] = len(calls)
+        out[name] = {n: p.detach().clone() for n, p in model.named_parameters()
+                     if ".candidates." in n}
+        out[f"{name}_moved"] = sorted({n.split(".candidates.")[0] for n in before
+                                       if n.endswith("weight")
+                                       and not torch.equal(before[n], out[name][n])})
+        if sync is not None:
+            del sync.sum_
+    return out
+
+
+def _deferred_worker(rank: int, port: int, out: str) -> None:
+    from perforate.distributed import DistributedSync
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD)
+    try:
+        torch.save(_deferred_run(DistributedSync(), rank, WORLD), Path(out) / f"d{rank}.pt")
+        dist.barrier()
+    finally:
+        _teardown()
+
+
+def test_statistics_of_every_layer_meet_once_per_backward(tmp_path: Path) -> None:
+    """The candidate statistics of all layers are summed in one collective at the end of the
+    backward, which then trains the candidates; a recurrent layer's zero probe included."""
+    mp.spawn(_deferred_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"d{r}.pt") for r in range(WORLD)]
+    single = _deferred_run(None, 0, 1)
+    for name, layers in (("mlp", 3), ("gru", 2)):
+        assert ranks[0][f"{name}_calls_backward"] == 1  # not one per layer
+        assert ranks[0][f"{name}_calls_step"] == 2  # the candidate gradients' sum
+        for key, value in single[name].items():
+            assert torch.equal(ranks[0][name][key], ranks[1][name][key]), key
+            torch.testing.assert_close(ranks[0][name][key], value, rtol=1e-5, atol=1e-6)
+        # every layer's candidates got a gradient and stepped
+        assert len(ranks[0][f"{name}_moved"]) == len(single[f"{name}_moved"]) == layers
+
+
 def _teardown() -> None:
     """Free every DDP wrapper before the process group: one that outlives it can abort the
     process at exit ("terminate called without an active exception", 2 in 20 runs)."""

@@ -28,6 +28,11 @@ APIS = {
          lambda: "weights_only" in inspect.signature(torch.load).parameters),
     "nn.Module.get_submodule (targeting, wrapping)":
         ((1, 9), ".get_submodule(", lambda: hasattr(nn.Module, "get_submodule")),
+    "torch._C._current_graph_task_id (distributed: statistics summed after the backward)":
+        ((2, 0), "_current_graph_task_id()", lambda: hasattr(torch._C, "_current_graph_task_id")),
+    "autograd engine queue_callback (the same)":
+        ((1, 0), "queue_callback(", lambda: hasattr(
+            torch.autograd.Variable._execution_engine, "queue_callback")),
     "torch.Generator.get_state / set_state (exact resume)":
         ((1, 0), "g.get_state()", lambda: hasattr(torch.Generator, "get_state")),
 }

@@ -195,8 +195,14 @@ class CandidatePool(nn.Module):
         term for dendrite_learning="gd"), routed through `ErrorTap` to observe its error."""
         if self.gd:
             z = z + self.geometry.combine(c, self.output)
-            return ErrorTap.apply(z, c.detach(), self)
-        return ErrorTap.apply(z, c, self)
+            c = c.detach()
+        if self.sync is not None:
+            # Distributed: the candidates' backward waits for the end of the user's backward
+            # (`observe_later`), so ErrorTap gets no edge to their graph (the backward would
+            # otherwise run it with no gradient and free it). A detached leaf stands in, so
+            # that the tap's output needs a gradient even where z does not (a zero probe).
+            return ErrorTap.apply(z, c.detach().requires_grad_(), self, (c,))
+        return ErrorTap.apply(z, c, self, ())
 
     @torch.no_grad()
     def observe(self, c: Tensor, e: Tensor, mask: Tensor | None = None) -> Tensor | None:
@@ -206,22 +212,50 @@ class CandidatePool(nn.Module):
         the sample positions that count (`perforate.masking`). Only device ops: no host sync.
         Few, fused ops, since this runs per layer per batch. objective="covariance":
         ``-sigma (e - ē) / s`` (eq. 3.4); "correlation": the gradient of ``-P |r|`` with r the
-        batch's Pearson correlation of c and e (P positions). In a distributed run the sums
-        are first summed across ranks.
+        batch's Pearson correlation of c and e (P positions). One process; a distributed run
+        uses `observe_later`.
         """
+        if self.sync is not None:
+            raise RuntimeError("a distributed pool observes with observe_later")
         batch, sums = self._batch_sums(c, e, mask)
+        self.skipped += ~batch.finite
+        return self._learn(batch, *sums)
+
+    @torch.no_grad()
+    def observe_later(self, c: Tensor, e: Tensor, mask: Tensor | None = None) -> None:
+        """`observe` in a distributed run, from inside the user's backward: this rank's sums
+        now; their sum across ranks at the end of the backward, in one collective with every
+        other layer's (`DistributedSync.sum_after_backward`), which then backpropagates the
+        candidates' gradient from ``c``. The ranks then meet once per backward for the
+        statistics, instead of once per layer."""
         sync = self.sync
         if sync is None:
-            self.skipped += ~batch.finite
-            return self._learn(batch, *sums)
-        # The global batch's sums, on every rank; each rank's rows; how many ranks saw a
-        # non-finite error (a loss scaler's overflow). Such a batch is skipped on every rank
-        # and every rank's candidate gradient made NaN, so that a GradScaler skips the step
-        # on all of them alike (one rank stepping alone would wait in the gradient sum).
-        extra = torch.zeros(sync.world + 1, dtype=sums[0].dtype, device=sums[0].device)
+            raise RuntimeError("observe_later is for a distributed run (see distribute)")
+        batch, sums = self._batch_sums(c, e, mask)
+        extra = self._rank_extra(sync, batch, e)
+
+        def then() -> tuple[Tensor, Tensor] | None:
+            grad = self._learn_global(batch, sums, extra)
+            return None if grad is None else (c, grad)
+
+        sync.sum_after_backward([*sums, extra], then)
+
+    def _rank_extra(self, sync: DistributedSync, batch: ObservedBatch, e: Tensor) -> Tensor:
+        """What a distributed batch sums besides the statistics: each rank's rows (at its
+        rank's index), and whether this rank saw a non-finite error (last)."""
+        dtype = batch.sums[0].dtype
+        extra = torch.zeros(sync.world + 1, dtype=dtype, device=e.device)
         extra[sync.rank] = e.numel() // self.geometry.num_neurons
         extra[-1] = ~batch.finite
-        sync.sum_([*sums, extra])
+        return extra
+
+    @torch.no_grad()
+    def _learn_global(self, batch: ObservedBatch, sums: list[Tensor], extra: Tensor,
+                      ) -> Tensor | None:
+        """`_learn` from the global batch's sums. A batch in which any rank saw a
+        non-finite error (a loss scaler's overflow) is skipped on every rank and every
+        rank's candidate gradient made NaN, so that a GradScaler skips the step on all of
+        them alike (one rank stepping alone would wait in the gradient sum)."""
         overflow = extra[-1] > 0
         for t in sums:
             t.mul_(~overflow)
@@ -415,14 +449,20 @@ class ErrorTap(torch.autograd.Function):
     """Identity on the layer output whose backward sees the neuron error dLoss/dz'.
 
     The backward passes the error on unchanged and returns the candidates' Cascade-Correlation
-    gradient, so the user's single ``loss.backward()`` trains the candidates.
+    gradient, so the user's single ``loss.backward()`` trains the candidates. In a distributed
+    run (``held``: ``(candidates' activation,)``, in a tuple so that autograd sees no edge to
+    it; ``c`` then a detached stand-in) it returns no gradient to them and hands the error to
+    `CandidatePool.observe_later` instead.
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, c: Tensor, pool: CandidatePool) -> Tensor:  # type: ignore[override]
+    def forward(ctx, z: Tensor, c: Tensor, pool: CandidatePool,  # type: ignore[override]
+                held: tuple[Tensor, ...]) -> Tensor:
         ctx.pool = pool
         ctx.mask = mask_for(pool.geometry.position_shape(z))  # read at forward time
-        ctx.save_for_backward(c)
+        ctx.held = held
+        if not held:
+            ctx.save_for_backward(c)
         # z is a fresh output that only this layer holds: declaring it "dirty" returns it
         # without a copy and without making it a view, so that in-place ops downstream
         # (ReLU(inplace=True)) still work. Its values are not changed.
@@ -430,7 +470,11 @@ class ErrorTap(torch.autograd.Function):
         return z
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor  # type: ignore[override]
+                 ) -> tuple[Tensor, Tensor | None, None, None]:
+        if ctx.held:
+            (held,), ctx.held = ctx.held, ()
+            ctx.pool.observe_later(held, grad, ctx.mask)
+            return grad, None, None, None
         (c,) = ctx.saved_tensors
-        grad_c = ctx.pool.observe(c, grad, ctx.mask)
-        return grad, grad_c, None
+        return grad, ctx.pool.observe(c, grad, ctx.mask), None, None

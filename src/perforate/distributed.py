@@ -8,9 +8,11 @@ install reads is reduced across ranks (see ``docs/distributed.md``):
   layer's dendrite parameters before its first set) are left out of it, so no rank waits for
   a gradient that never comes;
 - dendrite phase: no DDP (the network is frozen); candidates are broadcast from rank 0 when
-  drawn, each batch's correlation sums are summed across ranks inside the backward (so the
-  epoch's statistics, the running ones and each position's candidate gradient are those of
-  the global batch). The candidates' gradients are summed before their optimizer steps,
+  drawn, each batch's correlation sums of every layer are summed across ranks in one
+  collective at the end of the backward, which then backpropagates the candidates' gradients
+  (`DistributedSync.sum_after_backward`; the epoch's statistics, the running ones and each
+  position's candidate gradient are those of the global batch). The candidates' gradients
+  are summed before their optimizer steps,
   except where a Linear layer's inputs and output gradients are smaller than its candidate
   weights (K copies of the layer's): there the ranks exchange those in the backward and each
   computes the global batch's weight gradient (`DistributedSync.linear`);
@@ -25,10 +27,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.autograd import Variable
 from torch.nn.parallel import DistributedDataParallel
 
 Wrap = Callable[[nn.Module], nn.Module]
 """``wrap(perforated_model) -> module to train with`` (e.g. a `DistributedDataParallel`)."""
+AfterSum = Callable[[], "tuple[Tensor, Tensor] | None"]
+"""`DistributedSync.sum_after_backward`'s continuation: ``(root, gradient)`` to backpropagate,
+or None."""
 StepPreHook = Callable[[torch.optim.Optimizer, tuple[Any, ...], dict[str, Any]],
                       "tuple[tuple[Any, ...], dict[str, Any]] | None"]
 
@@ -55,6 +61,8 @@ class DistributedSync:
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl \
             else torch.device("cpu")
         """Where host values (scores) are reduced: NCCL reduces CUDA tensors only."""
+        self._task: int | None = None  # the backward whose sums wait in `_pending`
+        self._pending: list[tuple[Sequence[Tensor], AfterSum]] = []
 
     @property
     def is_main(self) -> bool:
@@ -79,6 +87,34 @@ class DistributedSync:
                 dist.all_reduce(flat, group=self.group)
             for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
                 t.copy_(part.view_as(t))
+
+    def sum_after_backward(self, tensors: Sequence[Tensor], then: AfterSum) -> None:
+        """Sum `tensors` across ranks in place at the end of the running backward, in one
+        collective with those of every other call made during it; then call each `then()`
+        in order, and backpropagate the ``(root, gradient)`` pairs they return in one more
+        backward. Call it from inside a backward (an autograd Function's): the candidate
+        statistics of every layer then cost one meeting of the ranks per backward, not one
+        per layer. Every rank makes the same calls in the same order (the backward visits
+        the same layers), so the flat sums line up."""
+        task = torch._C._current_graph_task_id()
+        if task < 0:
+            raise RuntimeError("sum_after_backward is called from inside a backward")
+        if task != self._task:  # this backward's first call (drops a failed backward's)
+            self._task, self._pending = task, []
+            Variable._execution_engine.queue_callback(self._after_backward)
+        self._pending.append((tensors, then))
+
+    def _after_backward(self) -> None:
+        pending, self._pending, self._task = self._pending, [], None
+        self.sum_([t for tensors, _ in pending for t in tensors])
+        roots, grads = [], []
+        for _, then in pending:
+            pair = then()
+            if pair is not None:
+                roots.append(pair[0])
+                grads.append(pair[1])
+        if roots:
+            torch.autograd.backward(roots, grads)
 
     def broadcast_(self, tensors: Sequence[Tensor]) -> None:
         """Copy rank 0's values of `tensors` to every rank (in place)."""

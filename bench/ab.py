@@ -6,6 +6,7 @@ Each tree runs in its own long-lived worker process (PYTHONPATH=<tree>), on the 
 data of `epoch_cost.py`; the parent asks each in turn to time one epoch.
 
     python bench/ab.py --a /tmp/old/src --b src [--phases neuron:0,neuron:3,dendrite:4]
+                       (phases: neuron = frozen sets, default, trained = perforated, dendrite)
         [--rounds 5] [--samples 1024] [--threads 1] [--out bench/results/ab.json]
 
 Make an old tree with ``git archive <commit> src | tar -x -C /tmp/old``.
@@ -31,13 +32,19 @@ def worker() -> None:
     sys.path.insert(0, str(HERE))
     from epoch_cost import load_data, time_phase
 
+    from perforate.config import ANCHOR
+
+    configs = {"neuron": {}, "dendrite": {}, "default": ANCHOR,  # the default: trained sets
+               "trained": {**ANCHOR, "perforated": True}}  # trained, perforated
+
     args = argparse.Namespace(batch=int(os.environ["AB_BATCH"]), repeats=1)
     x, y, _ = load_data(int(os.environ["AB_SAMPLES"]))
     device = torch.device("cpu")
     print("ready", flush=True)
     for line in sys.stdin:
         phase, d, k = line.split()
-        seconds = time_phase(int(d), None if phase == "neuron" else int(k), x, y, args, device)
+        k_ = int(k) if phase == "dendrite" else None
+        seconds = time_phase(int(d), k_, x, y, args, device, **configs[phase])
         print(seconds, flush=True)
 
 
@@ -63,7 +70,8 @@ def main() -> None:
     parser.add_argument("--a", help="source tree A (the baseline): a folder holding perforate/")
     parser.add_argument("--b", help="source tree B")
     parser.add_argument("--phases", default="neuron:0,neuron:3,dendrite:4",
-                        help="neuron:D (D installed sets) or dendrite:K (K candidates)")
+                        help="neuron:D (D frozen sets), default:D (the default's trained "
+                        "sets), trained:D (trained, perforated), dendrite:K (K candidates)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=64)
@@ -85,7 +93,7 @@ def main() -> None:
     try:
         for r in range(args.rounds):
             for phase, n in phases:
-                d, k = (int(n), 0) if phase == "neuron" else (0, int(n))
+                d, k = (0, int(n)) if phase == "dendrite" else (int(n), 0)
                 order = ("A", "B") if r % 2 == 0 else ("B", "A")
                 for side in order:
                     times[f"{phase}:{n}"][side].append(ask(procs[side], phase, d, k))

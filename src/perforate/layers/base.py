@@ -31,6 +31,7 @@ from ..candidates import CandidatePool, Winners
 from ..config import PerforationConfig
 from ..errors import ConfigError, PhaseError
 from ..geometry import Geometry, LinearGeometry, ProjectedLinearGeometry
+from .dendrite_term import DendriteTerm, fusable
 
 
 def base_view(name: str) -> property:
@@ -182,8 +183,13 @@ class DendriteLayer(nn.Module):
             x_free = x_in.detach()
         hs: list[Tensor] = []
         if self.num_dendrites:
-            hs = self.dendrite_outputs(x_in)
-            a = self.live_weights()[1]
+            pre = self._dendrite_pre(x_in)
+            cascade, a = self.live_weights()
+            name = self.config.dendrite_activation
+            if pool is None and pre.requires_grad and torch.is_grad_enabled() \
+                    and fusable(name, z, pre, cascade, a):  # sets that train: one node
+                return DendriteTerm.apply(z, pre, cascade, a, self.geometry, name)
+            hs = self._outputs(pre, cascade)
             for j, h in enumerate(hs):
                 z = torch.addcmul(z, self.geometry.expand(a[j]), h)
         if pool is not None:  # a dead dendrite's output is 0 for the candidates too
@@ -200,14 +206,20 @@ class DendriteLayer(nn.Module):
         cascade then adds ``C_j[:, i] * h_i`` for i < j (0 from a dead dendrite i, whose own
         output is computed but used nowhere).
         """
-        geo = self.geometry
+        return self._outputs(self._dendrite_pre(x), self.live_weights()[0])
+
+    def _dendrite_pre(self, x: Tensor) -> Tensor:
+        """The D sets' pre-activations, stacked (one wide call of the layer's operation)."""
         weight = self.dendrite_weight
         if self.dendrite_mask is not None and weight.requires_grad:
             weight = weight * self.dendrite_mask  # trained: keep the unseen inputs at zero
-        pre = geo.stacked(x, weight, self.dendrite_bias)
+        return self.geometry.stacked(x, weight, self.dendrite_bias)
+
+    def _outputs(self, pre: Tensor, cascade: Tensor) -> list[Tensor]:
+        """`dendrite_outputs` from the stacked pre-activations and the live cascade."""
+        geo = self.geometry
         inplace = self._activation_ is not None \
             and not (pre.requires_grad and torch.is_grad_enabled())
-        cascade = self.live_weights()[0]
         # Trained sets: `unbind`, whose backward stacks the sets' gradients once (a `select`
         # per set would fill a zero tensor of all D sets for each, then add them up).
         parts = None if inplace else pre.unbind(geo.set_dim)

@@ -46,9 +46,9 @@ def _config(kind: str) -> pf.PerforationConfig:
 def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
     """Train through neuron -> dendrite/grow -> install -> neuron; `world` ranks each see their
     share of every batch (world=1: the whole batch) and score their own validation shard."""
-    # "wide": 40 inputs, so the first layer's candidates exchange inputs and output
+    # "wide": 1400 inputs, so the first layer's candidates exchange inputs and output
     # gradients (`DistributedSync.gathers`) where the others sum weight gradients.
-    features = 40 if kind == "wide" else 5
+    features = 1400 if kind == "wide" else 5
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(features, 12), nn.ReLU(), nn.Linear(12, 2))
     model = pf.perforate(net, _config(kind))
@@ -187,7 +187,7 @@ def _linear_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     g = torch.Generator().manual_seed(3)
     return {name: (torch.randn(8, 2, fan_in, generator=g),
                    torch.randn(fan_out, fan_in, generator=g), torch.randn(fan_out, generator=g))
-            for name, fan_in, fan_out in (("gather", 64, 48), ("sum", 3, 40))}
+            for name, fan_in, fan_out in (("gather", 1400, 48), ("sum", 3, 40))}
 
 
 def test_linear_gives_the_global_batchs_gradients_on_every_rank(tmp_path: Path) -> None:
@@ -212,6 +212,9 @@ def test_gathers_when_the_exchange_is_smaller_than_the_weights() -> None:
     assert sync.gathers(32, 9216, 512)  # the MNIST CNN's fc1, K=4: 0.6 M vs 9.4 M numbers
     assert not sync.gathers(32, 32, 512)  # a narrow layer: 34 k vs 34 k
     assert not sync.gathers(4096, 256, 1024)  # a long sequence: 10.5 M vs 0.5 M
+    # small: 2 x 16 x 320 = 10 k against 33 k, but 33 k rides in the step's one sum
+    assert not sync.gathers(16, 64, 256)
+    assert sync.gathers(16, 256, 256)  # 17 k against 132 k: big enough to exchange
 
 
 def _overflow_worker(rank: int, port: int, out: str) -> None:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import socket
 import statistics
 import tempfile
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ddp_scaling import free_port, pin, slowest
 from torch import nn
 
 import perforate as pf
@@ -34,9 +33,7 @@ WORLD = 2
 
 def _worker(rank: int, port: int, args: argparse.Namespace, synced: bool, out: str) -> None:
     torch.set_num_threads(1)
-    if hasattr(os, "sched_setaffinity"):
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cores[rank % len(cores)]})
+    pin(rank)
     pf.keep_cpu_memory()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD)
@@ -61,18 +58,11 @@ def _worker(rank: int, port: int, args: argparse.Namespace, synced: bool, out: s
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
         times.append((time.perf_counter() - start) / args.steps)
-    every: list[list[float]] = [[] for _ in range(WORLD)]
-    dist.all_gather_object(every, times)
-    if rank == 0:  # a step ends when every rank's does
-        Path(out).write_text(json.dumps([max(ts) for ts in zip(*every, strict=True)]))
+    every = slowest(times, WORLD)  # a step ends when every rank's does
+    if rank == 0:
+        Path(out).write_text(json.dumps(every))
     dist.barrier()
     dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -89,7 +79,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for synced in (True, False):
             out = str(Path(tmp) / f"{synced}.json")
-            mp.spawn(_worker, args=(_free_port(), args, synced, out), nprocs=WORLD, join=True)
+            mp.spawn(_worker, args=(free_port(), args, synced, out), nprocs=WORLD, join=True)
             ms["synced" if synced else "alone"] = 1e3 * statistics.median(
                 json.loads(Path(out).read_text()))
     cost = ms["synced"] / ms["alone"] - 1

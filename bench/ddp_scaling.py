@@ -50,7 +50,7 @@ def _model() -> pf.PerforatedModel:
     return pf.perforate(MnistNet(), pf.PerforationConfig.paper(seed=0, candidates=4))
 
 
-def _slowest(times: list[float], world: int) -> list[float]:
+def slowest(times: list[float], world: int) -> list[float]:
     """Each repeat's epoch time of the job: the slowest rank's (the epoch ends when every
     rank's does; rank 0 alone would flatter unsynchronised ranks)."""
     if world == 1:
@@ -60,13 +60,18 @@ def _slowest(times: list[float], world: int) -> list[float]:
     return [max(ts) for ts in zip(*every, strict=True)]
 
 
+def pin(rank: int) -> None:
+    """One core per rank while there are enough: less migration noise."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if cores:
+        os.sched_setaffinity(0, {cores[rank % len(cores)]})
+
+
 def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
     torch.set_num_threads(1)
     if args.keep_memory:
         pf.keep_cpu_memory()
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if cores:  # one core per rank while there are enough: less migration noise
-        os.sched_setaffinity(0, {cores[rank % len(cores)]})
+    pin(rank)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                 world_size=world)
@@ -92,7 +97,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
             if world > 1:
                 dist.barrier()
             times[name].append(run())
-    best = {name: min(_slowest(ts, world)) for name, ts in times.items()}
+    best = {name: min(slowest(ts, world)) for name, ts in times.items()}
     if rank == 0:
         Path(out).write_text(json.dumps(best))
     if world > 1:
@@ -102,7 +107,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -123,7 +128,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for world in args.ranks:
             out = str(Path(tmp) / f"w{world}.json")
-            mp.spawn(_worker, args=(world, _free_port(), args, out), nprocs=world, join=True)
+            mp.spawn(_worker, args=(world, free_port(), args, out), nprocs=world, join=True)
             times = json.loads(Path(out).read_text())
             row = {"ranks": world, **{f"{k}_epochs_per_s": 1 / v for k, v in times.items()}}
             if "dendrite_no_reduce" in times:

@@ -102,7 +102,7 @@ class DistributedSync:
         the same layers), so the flat sums line up."""
         task = torch._C._current_graph_task_id()
         if task < 0:
-            raise RuntimeError("sum_after_backward is called from inside a backward")
+            raise RuntimeError("sum_after_backward must be called from inside a backward")
         if task != self._task:  # this backward's first call (drops a failed backward's)
             self._task, self._pending = task, []
             Variable._execution_engine.queue_callback(self._after_backward)

@@ -217,9 +217,9 @@ class CandidatePool(nn.Module):
         """
         if self.sync is not None:
             raise RuntimeError("a distributed pool observes with observe_later")
-        batch, sums = self._batch_sums(c, e, mask)
+        batch = self._observed(c, e, mask)
         self.skipped += ~batch.finite
-        return self._learn(batch, *sums)
+        return self._learn(batch, *batch.sums)
 
     @torch.no_grad()
     def observe_later(self, c: Tensor, e: Tensor, mask: Tensor | None = None) -> None:
@@ -231,14 +231,14 @@ class CandidatePool(nn.Module):
         sync = self.sync
         if sync is None:
             raise RuntimeError("observe_later is for a distributed run (see distribute)")
-        batch, sums = self._batch_sums(c, e, mask)
+        batch = self._observed(c, e, mask)
         extra = self._rank_extra(sync, batch, e)
 
         def then() -> tuple[Tensor, Tensor] | None:
-            grad = self._learn_global(batch, sums, extra)
+            grad = self._learn_global(batch, extra)
             return None if grad is None else (c, grad)
 
-        sync.sum_after_backward([*sums, extra], then)
+        sync.sum_after_backward([*batch.sums, extra], then)
 
     def _rank_extra(self, sync: DistributedSync, batch: ObservedBatch, e: Tensor) -> Tensor:
         """What a distributed batch sums besides the statistics: each rank's rows (at its
@@ -250,13 +250,13 @@ class CandidatePool(nn.Module):
         return extra
 
     @torch.no_grad()
-    def _learn_global(self, batch: ObservedBatch, sums: list[Tensor], extra: Tensor,
-                      ) -> Tensor | None:
+    def _learn_global(self, batch: ObservedBatch, extra: Tensor) -> Tensor | None:
         """`_learn` from the global batch's sums. A batch in which any rank saw a
         non-finite error (a loss scaler's overflow) is skipped on every rank and every
         rank's candidate gradient made NaN, so that a GradScaler skips the step on all of
         them alike (one rank stepping alone would wait in the gradient sum)."""
         overflow = extra[-1] > 0
+        sums = batch.sums
         for t in sums:
             t.mul_(~overflow)
         self.skipped += overflow
@@ -265,17 +265,14 @@ class CandidatePool(nn.Module):
         grad = self._learn(batch, *sums)
         return None if grad is None else grad * torch.where(overflow, torch.nan, 1.0)
 
-    def _batch_sums(self, c: Tensor, e: Tensor, mask: Tensor | None,
-                    ) -> tuple[ObservedBatch, list[Tensor]]:
-        """One batch's ``[count, cand, err]`` sums (`CorrelationSums.add`) of this rank."""
-        geo = self.geometry
+    def _observed(self, c: Tensor, e: Tensor, mask: Tensor | None) -> ObservedBatch:
+        """One batch of this rank, with its ``[count, cand, err]`` sums
+        (`CorrelationSums.add`; one dtype, so one collective sums them)."""
         # Numerics first: float32+ statistics, masked positions out, a batch with a non-finite
         # (loss-scaled) error skipped; see `ObservedBatch`. Then the statistics proper.
-        sync = self.sync
-        if sync is not None:  # each rank's mean loss is world x the global one's share
-            e = e / sync.world
-        batch = ObservedBatch.of(geo, c, e, mask, self._scratch_like)
-        return batch, batch.sums  # one dtype: one collective sums them
+        if self.sync is not None:  # each rank's mean loss is world x the global one's share
+            e = e / self.sync.world
+        return ObservedBatch.of(self.geometry, c, e, mask, self._scratch_like)
 
     @torch.no_grad()
     def _learn(self, batch: ObservedBatch, p: Tensor, cand: Tensor, err: Tensor,

@@ -32,11 +32,17 @@ def _identity_(t: Tensor) -> Tensor:
     return t
 
 
-def _sigmoid_form(x: Tensor) -> bool:
+def sigmoid_form(x: Tensor) -> bool:
     """Whether `tanh` takes the sigmoid form for `x`: float32 on a CPU, where PyTorch's
     tanh (SLEEF's 1-ULP kernel) is about 4x slower than sigmoid and the form's extra
-    element-wise passes; a GPU's tanh is as fast as its sigmoid."""
+    element-wise passes; a GPU's tanh is as fast as its sigmoid. Scriptable."""
     return x.device.type == "cpu" and x.dtype == torch.float32
+
+
+def tanh_of_half_(y: Tensor) -> Tensor:
+    """``tanh(y / 2) = 2 sigmoid(y) - 1``, in place on `y` (which holds 2x). Scriptable, so
+    that `perforate.export`'s inference path computes the same form."""
+    return y.sigmoid_().mul_(2).sub_(1)
 
 
 class _SigmoidTanh(torch.autograd.Function):
@@ -50,8 +56,7 @@ class _SigmoidTanh(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, inplace: bool) -> Tensor:  # type: ignore[override]
-        y = x.mul_(2) if inplace else x.mul(2)
-        y.sigmoid_().mul_(2).sub_(1)
+        y = tanh_of_half_(x.mul_(2) if inplace else x.mul(2))
         if inplace:
             ctx.mark_dirty(x)
         ctx.save_for_backward(y)
@@ -65,12 +70,12 @@ class _SigmoidTanh(torch.autograd.Function):
 
 def tanh(x: Tensor) -> Tensor:
     """tanh, computed as ``2 sigmoid(2x) - 1`` for float32 on a CPU (see `_SigmoidTanh`)."""
-    return _SigmoidTanh.apply(x, False) if _sigmoid_form(x) else torch.tanh(x)
+    return _SigmoidTanh.apply(x, False) if sigmoid_form(x) else torch.tanh(x)
 
 
 def tanh_(x: Tensor) -> Tensor:
     """In-place `tanh`."""
-    return _SigmoidTanh.apply(x, True) if _sigmoid_form(x) else torch.tanh_(x)
+    return _SigmoidTanh.apply(x, True) if sigmoid_form(x) else torch.tanh_(x)
 
 
 #: Functions used in place of an activation module's forward where they are faster; the

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .activations import sigmoid_form, tanh_of_half_
 from .errors import PhaseError
 from .layers import ConvNd, DendriteLayer
 from .layers.composite import CompositeLayer, top_wrappers
@@ -83,8 +84,8 @@ class _FusedDendrites(nn.Module):
 
     def _act(self, u: Tensor, inplace: bool) -> Tensor:
         if inplace and self.activation_name == "tanh":
-            if u.device.type == "cpu" and u.dtype == torch.float32:  # `activations.tanh_`
-                return u.mul_(2).sigmoid_().mul_(2).sub_(1)
+            if sigmoid_form(u):  # as `activations.tanh_`
+                return tanh_of_half_(u.mul_(2))
             return torch.tanh_(u)
         if inplace and self.activation_name == "sigmoid":
             return torch.sigmoid_(u)

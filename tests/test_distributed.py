@@ -217,7 +217,7 @@ def test_gathers_when_the_exchange_is_smaller_than_the_weights() -> None:
     assert sync.gathers(16, 256, 256)  # 17 k against 132 k: big enough to exchange
 
 
-def _overflow_worker(rank: int, port: int, out: str) -> None:
+def _overflow_worker(rank: int, port: int, out: str, kind: str) -> None:
     """A dendrite phase under a GradScaler where rank 0's loss overflows at batch 1."""
     import datetime
 
@@ -227,17 +227,17 @@ def _overflow_worker(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     try:
-        result = _overflow_run(DistributedSync(), rank)
+        result = _overflow_run(DistributedSync(), rank, kind)
         torch.save(result, Path(out) / f"overflow{rank}.pt")
         dist.barrier()
     finally:
         _teardown()
 
 
-def _overflow_run(sync: Any, rank: int) -> dict[str, Any]:
+def _overflow_run(sync: Any, rank: int, kind: str) -> dict[str, Any]:
     torch.manual_seed(0)
     model = pf.perforate(nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 2)),
-                         _config("paper"))
+                         _config(kind))
     model.set_distributed(sync)
     model.begin_dendrite_phase()
     opt = model.candidate_optimizer()
@@ -261,10 +261,14 @@ def _overflow_run(sync: Any, rank: int) -> dict[str, Any]:
     return {"params": params, "scales": scales, "skipped": skipped}
 
 
-def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["paper", "correlation"])
+def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(kind: str, tmp_path: Path,
+                                                             ) -> None:
     """A GradScaler decides from each rank's own gradients: the rank whose loss overflowed
-    skips its step, so the others must too (else they wait for it in the gradient sum)."""
-    mp.spawn(_overflow_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    skips its step, so the others must too (else they wait for it in the gradient sum).
+    Both objectives: each poisons its candidate gradient through its own scales."""
+    mp.spawn(_overflow_worker, args=(_free_port(), str(tmp_path), kind), nprocs=WORLD,
+             join=True)
     ranks = [torch.load(tmp_path / f"overflow{r}.pt") for r in range(WORLD)]
     assert ranks[0]["scales"] == ranks[1]["scales"] == [16.0, 8.0, 8.0]  # halved: skipped
     assert ranks[0]["skipped"] == ranks[1]["skipped"] == [[0, 0], [1, 1], [1, 1]]

@@ -262,8 +262,7 @@ class CandidatePool(nn.Module):
         self.skipped += overflow
         if self._gathers:  # a host read, only where the rows are sent
             self.pad_rows = max(self.pad_rows, int(extra[:-1].max().item()))
-        grad = self._learn(batch, *sums)
-        return None if grad is None else grad * torch.where(overflow, torch.nan, 1.0)
+        return self._learn(batch, *sums, factor=torch.where(overflow, torch.nan, 1.0))
 
     def _observed(self, c: Tensor, e: Tensor, mask: Tensor | None) -> ObservedBatch:
         """One batch of this rank, with its ``[count, cand, err]`` sums
@@ -276,8 +275,10 @@ class CandidatePool(nn.Module):
 
     @torch.no_grad()
     def _learn(self, batch: ObservedBatch, p: Tensor, cand: Tensor, err: Tensor,
-              ) -> Tensor | None:
-        """Add a batch's (global) sums to the statistics; return the candidate gradient."""
+               factor: Tensor | None = None) -> Tensor | None:
+        """Add a batch's (global) sums to the statistics; return the candidate gradient,
+        times `factor` (a scalar) if given: applied to its per-neuron scales, not in a pass
+        of its own over the K layer outputs."""
         geo, cfg, sync = self.geometry, self.config, self.sync
         c = batch.c
         sc, _, sce = cand
@@ -326,10 +327,12 @@ class CandidatePool(nn.Module):
             inv_e = torch.where(var_e_b > 0, var_e_b.rsqrt(), 0.0)
             a = -sign * var_c.rsqrt() * inv_e  # on the centred error
             b = sign * (s_raw / p) * var_c.pow(-1.5) * inv_e  # on the centred candidate
+            if factor is not None:
+                a, b = a * factor, b * factor
             grad = torch.addcmul(geo.expand(a.to(c.dtype)) * centred_e,
                                  geo.expand(b.to(c.dtype)), centred_c)
             return grad.to(batch.dtype)
-        scale = sign.neg_()
+        scale = sign.neg_() if factor is None else sign.neg_() * factor
         if cfg.normalize_error:
             scale *= torch.where(self.error_var > 0, self.error_var.rsqrt(), 0.0)
         return batch.scaled_centred_error(geo, scale, e_bar).to(batch.dtype)

@@ -95,8 +95,8 @@ class DistributedSync:
     def sum_after_backward(self, tensors: Sequence[Tensor], then: AfterSum) -> None:
         """Sum `tensors` across ranks in place at the end of the running backward, in one
         collective with those of every other call made during it; then call each `then()`
-        in order, and backpropagate the ``(root, gradient)`` pairs they return in one more
-        backward. Call it from inside a backward (an autograd Function's): the candidate
+        in order, backpropagating the ``(root, gradient)`` pair each returns before the next
+        is called. Call it from inside a backward (an autograd Function's): the candidate
         statistics of every layer then cost one meeting of the ranks per backward, not one
         per layer. Every rank makes the same calls in the same order (the backward visits
         the same layers), so the flat sums line up."""
@@ -111,14 +111,12 @@ class DistributedSync:
     def _after_backward(self) -> None:
         pending, self._pending, self._task = self._pending, [], None
         self.sum_([t for tensors, _ in pending for t in tensors])
-        roots, grads = [], []
         for _, then in pending:
+            # One continuation's backward at a time: its gradient is still in cache when its
+            # backward reads it, and only one layer's is alive at once.
             pair = then()
             if pair is not None:
-                roots.append(pair[0])
-                grads.append(pair[1])
-        if roots:
-            torch.autograd.backward(roots, grads)
+                torch.autograd.backward(*pair)
 
     def broadcast_(self, tensors: Sequence[Tensor]) -> None:
         """Copy rank 0's values of `tensors` to every rank (in place)."""

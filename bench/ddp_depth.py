@@ -4,7 +4,8 @@
 their size, sets the cost. Prints a table and writes ``bench/results/ddp_depth.json``.
 
     python bench/ddp_depth.py [--layers 12] [--width 64] [--batch 32] [--steps 50]
-                              [--repeats 7] [--out FILE]
+                              [--repeats 7] [--pin compute|all|none]
+                              [--out FILE]
 
 To compare two source trees, run it with ``PYTHONPATH=<tree>/src`` for each.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from ddp_scaling import free_port, pin, slowest
+from ddp_scaling import PINNING, free_port, join_group, slowest
 from torch import nn
 
 import perforate as pf
@@ -33,10 +34,8 @@ WORLD = 2
 
 def _worker(rank: int, port: int, args: argparse.Namespace, synced: bool, out: str) -> None:
     torch.set_num_threads(1)
-    pin(rank)
     pf.keep_cpu_memory()
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD)
+    join_group(rank, WORLD, port, args.pin)
     torch.manual_seed(0)
     blocks: list[nn.Module] = []
     for i in range(args.layers):
@@ -72,6 +71,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="global batch")
     parser.add_argument("--steps", type=int, default=50, help="steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--pin", choices=PINNING, default="compute",
+                        help="which threads to pin to one core per rank (see ddp_scaling)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
                                               "ddp_depth.json"))
     args = parser.parse_args()
@@ -90,7 +91,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         "layers": args.layers, "width": args.width, "batch": args.batch, "steps": args.steps,
-        "repeats": args.repeats, "cpu": platform.processor() or platform.machine(),
+        "repeats": args.repeats, "pin": args.pin, "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__, "ms_per_step": ms, "reduce_overhead": cost}, indent=2))
     print(f"wrote {args.out}")
 

@@ -5,11 +5,15 @@ Strong scaling: the global epoch (``--samples``, global batch ``--batch``) is sp
 the ranks. Rows per world size: the neuron epoch (DDP), the dendrite epoch with the candidate
 reductions of `perforate.distributed`, and the same dendrite epoch without them (each rank
 alone: the reductions' cost is the difference). One thread per rank; an epoch's time is the
-slowest rank's, the best of ``--repeats`` run in alternation. Prints a table and writes
+slowest rank's, the best of ``--repeats`` run in alternation. The reductions' cost is given
+twice: from the two best times, and as the median over repeats of each repeat's ratio (the
+epochs of a repeat run back to back, so a drift of the machine's speed cancels). A control,
+"lockstep": the epoch without reductions in which the ranks meet once per step and exchange
+nothing, the floor of any synchronous training on the machine. Prints a table and writes
 ``bench/results/ddp_scaling.json``.
 
     python bench/ddp_scaling.py [--ranks 1 2 4] [--samples 1024] [--batch 64] [--repeats 5]
-                                [--keep-memory] [--out FILE]
+                                [--pin compute|all|none] [--keep-memory] [--out FILE]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,11 +41,16 @@ from perforate.distributed import DistributedSync, rewrap
 
 
 def _epoch(module: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-           batch: int) -> float:
+           batch: int, meet: bool = False) -> float:
+    """Seconds for one epoch; ``meet``: the ranks meet once per step (an all-reduce of one
+    number after the backward), and exchange nothing else."""
+    token = torch.zeros(1)
     start = time.perf_counter()
     for i in range(0, len(x), batch):
         opt.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(module(x[i:i + batch]), y[i:i + batch]).backward()
+        if meet:
+            dist.all_reduce(token)
         opt.step()
     return time.perf_counter() - start
 
@@ -61,20 +71,36 @@ def slowest(times: list[float], world: int) -> list[float]:
 
 
 def pin(rank: int) -> None:
-    """One core per rank while there are enough: less migration noise."""
+    """Pin the calling thread, and the threads it starts later, to one core per rank while
+    there are enough: less migration noise."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if cores:
         os.sched_setaffinity(0, {cores[rank % len(cores)]})
+
+
+PINNING = ("compute", "all", "none")
+"""``--pin``: "compute" pins each rank's main thread once its process group is up, so the
+threads gloo started with it (its network loop and workers) run on any core; "all" pins
+before, so they share the rank's one core with its compute (a collective then often waits a
+scheduler tick, ~3 ms on the development VM); "none" pins nothing."""
+
+
+def join_group(rank: int, world: int, port: int, pinning: str) -> None:
+    """Start this rank's gloo process group (none for one rank), pinned as `PINNING` says."""
+    if pinning == "all":
+        pin(rank)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world)
+    if pinning == "compute":
+        pin(rank)
 
 
 def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
     torch.set_num_threads(1)
     if args.keep_memory:
         pf.keep_cpu_memory()
-    pin(rank)
-    if world > 1:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world)
+    join_group(rank, world, port, args.pin)
     x, y, _ = load_data(args.samples)
     x, y = x.chunk(world)[rank], y.chunk(world)[rank]
     local = args.batch // world
@@ -84,22 +110,27 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     runs = {"neuron": lambda: _epoch(train, opt, x, y, local)}
     # The dendrite epoch with and without the reductions, in alternation (A B A B), so that
     # a drift in the machine's speed reaches both alike.
-    for name, synced in (("dendrite", True), ("dendrite_no_reduce", False)):
-        if name == "dendrite_no_reduce" and world == 1:
+    # The lockstep control: no reductions, but the ranks meet once per step, as any
+    # synchronous training must: what that alone costs on this machine (the faster rank
+    # waits for the slower; both run their memory-bound steps at once).
+    for name, synced, meet in (("dendrite", True, False), ("dendrite_no_reduce", False, False),
+                               ("dendrite_lockstep", False, True)):
+        if name != "dendrite" and world == 1:
             continue
         m = _model()
         m.set_distributed(DistributedSync() if synced and world > 1 else None)
         m.begin_dendrite_phase()
-        runs[name] = lambda m=m: _epoch(m, m.candidate_optimizer(), x, y, local)
+        runs[name] = lambda m=m, meet=meet: _epoch(m, m.candidate_optimizer(), x, y, local,
+                                                   meet)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, run in runs.items():
             if world > 1:
                 dist.barrier()
             times[name].append(run())
-    best = {name: min(slowest(ts, world)) for name, ts in times.items()}
+    every = {name: slowest(ts, world) for name, ts in times.items()}
     if rank == 0:
-        Path(out).write_text(json.dumps(best))
+        Path(out).write_text(json.dumps(every))
     if world > 1:
         dist.barrier()
         del train, runs
@@ -121,6 +152,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
                                               "ddp_scaling.json"))
+    parser.add_argument("--pin", choices=PINNING, default="compute",
+                        help="which threads to pin to one core per rank (see PINNING)")
     parser.add_argument("--keep-memory", action="store_true",
                         help="pf.keep_cpu_memory() in every rank (glibc keeps freed memory)")
     args = parser.parse_args()
@@ -129,22 +162,34 @@ def main() -> None:
         for world in args.ranks:
             out = str(Path(tmp) / f"w{world}.json")
             mp.spawn(_worker, args=(world, free_port(), args, out), nprocs=world, join=True)
-            times = json.loads(Path(out).read_text())
-            row = {"ranks": world, **{f"{k}_epochs_per_s": 1 / v for k, v in times.items()}}
-            if "dendrite_no_reduce" in times:
-                row["reduce_overhead"] = times["dendrite"] / times["dendrite_no_reduce"] - 1
+            every = json.loads(Path(out).read_text())
+            row = {"ranks": world,
+                   **{f"{k}_epochs_per_s": 1 / min(v) for k, v in every.items()}}
+            if "dendrite_no_reduce" in every:
+                alone = every["dendrite_no_reduce"]
+                row["reduce_overhead"] = min(every["dendrite"]) / min(alone) - 1
+                for key, name in (("reduce_overhead", "dendrite"),
+                                  ("lockstep_overhead", "dendrite_lockstep")):
+                    paired = [a / b - 1 for a, b in zip(every[name], alone, strict=True)]
+                    row[f"{key}_paired"] = statistics.median(paired)
+                    row[f"{key}_each"] = paired
             rows.append(row)
     print(f"{'ranks':>5} {'neuron ep/s':>12} {'dendrite ep/s':>14} {'no-reduce ep/s':>15} "
-          f"{'reduce cost':>12}")
+          f"{'reduce cost':>12} {'paired':>8} {'lockstep':>9}")
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:+.1%}"
+
     for r in rows:
         nr = r.get("dendrite_no_reduce_epochs_per_s")
-        cost = r.get("reduce_overhead")
         print(f"{r['ranks']:>5} {r['neuron_epochs_per_s']:>12.3f} "
               f"{r['dendrite_epochs_per_s']:>14.3f} "
               f"{'-' if nr is None else f'{nr:.3f}':>15} "
-              f"{'-' if cost is None else f'{cost:+.1%}':>12}")
+              f"{pct(r.get('reduce_overhead')):>12} "
+              f"{pct(r.get('reduce_overhead_paired')):>8} "
+              f"{pct(r.get('lockstep_overhead_paired')):>9}")
     result = {"samples": args.samples, "batch": args.batch, "repeats": args.repeats,
-              "keep_cpu_memory": args.keep_memory,
+              "keep_cpu_memory": args.keep_memory, "pin": args.pin,
               "cpu": platform.processor() or platform.machine(),
               "torch": torch.__version__, "rows": rows}
     path = Path(args.out)

@@ -292,38 +292,52 @@ class _GRURegressor(nn.Module):
 
 
 def _deferred_run(sync: Any, rank: int, world: int) -> dict[str, Any]:
-    """One dendrite-phase step of an MLP with three perforated layers and of a GRU model,
-    counting `DistributedSync.sum_` calls (collectives of statistics and step sums)."""
+    """One dendrite-phase step of an MLP with three perforated layers, of one whose first
+    layer exchanges inputs (`DistributedSync.gathers`) and of a GRU model, counting the
+    collectives of the backward and of the step; the candidates' gradients after the
+    backward, and their values after the step."""
     g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(WORLD * LOCAL_BATCH, 4, 5, generator=g), torch.randn(16, 2, generator=g)
+    x, y = torch.randn(WORLD * LOCAL_BATCH, 4, 350, generator=g), torch.randn(16, 2, generator=g)
     if world > 1:
         x, y = x.chunk(world)[rank], y.chunk(world)[rank]
     out: dict[str, Any] = {}
     torch.manual_seed(0)
-    mlp = nn.Sequential(nn.Flatten(), nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 12),
-                        nn.ReLU(), nn.Linear(12, 2))
-    for name, net in (("mlp", mlp), ("gru", _GRURegressor())):
-        model = pf.perforate(net, _config("paper"))
-        calls: list[int] = []
-        if sync is not None:
-            model.set_distributed(sync)
-            real = sync.sum_
-            sync.sum_ = lambda ts, real=real, calls=calls: (calls.append(len(ts)), real(ts))[1]
-        model.begin_dendrite_phase()
-        opt = model.candidate_optimizer()
-        before = {n: p.detach().clone() for n, p in model.named_parameters()
-                  if ".candidates." in n}
-        nn.functional.mse_loss(model(x), y).backward()
-        out[f"{name}_calls_backward"] = len(calls)
-        opt.step()
-        out[f"{name}_calls_step"] = len(calls)
-        out[name] = {n: p.detach().clone() for n, p in model.named_parameters()
-                     if ".candidates." in n}
-        out[f"{name}_moved"] = sorted({n.split(".candidates.")[0] for n in before
-                                       if n.endswith("weight")
-                                       and not torch.equal(before[n], out[name][n])})
-        if sync is not None:
-            del sync.sum_
+    nets = {"mlp": nn.Sequential(nn.Flatten(), nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 12),
+                                 nn.ReLU(), nn.Linear(12, 2)),
+            "wide": nn.Sequential(nn.Flatten(), nn.Linear(1400, 12), nn.ReLU(),
+                                  nn.Linear(12, 2)),
+            "gru": _GRURegressor()}
+    inputs = {"mlp": x[..., :5], "wide": x, "gru": x[..., :5]}
+    calls: list[str] = []
+    real = {name: getattr(dist, name) for name in ("all_gather", "all_reduce")}
+    for name, fn in real.items():
+        setattr(dist, name, lambda *a, name=name, fn=fn, **k: (calls.append(name), fn(*a, **k))[1])
+    try:
+        for name, net in nets.items():
+            model = pf.perforate(net, _config("paper"))
+            if sync is not None:
+                model.set_distributed(sync)
+            model.begin_dendrite_phase()
+            opt = model.candidate_optimizer()
+            before = {n: p.detach().clone() for n, p in model.named_parameters()
+                      if ".candidates." in n}
+            loss = nn.functional.mse_loss(model(inputs[name]), y)
+            calls.clear()
+            loss.backward()
+            out[f"{name}_calls_backward"] = list(calls)
+            out[f"{name}_grads"] = {n: p.grad.clone() for n, p in model.named_parameters()
+                                    if ".candidates." in n and p.grad is not None}
+            calls.clear()
+            opt.step()
+            out[f"{name}_calls_step"] = list(calls)
+            out[name] = {n: p.detach().clone() for n, p in model.named_parameters()
+                         if ".candidates." in n}
+            out[f"{name}_moved"] = sorted({n.split(".candidates.")[0] for n in before
+                                           if n.endswith("weight")
+                                           and not torch.equal(before[n], out[name][n])})
+    finally:
+        for name, fn in real.items():
+            setattr(dist, name, fn)
     return out
 
 
@@ -340,15 +354,23 @@ def _deferred_worker(rank: int, port: int, out: str) -> None:
         _teardown()
 
 
-def test_statistics_of_every_layer_meet_once_per_backward(tmp_path: Path) -> None:
+def test_candidates_meet_twice_per_backward_and_hold_global_gradients(tmp_path: Path) -> None:
     """The candidate statistics of all layers are summed in one collective at the end of the
-    backward, which then trains the candidates; a recurrent layer's zero probe included."""
+    backward, which then trains the candidates and sums their new gradients (with the rows
+    of the layers that exchange inputs) in one more; a recurrent layer's zero probe
+    included. After the backward every rank holds the global batch's gradients, so that
+    clipping or a loss scaler sees what one process would; the step sums nothing."""
     mp.spawn(_deferred_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"d{r}.pt") for r in range(WORLD)]
     single = _deferred_run(None, 0, 1)
-    for name, layers in (("mlp", 3), ("gru", 2)):
-        assert ranks[0][f"{name}_calls_backward"] == 1  # not one per layer
-        assert ranks[0][f"{name}_calls_step"] == 2  # the candidate gradients' sum
+    for name, layers in (("mlp", 3), ("wide", 2), ("gru", 2)):
+        assert ranks[0][f"{name}_calls_backward"] == ["all_gather", "all_gather"], name
+        assert ranks[0][f"{name}_calls_step"] == []
+        grads, single_grads = ranks[0][f"{name}_grads"], single[f"{name}_grads"]
+        assert grads.keys() == single_grads.keys() and len(grads) >= 2 * layers
+        for key, value in single_grads.items():
+            assert torch.equal(grads[key], ranks[1][f"{name}_grads"][key]), key
+            torch.testing.assert_close(grads[key], value, rtol=1e-5, atol=1e-6)
         for key, value in single[name].items():
             assert torch.equal(ranks[0][name][key], ranks[1][name][key]), key
             torch.testing.assert_close(ranks[0][name][key], value, rtol=1e-5, atol=1e-6)
@@ -480,3 +502,51 @@ def test_candidate_gradients_are_summed_after_a_steps_closure(how: str) -> None:
     else:
         assert opt.step(closure).item() == 6.0
     assert len(summed) == 1 and torch.equal(summed[0], torch.full((3,), 2.0))
+
+
+def _one_rank_sync(factor: float) -> Any:
+    """A `DistributedSync` without a process group whose sums multiply by `factor` (as
+    `factor` ranks holding the same values would)."""
+    from perforate.distributed import DistributedSync
+
+    sync = object.__new__(DistributedSync)
+    sync.world, sync.rank, sync.group, sync.gather_small = 1, 0, None, True
+    sync._task, sync._pending, sync._rows = None, [], None
+    sync.sum_ = lambda tensors: [t.mul_(factor) for t in tensors]  # type: ignore[method-assign]
+    return sync
+
+
+class _Continue(torch.autograd.Function):
+    """Identity whose backward hands `then` to `sum_after_backward`, as `ErrorTap` does."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, sync: Any, then: Any,  # type: ignore[override]
+                params: Any) -> torch.Tensor:
+        ctx.args = (sync, then, params)
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        sync, then, params = ctx.args
+        sync.sum_after_backward([], then, params)
+        return grad, None, None, None
+
+
+def test_only_the_new_part_of_a_gradient_is_summed_and_a_failure_keeps_the_old() -> None:
+    w = nn.Parameter(torch.ones(3))
+    w.grad = torch.full((3,), 5.0)  # accumulated by an earlier backward, already summed
+    root = (2 * w).sum()
+    sync = _one_rank_sync(2.0)
+    z = torch.zeros(2, requires_grad=True)
+    _Continue.apply(z, sync, lambda: (root, torch.tensor(1.0)), [w]).sum().backward()
+    assert torch.equal(w.grad, torch.full((3,), 5.0 + 2 * 2.0))  # old + sum of the new only
+
+    def fails() -> None:
+        raise ValueError("no statistics")
+
+    root = (2 * w).sum()
+    inner = _Continue.apply(z, sync, fails, [w])  # its continuation runs second, and fails
+    with pytest.raises(ValueError, match="no statistics"):
+        _Continue.apply(inner, sync, lambda: (root, torch.tensor(1.0)), [w]).sum().backward()
+    assert torch.equal(w.grad, torch.full((3,), 9.0))  # not the first continuation's 2
+    assert sync._pending == [] and sync._rows is None

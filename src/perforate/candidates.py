@@ -156,8 +156,15 @@ class CandidatePool(nn.Module):
 
     def params_to_sum(self) -> list[nn.Parameter]:
         """In a distributed run, the parameters whose gradients the optimizer step must sum
-        across ranks: all but the weights and bias of a Linear layer's candidates that
-        exchange inputs instead (decided at the phase's first batch, see `forward`)."""
+        across ranks: those of dendrite_learning="gd", which the user's backward reaches
+        through the layer output. Cascade-Correlation's are summed at the end of that
+        backward (`observe_later`)."""
+        return self._summed() if self.gd else []
+
+    def _summed(self) -> list[nn.Parameter]:
+        """The parameters whose gradients are summed across ranks: all but the weights and
+        bias of a Linear layer's candidates that exchange inputs instead (decided at the
+        phase's first batch, see `forward`)."""
         done = {id(self.weight), id(self.bias)} if self._gathers else set()
         return [p for p in self.parameters() if id(p) not in done]
 
@@ -226,8 +233,10 @@ class CandidatePool(nn.Module):
         """`observe` in a distributed run, from inside the user's backward: this rank's sums
         now; their sum across ranks at the end of the backward, in one collective with every
         other layer's (`DistributedSync.sum_after_backward`), which then backpropagates the
-        candidates' gradient from ``c``. The ranks then meet once per backward for the
-        statistics, instead of once per layer."""
+        candidates' gradient from ``c`` and sums the gradients it gives them, in one more
+        collective for all layers. The ranks then meet twice per backward, instead of a few
+        times per layer, and the candidates hold the global batch's gradients once the
+        backward returns."""
         sync = self.sync
         if sync is None:
             raise RuntimeError("observe_later is for a distributed run (see distribute)")
@@ -238,7 +247,7 @@ class CandidatePool(nn.Module):
             grad = self._learn_global(batch, extra)
             return None if grad is None else (c, grad)
 
-        sync.sum_after_backward([*batch.sums, extra], then)
+        sync.sum_after_backward([*batch.sums, extra], then, [] if self.gd else self._summed())
 
     def _rank_extra(self, sync: DistributedSync, batch: ObservedBatch, e: Tensor) -> Tensor:
         """What a distributed batch sums besides the statistics: each rank's rows (at its

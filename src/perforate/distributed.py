@@ -11,11 +11,13 @@ install reads is reduced across ranks (see ``docs/distributed.md``):
   drawn, each batch's correlation sums of every layer are summed across ranks in one
   collective at the end of the backward, which then backpropagates the candidates' gradients
   (`DistributedSync.sum_after_backward`; the epoch's statistics, the running ones and each
-  position's candidate gradient are those of the global batch). The candidates' gradients
-  are summed before their optimizer steps,
-  except where a Linear layer's inputs and output gradients are smaller than its candidate
-  weights (K copies of the layer's): there the ranks exchange those in the backward and each
-  computes the global batch's weight gradient (`DistributedSync.linear`);
+  position's candidate gradient are those of the global batch). The gradients those
+  backwards give the candidates are summed in one more collective, so that the backward
+  returns with the global batch's gradients; except where a Linear layer's inputs and output
+  gradients are smaller than its candidate weights (K copies of the layer's): there the
+  ranks exchange those, in the same collective, and each computes the global batch's weight
+  gradient (`DistributedSync.linear`). Gradients that reach the candidates through the
+  user's backward itself (dendrite_learning="gd") are summed before the optimizer step;
 - scores given to ``Tracker.step`` are averaged across ranks (one all-reduce per epoch).
 """
 
@@ -66,7 +68,10 @@ class DistributedSync:
             else torch.device("cpu")
         """Where host values (scores) are reduced: NCCL reduces CUDA tensors only."""
         self._task: int | None = None  # the backward whose sums wait in `_pending`
-        self._pending: list[tuple[Sequence[Tensor], AfterSum]] = []
+        self._pending: list[tuple[Sequence[Tensor], AfterSum, Sequence[nn.Parameter]]] = []
+        self._rows: list[_Rows] | None = None
+        """While `_after_backward` backpropagates: each `linear`'s rows, exchanged at its end
+        in one collective with the gradient sum (None: a `linear` exchanges at once)."""
 
     @property
     def is_main(self) -> bool:
@@ -92,31 +97,94 @@ class DistributedSync:
             for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
                 t.copy_(part.view_as(t))
 
-    def sum_after_backward(self, tensors: Sequence[Tensor], then: AfterSum) -> None:
+    def sum_after_backward(self, tensors: Sequence[Tensor], then: AfterSum,
+                           params: Sequence[nn.Parameter] = ()) -> None:
         """Sum `tensors` across ranks in place at the end of the running backward, in one
         collective with those of every other call made during it; then call each `then()`
         in order, backpropagating the ``(root, gradient)`` pair each returns before the next
-        is called. Call it from inside a backward (an autograd Function's): the candidate
-        statistics of every layer then cost one meeting of the ranks per backward, not one
-        per layer. Every rank makes the same calls in the same order (the backward visits
-        the same layers), so the flat sums line up."""
+        is called; then sum across ranks what those backwards added to the gradients of
+        `params` (what they held before is kept: gradients accumulate as usual), in one
+        more collective with the rows of every `linear` they passed through. Call it from
+        inside a backward (an autograd Function's): the candidates of every layer then cost
+        two meetings of the ranks per backward, not a few per layer, and hold the global
+        batch's gradients when it returns, as a DDP model's parameters do. Every rank makes
+        the same calls in the same order (the backward visits the same layers), so the flat
+        sums line up."""
         task = torch._C._current_graph_task_id()
         if task < 0:
             raise RuntimeError("sum_after_backward must be called from inside a backward")
         if task != self._task:  # this backward's first call (drops a failed backward's)
             self._task, self._pending = task, []
             Variable._execution_engine.queue_callback(self._after_backward)
-        self._pending.append((tensors, then))
+        self._pending.append((tensors, then, params))
 
     def _after_backward(self) -> None:
         pending, self._pending, self._task = self._pending, [], None
-        self.sum_([t for tensors, _ in pending for t in tensors])
-        for _, then in pending:
-            # One continuation's backward at a time: its gradient is still in cache when its
-            # backward reads it, and only one layer's is alive at once.
-            pair = then()
-            if pair is not None:
+        self.sum_([t for tensors, _, _ in pending for t in tensors])
+        before: dict[int, tuple[nn.Parameter, Tensor | None]] = {}
+        self._rows = []
+        try:
+            for _, then, params in pending:
+                # One continuation's backward at a time: its gradient is still in cache when
+                # its backward reads it, and only one layer's is alive at once.
+                pair = then()
+                if pair is None:
+                    continue
+                for p in params:  # set aside what the gradient held: only the new part is summed
+                    if id(p) not in before:
+                        before[id(p)] = (p, p.grad)
+                        p.grad = None
                 torch.autograd.backward(*pair)
+            rows = self._rows
+        except BaseException:
+            for p, old in before.values():  # a failure leaves the gradients as they were
+                p.grad = old
+            raise
+        finally:
+            self._rows = None
+        params = [p for p, _ in before.values()]
+        self._sum_with_rows(self._grads_to_sum(params), rows)
+        for p, old in before.values():
+            if old is not None and p.grad is not None:
+                p.grad = old.add_(p.grad)
+
+    def _grads_to_sum(self, params: Sequence[nn.Parameter]) -> list[Tensor]:
+        """The gradients of `params`, zeros where a rank's batch reached none (every rank
+        sends the same layout)."""
+        for p in params:
+            if p.grad is None and p.requires_grad and p.numel():
+                p.grad = torch.zeros_like(p)
+        return [p.grad for p in params if p.grad is not None and p.numel()]
+
+    def _sum_with_rows(self, grads: list[Tensor], rows: list[_Rows]) -> None:
+        """Sum `grads` across ranks in place, and give each of `rows`' layers the global
+        batch's weight and bias gradients: one all-gather of both where the gradients are
+        few (gloo, one dtype), else an all-reduce of the gradients and an all-gather of the
+        rows."""
+        if not rows:
+            self.sum_(grads)
+            return
+        mine = [r.padded() for r in rows]
+        dtype = mine[0].dtype
+        flat_grads = [g.reshape(-1) for g in grads]
+        together = self.gather_small and sum(g.numel() for g in grads) <= SMALL and all(
+            t.dtype == dtype for t in [*mine, *flat_grads])
+        if not together:
+            self.sum_(grads)
+            flat_grads = []
+        payload = torch.cat([*(m.reshape(-1) for m in mine), *flat_grads])
+        every = [torch.empty_like(payload) for _ in range(self.world)]
+        dist.all_gather(every, payload, group=self.group)
+        sizes = [m.numel() for m in mine]
+        if flat_grads:
+            sizes.append(sum(g.numel() for g in flat_grads))
+        parts = list(zip(*(e.split(sizes) for e in every), strict=True))
+        for r, m, per_rank in zip(rows, mine, parts, strict=False):
+            r.accumulate(torch.cat([t.view_as(m) for t in per_rank]))
+        if flat_grads:
+            total = torch.stack(parts[-1]).sum(0)  # rank order: the same bits everywhere
+            for g, part in zip(grads, total.split([g.numel() for g in grads]), strict=True):
+                g.copy_(part.view_as(g))
 
     def broadcast_(self, tensors: Sequence[Tensor]) -> None:
         """Copy rank 0's values of `tensors` to every rank (in place)."""
@@ -134,10 +202,7 @@ class DistributedSync:
 
     def sum_grads(self, params: Sequence[nn.Parameter]) -> None:
         """Sum the gradients of `params` across ranks (a candidate optimizer's step hook)."""
-        for p in params:  # a rank whose batch reached no candidate adds zeros
-            if p.grad is None and p.requires_grad and p.numel():
-                p.grad = torch.zeros_like(p)
-        self.sum_([p.grad for p in params if p.grad is not None and p.numel()])
+        self.sum_(self._grads_to_sum(params))
 
     def grad_sum_hook(self, params: Callable[[], Sequence[nn.Parameter]]) -> StepPreHook:
         """A step pre-hook for a candidate optimizer: sums the gradients of ``params()``
@@ -195,17 +260,11 @@ class DistributedSync:
         inputs ``x [rows, in]`` and output gradients ``grad [rows, out]``. Ranks may hold
         different row counts (`most`: the largest, found with a collective if None): the
         exchanged rows are padded with zeros, which add nothing."""
-        if most is None:
-            most = self.max_rows(x.shape[0])
-        fan_in, fan_out = x.shape[1], grad.shape[1]
-        mine = x.new_zeros((most, fan_in + fan_out),
-                           dtype=torch.promote_types(x.dtype, grad.dtype))
-        mine[:x.shape[0], :fan_in] = x
-        mine[:x.shape[0], fan_in:] = grad
+        rows = _Rows(x, grad, self.max_rows(x.shape[0]) if most is None else most)
+        mine = rows.padded()
         every = [torch.empty_like(mine) for _ in range(self.world)]
         dist.all_gather(every, mine, group=self.group)
-        xs, gs = torch.cat(every).split([fan_in, fan_out], dim=1)
-        return gs.t() @ xs, gs.sum(0)
+        return rows.grads(torch.cat(every))
 
     def mean_scores(self, values: Sequence[float | None], main_only: Sequence[float] = (),
                     ) -> tuple[list[float | None], list[float]]:
@@ -284,15 +343,55 @@ class _GlobalGradLinear(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor,  # type: ignore[override]
                 sync: DistributedSync, rows: Callable[[], int | None] | None) -> Tensor:
         ctx.sync, ctx.rows = sync, rows
+        # Held for a deferred exchange (`_Rows.accumulate`), with the graph that made them.
+        ctx.weight, ctx.bias = weight, bias
         ctx.save_for_backward(x, weight)
         return torch.nn.functional.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor  # type: ignore[override]
-                 ) -> tuple[Tensor | None, Tensor, Tensor, None, None]:
+                 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         x, weight = ctx.saved_tensors
+        sync: DistributedSync = ctx.sync
         grad_x = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None
-        gw, gb = ctx.sync.linear_grads(x.reshape(-1, x.shape[-1]),
-                                       grad.reshape(-1, grad.shape[-1]),
-                                       None if ctx.rows is None else ctx.rows())
+        x, grad = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+        most = None if ctx.rows is None else ctx.rows()
+        if sync._rows is not None:  # inside `_after_backward`: exchanged at its end
+            sync._rows.append(_Rows(x, grad, most or sync.max_rows(x.shape[0]),
+                                    ctx.weight, ctx.bias))
+            return grad_x, None, None, None, None
+        gw, gb = sync.linear_grads(x, grad, most)
         return grad_x, gw.to(weight.dtype), gb.to(weight.dtype), None, None
+
+
+class _Rows:
+    """A `DistributedSync.linear`'s inputs and output gradients on this rank, to exchange
+    with the other ranks' and turn into the global batch's weight and bias gradients."""
+
+    def __init__(self, x: Tensor, grad: Tensor, most: int, weight: Tensor | None = None,
+                 bias: Tensor | None = None) -> None:
+        self.x, self.grad, self.most = x, grad, most
+        self.weight, self.bias = weight, bias
+
+    def padded(self) -> Tensor:
+        """``[most, in + out]``: this rank's rows, padded with zeros (which add nothing)."""
+        x, grad = self.x, self.grad
+        mine = x.new_zeros((self.most, x.shape[1] + grad.shape[1]),
+                           dtype=torch.promote_types(x.dtype, grad.dtype))
+        mine[:x.shape[0], :x.shape[1]] = x
+        mine[:x.shape[0], x.shape[1]:] = grad
+        return mine
+
+    def grads(self, every: Tensor) -> tuple[Tensor, Tensor]:
+        """``(grad_weight, grad_bias)`` of every rank's rows ``[world * most, in + out]``."""
+        xs, gs = every.split([self.x.shape[1], self.grad.shape[1]], dim=1)
+        return gs.t() @ xs, gs.sum(0)
+
+    def accumulate(self, every: Tensor) -> None:
+        """Backpropagate `grads` from the weight and the bias (the layer's inputs: a view or
+        a masked product of the parameters)."""
+        if self.weight is None or self.bias is None:
+            raise RuntimeError("these rows were given no weight and bias to train")
+        gw, gb = self.grads(every)
+        torch.autograd.backward([self.weight, self.bias],
+                                [gw.to(self.weight.dtype), gb.to(self.bias.dtype)])

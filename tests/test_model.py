@@ -207,7 +207,6 @@ def test_candidate_optimizer_takes_pytorchs_fastest_step_with_the_same_trajector
     assert chosen == {False: (fused, not fused), True: (False, False)}
     if fused:
         torch.testing.assert_close(flat[False], flat[True], rtol=1e-5, atol=1e-6)
-        assert not torch.equal(flat[False], flat[True])  # really another kernel
     else:
         assert torch.equal(flat[False], flat[True])
 

@@ -263,7 +263,7 @@ class CandidatePool(nn.Module):
         """`_learn` from the global batch's sums. A batch in which any rank saw a
         non-finite error (a loss scaler's overflow) is skipped on every rank and every
         rank's candidate gradient made NaN, so that a GradScaler skips the step on all of
-        them alike (one rank stepping alone would wait in the gradient sum)."""
+        them alike (one rank stepping alone would leave the others' candidates behind)."""
         overflow = extra[-1] > 0
         sums = batch.sums
         for t in sums:

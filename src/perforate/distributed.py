@@ -178,8 +178,8 @@ class DistributedSync:
         sizes = [m.numel() for m in mine]
         if flat_grads:
             sizes.append(sum(g.numel() for g in flat_grads))
-        parts = list(zip(*(e.split(sizes) for e in every), strict=True))
-        for r, m, per_rank in zip(rows, mine, parts, strict=False):
+        parts = list(zip(*(e.split(sizes) for e in every), strict=True))  # [part][rank]
+        for r, m, per_rank in zip(rows, mine, parts[:len(rows)], strict=True):
             r.accumulate(torch.cat([t.view_as(m) for t in per_rank]))
         if flat_grads:
             total = torch.stack(parts[-1]).sum(0)  # rank order: the same bits everywhere

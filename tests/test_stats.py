@@ -184,3 +184,25 @@ def test_a_non_finite_error_at_a_masked_position_is_ignored() -> None:
     _, batch, _, _ = _conv_batch(mask, bad=float("nan"))
     count, cand, _ = batch.sums
     assert bool(batch.finite) and float(count) == 99.0 and bool(cand.isfinite().all())
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("scale", [0.5, 1 / 3])
+def test_an_error_scale_observes_the_scaled_errors_without_scaling_them(
+        masked: bool, scale: float) -> None:
+    """A distributed rank observes ``e / world``: folded into the sums and the gradient, with
+    the same result as scaling e first (bitwise for a power of two)."""
+    mask = torch.rand(4, 5, 5, generator=torch.Generator().manual_seed(2)) > 0.3 if masked \
+        else None
+    geo, _, c, e = _conv_batch(mask)
+    folded = ObservedBatch.of(geo, c, e, mask, error_scale=scale)
+    scaled = ObservedBatch.of(geo, c, e * scale, mask)
+    assert torch.equal(folded.e, e if mask is None else torch.where(folded.keep, e, 0.0))
+    check = torch.testing.assert_close if scale != 0.5 else (
+        lambda a, b: torch.equal(a, b) or pytest.fail("not bitwise"))
+    for a, b in zip(folded.sums, scaled.sums, strict=True):
+        check(a, b)
+    e_bar, weights = torch.randn(3), torch.randn(2, 3)
+    check(folded.centred_error(geo.expand(e_bar)), scaled.centred_error(geo.expand(e_bar)))
+    check(folded.scaled_centred_error(geo, weights, e_bar),
+          scaled.scaled_centred_error(geo, weights, e_bar))

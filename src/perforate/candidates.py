@@ -278,9 +278,9 @@ class CandidatePool(nn.Module):
         (`CorrelationSums.add`; one dtype, so one collective sums them)."""
         # Numerics first: float32+ statistics, masked positions out, a batch with a non-finite
         # (loss-scaled) error skipped; see `ObservedBatch`. Then the statistics proper.
-        if self.sync is not None:  # each rank's mean loss is world x the global one's share
-            e = e / self.sync.world
-        return ObservedBatch.of(self.geometry, c, e, mask, self._scratch_like)
+        # Each rank's mean loss is world x the global one's share: its errors count 1/world.
+        scale = 1.0 if self.sync is None else 1.0 / self.sync.world
+        return ObservedBatch.of(self.geometry, c, e, mask, self._scratch_like, scale)
 
     @torch.no_grad()
     def _learn(self, batch: ObservedBatch, p: Tensor, cand: Tensor, err: Tensor,

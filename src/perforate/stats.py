@@ -50,12 +50,17 @@ class ObservedBatch:
     """0-dim bool: the batch's kept errors are all finite."""
     sums: list[Tensor]
     """The batch's ``[count, cand, err]`` sums (`CorrelationSums.add`), 0 if not `finite`."""
+    error_scale: float = 1.0
+    """The errors observed are ``error_scale * e`` (folded into the sums and the gradient
+    rather than applied in a pass over e)."""
 
     @classmethod
     def of(cls, geo: Geometry, c: Tensor, e: Tensor, mask: Tensor | None,
-           scratch: Callable[[Tensor], Tensor | None] = lambda t: None) -> ObservedBatch:
-        """The batch, with its sums. `scratch(c)` may give an output for the ``c * e`` product
-        (shaped like c, the statistics dtype), or None for a fresh one.
+           scratch: Callable[[Tensor], Tensor | None] = lambda t: None,
+           error_scale: float = 1.0) -> ObservedBatch:
+        """The batch of errors ``error_scale * e``, with its sums. `scratch(c)` may give an
+        output for the ``c * e`` product (shaped like c, the statistics dtype), or None for a
+        fresh one.
 
         A non-finite error at a kept position makes its neuron's sum of squared errors
         non-finite (inf² is inf, NaN stays NaN), so finiteness is read from the ``[2, N]``
@@ -76,15 +81,22 @@ class ObservedBatch:
         sc, sc2 = geo.sums_stacked(c)
         sce = geo.sum_stacked(torch.mul(c, geo.unsqueeze_set(e), out=scratch(c)))
         err = torch.stack([geo.sum_out(e), geo.sum_out(e * e)])
+        if error_scale != 1.0:
+            sce = sce * error_scale
+            err = err * torch.tensor([[error_scale], [error_scale ** 2]], dtype=dt,
+                                     device=err.device)
         finite = err.isfinite().all()
         sums = [(finite * positions).to(dt),  # a device op: no host copy
                 torch.where(finite, torch.stack([sc, sc2, sce]), 0.0),
                 torch.where(finite, err, 0.0)]
-        return cls(c=c, e=e, keep=keep, dtype=c_dtype, finite=finite, sums=sums)
+        return cls(c=c, e=e, keep=keep, dtype=c_dtype, finite=finite, sums=sums,
+                   error_scale=error_scale)
 
     def centred_error(self, e_bar: Tensor) -> Tensor:
-        """``e - e_bar`` (e_bar broadcast against e) at kept positions, 0 at masked ones."""
-        centred = self.e - e_bar.to(self.e.dtype)
+        """``error_scale e - e_bar`` (e_bar broadcast against e) at kept positions, 0 at
+        masked ones."""
+        centred = torch.add(-e_bar.to(self.e.dtype), self.e, alpha=self.error_scale) \
+            if self.error_scale != 1.0 else self.e - e_bar.to(self.e.dtype)
         return centred if self.keep is None else torch.where(self.keep, centred, 0.0)
 
     def scaled_centred_error(self, geo: Geometry, scale: Tensor, e_bar: Tensor) -> Tensor:
@@ -94,8 +106,8 @@ class ObservedBatch:
             return geo.expand(scale.to(self.e.dtype)) * geo.unsqueeze_set(
                 self.centred_error(geo.expand(e_bar)))
         scale = scale.to(self.e.dtype)
-        return torch.addcmul(geo.expand(-scale * e_bar.to(scale.dtype)), geo.expand(scale),
-                             geo.unsqueeze_set(self.e))
+        return torch.addcmul(geo.expand(-scale * e_bar.to(scale.dtype)),
+                             geo.expand(scale * self.error_scale), geo.unsqueeze_set(self.e))
 
 
 class CorrelationSums(nn.Module):

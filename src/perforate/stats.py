@@ -81,10 +81,9 @@ class ObservedBatch:
         sc, sc2 = geo.sums_stacked(c)
         sce = geo.sum_stacked(torch.mul(c, geo.unsqueeze_set(e), out=scratch(c)))
         err = torch.stack([geo.sum_out(e), geo.sum_out(e * e)])
-        if error_scale != 1.0:
+        if error_scale != 1.0:  # scalars: no host tensor copied to the device per batch
             sce = sce * error_scale
-            err = err * torch.tensor([[error_scale], [error_scale ** 2]], dtype=dt,
-                                     device=err.device)
+            err = torch.stack([err[0] * error_scale, err[1] * error_scale ** 2])
         finite = err.isfinite().all()
         sums = [(finite * positions).to(dt),  # a device op: no host copy
                 torch.where(finite, torch.stack([sc, sc2, sce]), 0.0),
@@ -95,8 +94,7 @@ class ObservedBatch:
     def centred_error(self, e_bar: Tensor) -> Tensor:
         """``error_scale e - e_bar`` (e_bar broadcast against e) at kept positions, 0 at
         masked ones."""
-        centred = torch.add(-e_bar.to(self.e.dtype), self.e, alpha=self.error_scale) \
-            if self.error_scale != 1.0 else self.e - e_bar.to(self.e.dtype)
+        centred = torch.add(-e_bar.to(self.e.dtype), self.e, alpha=self.error_scale)
         return centred if self.keep is None else torch.where(self.keep, centred, 0.0)
 
     def scaled_centred_error(self, geo: Geometry, scale: Tensor, e_bar: Tensor) -> Tensor:

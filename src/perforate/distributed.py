@@ -94,8 +94,7 @@ class DistributedSync:
                 flat = torch.stack(every).sum(0)
             else:
                 dist.all_reduce(flat, group=self.group)
-            for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
-                t.copy_(part.view_as(t))
+            _unflatten_into(group, flat)
 
     def sum_after_backward(self, tensors: Sequence[Tensor], then: AfterSum,
                            params: Sequence[nn.Parameter] = ()) -> None:
@@ -182,9 +181,8 @@ class DistributedSync:
         for r, m, per_rank in zip(rows, mine, parts[:len(rows)], strict=True):
             r.accumulate(torch.cat([t.view_as(m) for t in per_rank]))
         if flat_grads:
-            total = torch.stack(parts[-1]).sum(0)  # rank order: the same bits everywhere
-            for g, part in zip(grads, total.split([g.numel() for g in grads]), strict=True):
-                g.copy_(part.view_as(g))
+            # added in rank order, as `sum_` does: the same bits everywhere
+            _unflatten_into(grads, torch.stack(parts[-1]).sum(0))
 
     def broadcast_(self, tensors: Sequence[Tensor]) -> None:
         """Copy rank 0's values of `tensors` to every rank (in place)."""
@@ -277,6 +275,12 @@ class DistributedSync:
         means = iter((buf[:len(present)] / self.world).tolist())
         return ([None if v is None else next(means) for v in values],
                 buf[len(present):].tolist())
+
+
+def _unflatten_into(tensors: Sequence[Tensor], flat: Tensor) -> None:
+    """Copy consecutive parts of the flat `flat` into `tensors`, in order."""
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+        t.copy_(part.view_as(t))
 
 
 def is_ddp(model: nn.Module) -> bool:

@@ -15,8 +15,9 @@ install reads is reduced across ranks (see ``docs/distributed.md``):
   backwards give the candidates are summed in one more collective, so that the backward
   returns with the global batch's gradients; except where a Linear layer's inputs and output
   gradients are smaller than its candidate weights (K copies of the layer's): there the
-  ranks exchange those, in the same collective, and each computes the global batch's weight
-  gradient (`DistributedSync.linear`). Gradients that reach the candidates through the
+  ranks exchange those instead (sent as soon as that layer's backward has them, received
+  after the sum) and each computes the global batch's weight gradient
+  (`DistributedSync.linear`). Gradients that reach the candidates through the
   user's backward itself (dendrite_learning="gd") are summed before the optimizer step;
 - scores given to ``Tracker.step`` are averaged across ranks (one all-reduce per epoch).
 """
@@ -24,7 +25,7 @@ install reads is reduced across ranks (see ``docs/distributed.md``):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -103,7 +104,8 @@ class DistributedSync:
         in order, backpropagating the ``(root, gradient)`` pair each returns before the next
         is called; then sum across ranks what those backwards added to the gradients of
         `params` (what they held before is kept: gradients accumulate as usual), in one
-        more collective with the rows of every `linear` they passed through. Call it from
+        more collective. The rows of a `linear` they pass through are sent as soon as its
+        backward has them, and received after that sum. Call it from
         inside a backward (an autograd Function's): the candidates of every layer then cost
         two meetings of the ranks per backward, not a few per layer, and hold the global
         batch's gradients when it returns, as a DDP model's parameters do. Every rank makes
@@ -122,6 +124,7 @@ class DistributedSync:
         self.sum_([t for tensors, _, _ in pending for t in tensors])
         before: dict[int, tuple[nn.Parameter, Tensor | None]] = {}
         self._rows = []
+        sent: list[_Sent] = []
         try:
             for _, then, params in pending:
                 # One continuation's backward at a time: its gradient is still in cache when
@@ -134,7 +137,8 @@ class DistributedSync:
                         before[id(p)] = (p, p.grad)
                         p.grad = None
                 torch.autograd.backward(*pair)
-            rows = self._rows
+                # Rows this backward gave travel while the next layers' backwards compute.
+                sent += [self._send(r) for r in self._rows[len(sent):]]
         except BaseException:
             for p, old in before.values():  # a failure leaves the gradients as they were
                 p.grad = old
@@ -142,7 +146,10 @@ class DistributedSync:
         finally:
             self._rows = None
         params = [p for p, _ in before.values()]
-        self._sum_with_rows(self._grads_to_sum(params), rows)
+        self.sum_(self._grads_to_sum(params))
+        for s in sent:
+            s.work.wait()
+            s.rows.accumulate(torch.cat(s.every))
         for p, old in before.values():
             if old is not None and p.grad is not None:
                 p.grad = old.add_(p.grad)
@@ -155,34 +162,13 @@ class DistributedSync:
                 p.grad = torch.zeros_like(p)
         return [p.grad for p in params if p.grad is not None and p.numel()]
 
-    def _sum_with_rows(self, grads: list[Tensor], rows: list[_Rows]) -> None:
-        """Sum `grads` across ranks in place, and give each of `rows`' layers the global
-        batch's weight and bias gradients: one all-gather of both where the gradients are
-        few (gloo, one dtype), else an all-reduce of the gradients and an all-gather of the
-        rows."""
-        if not rows:
-            self.sum_(grads)
-            return
-        mine = [r.padded() for r in rows]
-        dtype = mine[0].dtype
-        flat_grads = [g.reshape(-1) for g in grads]
-        together = self.gather_small and sum(g.numel() for g in grads) <= SMALL and all(
-            t.dtype == dtype for t in [*mine, *flat_grads])
-        if not together:
-            self.sum_(grads)
-            flat_grads = []
-        payload = torch.cat([*(m.reshape(-1) for m in mine), *flat_grads])
-        every = [torch.empty_like(payload) for _ in range(self.world)]
-        dist.all_gather(every, payload, group=self.group)
-        sizes = [m.numel() for m in mine]
-        if flat_grads:
-            sizes.append(sum(g.numel() for g in flat_grads))
-        parts = list(zip(*(e.split(sizes) for e in every), strict=True))  # [part][rank]
-        for r, m, per_rank in zip(rows, mine, parts[:len(rows)], strict=True):
-            r.accumulate(torch.cat([t.view_as(m) for t in per_rank]))
-        if flat_grads:
-            # added in rank order, as `sum_` does: the same bits everywhere
-            _unflatten_into(grads, torch.stack(parts[-1]).sum(0))
+    def _send(self, rows: _Rows) -> _Sent:
+        """Start the all-gather of `rows` with every rank's (asynchronous: `_after_backward`
+        waits for it once the other layers' backwards and the gradient sum are done)."""
+        mine = rows.padded()
+        every = [torch.empty_like(mine) for _ in range(self.world)]
+        return _Sent(rows, every, dist.all_gather(every, mine, group=self.group,
+                                                  async_op=True))
 
     def broadcast_(self, tensors: Sequence[Tensor]) -> None:
         """Copy rank 0's values of `tensors` to every rank (in place)."""
@@ -230,9 +216,9 @@ class DistributedSync:
         """Whether exchanging `rows` inputs and output gradients per rank (``world x rows x
         (fan_in + fan_out)`` numbers received) moves less than summing a ``fan_out x fan_in``
         weight gradient and its bias (a ring all-reduce moves about twice their size), for a
-        gradient of at least `GATHER_MIN` numbers. A smaller one rides in the step's single
-        sum of every candidate gradient, where an exchange would be a meeting of the ranks of
-        its own, in every backward: latency, not bytes, is then the cost."""
+        gradient of at least `GATHER_MIN` numbers. A smaller one is summed with the other
+        candidate gradients: an exchange would be a collective of its own in every backward
+        for few bytes saved (latency, not bytes, is then the cost)."""
         weights = 2 * fan_out * (fan_in + 1)
         return weights >= GATHER_MIN and self.world * rows * (fan_in + fan_out) < weights
 
@@ -366,6 +352,14 @@ class _GlobalGradLinear(torch.autograd.Function):
             return grad_x, None, None, None, None
         gw, gb = sync.linear_grads(x, grad, most)
         return grad_x, gw.to(weight.dtype), gb.to(weight.dtype), None, None
+
+
+class _Sent(NamedTuple):
+    """`_Rows` on their way: the all-gather's buffers (one per rank) and its handle."""
+
+    rows: _Rows
+    every: list[Tensor]
+    work: Any
 
 
 class _Rows:

@@ -13,6 +13,7 @@ To compare two source trees, run it with ``PYTHONPATH=<tree>/src`` for each.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -61,6 +62,8 @@ def _worker(rank: int, port: int, args: argparse.Namespace, synced: bool, out: s
     if rank == 0:
         Path(out).write_text(json.dumps(every))
     dist.barrier()
+    del model, opt
+    gc.collect()  # nothing that holds the group may outlive it (an abort at exit)
     dist.destroy_process_group()
 
 

@@ -7,10 +7,11 @@ reductions of `perforate.distributed`, and the same dendrite epoch without them 
 alone: the reductions' cost is the difference). One thread per rank; an epoch's time is the
 slowest rank's, the best of ``--repeats`` run in alternation. The reductions' cost is given
 twice: from the two best times, and as the median over repeats of each repeat's ratio (the
-epochs of a repeat run back to back, so a drift of the machine's speed cancels). A control,
-"lockstep": the epoch without reductions in which the ranks meet once per step and exchange
-nothing, the floor of any synchronous training on the machine. Prints a table and writes
-``bench/results/ddp_scaling.json``.
+epochs of a repeat run back to back, so a drift of the machine's speed cancels). Two
+controls, "lockstep" and "lockstep2": the epoch without reductions in which the ranks meet
+once (twice) per step and exchange nothing: the floor of any synchronous training on the
+machine, and of any that meets as often as the candidates' reductions must. Prints a table
+and writes ``bench/results/ddp_scaling.json``.
 
     python bench/ddp_scaling.py [--ranks 1 2 4] [--samples 1024] [--batch 64] [--repeats 5]
                                 [--pin compute|all|none] [--keep-memory] [--out FILE]
@@ -41,14 +42,23 @@ from perforate.distributed import DistributedSync, rewrap
 
 
 def _epoch(module: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-           batch: int, meet: bool = False) -> float:
-    """Seconds for one epoch; ``meet``: the ranks meet once per step (an all-reduce of one
-    number after the backward), and exchange nothing else."""
+           batch: int, meet: int = 0) -> float:
+    """Seconds for one epoch; ``meet``: how many times per step the ranks meet (an
+    all-reduce of one number) and exchange nothing else: after the backward (1), and also
+    as it starts (2)."""
     token = torch.zeros(1)
+
+    def meeting(grad: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(token)
+        return grad
+
     start = time.perf_counter()
     for i in range(0, len(x), batch):
         opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(module(x[i:i + batch]), y[i:i + batch]).backward()
+        loss = nn.functional.cross_entropy(module(x[i:i + batch]), y[i:i + batch])
+        if meet > 1:
+            loss.register_hook(meeting)
+        loss.backward()
         if meet:
             dist.all_reduce(token)
         opt.step()
@@ -110,11 +120,14 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     runs = {"neuron": lambda: _epoch(train, opt, x, y, local)}
     # The dendrite epoch with and without the reductions, in alternation (A B A B), so that
     # a drift in the machine's speed reaches both alike.
-    # The lockstep control: no reductions, but the ranks meet once per step, as any
-    # synchronous training must: what that alone costs on this machine (the faster rank
-    # waits for the slower; both run their memory-bound steps at once).
-    for name, synced, meet in (("dendrite", True, False), ("dendrite_no_reduce", False, False),
-                               ("dendrite_lockstep", False, True)):
+    # The lockstep controls: no reductions, but the ranks meet once per step, as any
+    # synchronous training must, or twice, as the candidates' reductions must (statistics
+    # before their gradient, gradient before the step): what that alone costs on this
+    # machine (the faster rank waits for the slower; both run their memory-bound steps at
+    # once).
+    for name, synced, meet in (("dendrite", True, 0), ("dendrite_no_reduce", False, 0),
+                               ("dendrite_lockstep", False, 1),
+                               ("dendrite_lockstep2", False, 2)):
         if name != "dendrite" and world == 1:
             continue
         m = _model()
@@ -169,13 +182,14 @@ def main() -> None:
                 alone = every["dendrite_no_reduce"]
                 row["reduce_overhead"] = min(every["dendrite"]) / min(alone) - 1
                 for key, name in (("reduce_overhead", "dendrite"),
-                                  ("lockstep_overhead", "dendrite_lockstep")):
+                                  ("lockstep_overhead", "dendrite_lockstep"),
+                                  ("lockstep2_overhead", "dendrite_lockstep2")):
                     paired = [a / b - 1 for a, b in zip(every[name], alone, strict=True)]
                     row[f"{key}_paired"] = statistics.median(paired)
                     row[f"{key}_each"] = paired
             rows.append(row)
     print(f"{'ranks':>5} {'neuron ep/s':>12} {'dendrite ep/s':>14} {'no-reduce ep/s':>15} "
-          f"{'reduce cost':>12} {'paired':>8} {'lockstep':>9}")
+          f"{'reduce cost':>12} {'paired':>8} {'lockstep':>9} {'lockstep2':>10}")
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value:+.1%}"
@@ -187,7 +201,8 @@ def main() -> None:
               f"{'-' if nr is None else f'{nr:.3f}':>15} "
               f"{pct(r.get('reduce_overhead')):>12} "
               f"{pct(r.get('reduce_overhead_paired')):>8} "
-              f"{pct(r.get('lockstep_overhead_paired')):>9}")
+              f"{pct(r.get('lockstep_overhead_paired')):>9} "
+              f"{pct(r.get('lockstep2_overhead_paired')):>10}")
     result = {"samples": args.samples, "batch": args.batch, "repeats": args.repeats,
               "keep_cpu_memory": args.keep_memory, "pin": args.pin,
               "cpu": platform.processor() or platform.machine(),

@@ -4,14 +4,15 @@ CPU processes (gloo), and what the dendrite phase's all-reduces cost at each wor
 Strong scaling: the global epoch (``--samples``, global batch ``--batch``) is split across
 the ranks. Rows per world size: the neuron epoch (DDP), the dendrite epoch with the candidate
 reductions of `perforate.distributed`, and the same dendrite epoch without them (each rank
-alone: the reductions' cost is the difference). One thread per rank; an epoch's time is the
-slowest rank's, the best of ``--repeats`` run in alternation. The reductions' cost is given
-twice: from the two best times, and as the median over repeats of each repeat's ratio (the
-epochs of a repeat run back to back, so a drift of the machine's speed cancels). Two
-controls, "lockstep" and "lockstep2": the epoch without reductions in which the ranks meet
-once (twice) per step and exchange nothing: the floor of any synchronous training on the
-machine, and of any that meets as often as the candidates' reductions must. Prints a table
-and writes ``bench/results/ddp_scaling.json``.
+alone: the reductions' cost is the difference; at one rank, in a process group of one, what
+the synced path computes besides, with nobody to wait for). One thread per rank; an epoch's
+time is the slowest rank's, the best of ``--repeats`` run in alternation. The reductions'
+cost is given twice: from the two best times, and as the median over repeats of each
+repeat's ratio (the epochs of a repeat run back to back, so a drift of the machine's speed
+cancels). Two controls, "lockstep" and "lockstep2": the epoch without reductions in which
+the ranks meet once (twice) per step and exchange nothing: the floor of any synchronous
+training on the machine, and of any that meets as often as the candidates' reductions must.
+Prints a table and writes ``bench/results/ddp_scaling.json``.
 
     python bench/ddp_scaling.py [--ranks 1 2 4] [--samples 1024] [--batch 64] [--repeats 5]
                                 [--pin compute|all|none] [--keep-memory] [--out FILE]
@@ -96,12 +97,12 @@ scheduler tick, ~3 ms on the development VM); "none" pins nothing."""
 
 
 def join_group(rank: int, world: int, port: int, pinning: str) -> None:
-    """Start this rank's gloo process group (none for one rank), pinned as `PINNING` says."""
+    """Start this rank's gloo process group (of one, for one rank), pinned as `PINNING`
+    says."""
     if pinning == "all":
         pin(rank)
-    if world > 1:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
     if pinning == "compute":
         pin(rank)
 
@@ -128,27 +129,26 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     for name, synced, meet in (("dendrite", True, 0), ("dendrite_no_reduce", False, 0),
                                ("dendrite_lockstep", False, 1),
                                ("dendrite_lockstep2", False, 2)):
-        if name != "dendrite" and world == 1:
+        if meet and world == 1:
             continue
         m = _model()
-        m.set_distributed(DistributedSync() if synced and world > 1 else None)
+        m.set_distributed(DistributedSync() if synced else None)
         m.begin_dendrite_phase()
         runs[name] = lambda m=m, meet=meet: _epoch(m, m.candidate_optimizer(), x, y, local,
                                                    meet)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, run in runs.items():
-            if world > 1:
-                dist.barrier()
+            dist.barrier()
             times[name].append(run())
     every = {name: slowest(ts, world) for name, ts in times.items()}
     if rank == 0:
         Path(out).write_text(json.dumps(every))
-    if world > 1:
-        dist.barrier()
-        del train, runs
-        gc.collect()  # no DDP wrapper may outlive the process group (an abort at exit)
-        dist.destroy_process_group()
+    dist.barrier()
+    runs.clear()
+    train = model  # no DDP wrapper may outlive the process group (an abort at exit)
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def free_port() -> int:
@@ -184,6 +184,8 @@ def main() -> None:
                 for key, name in (("reduce_overhead", "dendrite"),
                                   ("lockstep_overhead", "dendrite_lockstep"),
                                   ("lockstep2_overhead", "dendrite_lockstep2")):
+                    if name not in every:  # no control at one rank
+                        continue
                     paired = [a / b - 1 for a, b in zip(every[name], alone, strict=True)]
                     row[f"{key}_paired"] = statistics.median(paired)
                     row[f"{key}_each"] = paired

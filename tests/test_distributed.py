@@ -369,9 +369,9 @@ def test_candidates_meet_twice_per_backward_and_hold_global_gradients(tmp_path: 
     """The candidate statistics of all layers are summed in one collective at the end of the
     backward, which then trains the candidates and sums their new gradients in one more (the
     rows of a layer that exchanges inputs travel in between, waited for at the end); a
-    recurrent layer's zero probe included. After the backward every rank holds the global batch's gradients, so that
-    clipping or a loss scaler sees what one process would, and they accumulate over two
-    backwards as one process's do; the step sums nothing."""
+    recurrent layer's zero probe included. After the backward every rank holds the global
+    batch's gradients, so that clipping or a loss scaler sees what one process would, and
+    they accumulate over two backwards as one process's do; the step sums nothing."""
     mp.spawn(_deferred_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"d{r}.pt") for r in range(WORLD)]
     single = _deferred_run(None, 0, 1)

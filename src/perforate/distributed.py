@@ -148,8 +148,7 @@ class DistributedSync:
         params = [p for p, _ in before.values()]
         self.sum_(self._grads_to_sum(params))
         for s in sent:
-            s.work.wait()
-            s.rows.accumulate(torch.cat(s.every))
+            s.rows.accumulate(s.received())
         for p, old in before.values():
             if old is not None and p.grad is not None:
                 p.grad = old.add_(p.grad)
@@ -163,8 +162,8 @@ class DistributedSync:
         return [p.grad for p in params if p.grad is not None and p.numel()]
 
     def _send(self, rows: _Rows) -> _Sent:
-        """Start the all-gather of `rows` with every rank's (asynchronous: `_after_backward`
-        waits for it once the other layers' backwards and the gradient sum are done)."""
+        """Start the all-gather of `rows` with every rank's, asynchronously (`_Sent.received`
+        waits for it)."""
         mine = rows.padded()
         every = [torch.empty_like(mine) for _ in range(self.world)]
         return _Sent(rows, every, dist.all_gather(every, mine, group=self.group,
@@ -245,10 +244,7 @@ class DistributedSync:
         different row counts (`most`: the largest, found with a collective if None): the
         exchanged rows are padded with zeros, which add nothing."""
         rows = _Rows(x, grad, self.max_rows(x.shape[0]) if most is None else most)
-        mine = rows.padded()
-        every = [torch.empty_like(mine) for _ in range(self.world)]
-        dist.all_gather(every, mine, group=self.group)
-        return rows.grads(torch.cat(every))
+        return rows.grads(self._send(rows).received())
 
     def mean_scores(self, values: Sequence[float | None], main_only: Sequence[float] = (),
                     ) -> tuple[list[float | None], list[float]]:
@@ -360,6 +356,12 @@ class _Sent(NamedTuple):
     rows: _Rows
     every: list[Tensor]
     work: Any
+
+    def received(self) -> Tensor:
+        """Every rank's padded rows, in rank order ``[world * most, in + out]`` (waits for
+        the all-gather)."""
+        self.work.wait()
+        return torch.cat(self.every)
 
 
 class _Rows:

@@ -71,8 +71,9 @@ class DistributedSync:
         self._task: int | None = None  # the backward whose sums wait in `_pending`
         self._pending: list[tuple[Sequence[Tensor], AfterSum, Sequence[nn.Parameter]]] = []
         self._rows: list[_Rows] | None = None
-        """While `_after_backward` backpropagates: each `linear`'s rows, exchanged at its end
-        in one collective with the gradient sum (None: a `linear` exchanges at once)."""
+        """While `_after_backward` backpropagates: each `linear`'s rows, sent once the
+        continuation's backward that gave them returns and received after the gradient sum
+        (None: a `linear` exchanges at once)."""
 
     @property
     def is_main(self) -> bool:
@@ -342,7 +343,7 @@ class _GlobalGradLinear(torch.autograd.Function):
         grad_x = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None
         x, grad = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
         most = None if ctx.rows is None else ctx.rows()
-        if sync._rows is not None:  # inside `_after_backward`: exchanged at its end
+        if sync._rows is not None:  # inside `_after_backward`: it sends them (`_send`)
             sync._rows.append(_Rows(x, grad, most or sync.max_rows(x.shape[0]),
                                     ctx.weight, ctx.bias))
             return grad_x, None, None, None, None

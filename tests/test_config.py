@@ -1,4 +1,8 @@
+import importlib
 import json
+import sys
+import types
+from pathlib import Path
 
 import pytest
 from torch import nn
@@ -57,3 +61,59 @@ def test_invalid_values_raise_config_error(field: str, value: object, message: s
 def test_from_dict_rejects_unknown_fields() -> None:
     with pytest.raises(pf.ConfigError, match="bogus"):
         pf.PerforationConfig.from_dict({"bogus": 1})
+
+
+def _evil_module(tmp_path, monkeypatch, name: str) -> Path:
+    """A module `name` on sys.path that writes ``tmp_path/ran`` when imported, and defines
+    ``Layer(nn.Linear)``, ``Outer.Inner`` and ``not_a_module``. Returns the marker path."""
+    marker = tmp_path / "ran"
+    (tmp_path / f"{name}.py").write_text(
+        f"import pathlib\nfrom torch import nn\npathlib.Path({str(marker)!r}).write_text('x')\n"
+        "class Layer(nn.Linear):\n    pass\n"
+        "class Outer:\n    class Inner(nn.Linear):\n        pass\n"
+        "not_a_module = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return marker
+
+
+def test_a_saved_type_selector_never_imports_its_module(tmp_path, monkeypatch) -> None:
+    marker = _evil_module(tmp_path, monkeypatch, "evil_cfg_types")
+    with pytest.raises(pf.ConfigError, match=r"unknown module type 'evil_cfg_types\.Layer'.*"
+                       r"import evil_cfg_types"):
+        pf.PerforationConfig.from_dict({"target_modules": ["fc", "type:evil_cfg_types.Layer"]})
+    with pytest.raises(pf.ConfigError,
+                       match=r"evil_cfg_types\.Outer\.Inner.*`import evil_cfg_types`"):
+        pf.PerforationConfig.from_dict({"exclude_modules": ["type:evil_cfg_types.Outer.Inner"]})
+    assert not marker.exists()
+    # the user who trusts the module imports it first; then the saved types resolve
+    try:
+        module = importlib.import_module("evil_cfg_types")
+        assert marker.read_text() == "x"
+        cfg = pf.PerforationConfig.from_dict({
+            "target_modules": ["fc", "type:evil_cfg_types.Layer"],
+            "exclude_modules": ["type:evil_cfg_types.Outer.Inner"]})
+        assert cfg.target_modules == ["fc", module.Layer]
+        assert cfg.exclude_modules == [module.Outer.Inner]
+        assert pf.PerforationConfig.from_dict(cfg.to_dict()) == cfg
+        with pytest.raises(pf.ConfigError, match=r"not an nn\.Module subclass"):
+            pf.PerforationConfig.from_dict(
+                {"target_modules": ["type:evil_cfg_types.not_a_module"]})
+    finally:
+        sys.modules.pop("evil_cfg_types", None)
+
+
+def test_saved_type_selectors_resolve_torch_layers_without_module_getattr(monkeypatch) -> None:
+    cfg = pf.PerforationConfig.from_dict({"target_modules": [
+        "type:torch.nn.modules.linear.Linear", "type:torch.nn.Conv2d", "type:torch.nn.LSTM"]})
+    assert cfg.target_modules == [nn.Linear, nn.Conv2d, nn.LSTM]
+    with pytest.raises(pf.ConfigError, match=r"not an nn\.Module subclass"):
+        pf.PerforationConfig.from_dict({"target_modules": ["type:collections.OrderedDict"]})
+    # a module-level __getattr__ (lazy imports) is never called to resolve a saved name
+    lazy = types.ModuleType("lazy_cfg_types")
+    calls: list[str] = []
+    lazy.__getattr__ = lambda name: calls.append(name) or nn.Linear  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lazy_cfg_types", lazy)
+    with pytest.raises(pf.ConfigError, match=r"unknown module type 'lazy_cfg_types\.Layer'"):
+        pf.PerforationConfig.from_dict({"target_modules": ["type:lazy_cfg_types.Layer"]})
+    assert calls == []

@@ -16,6 +16,7 @@ from conftest import grow, mlp
 
 def _trained(tmp_path: Path) -> tuple[pf.PerforatedModel, torch.Tensor]:
     model = pf.perforate(mlp(), pf.PerforationConfig.paper(candidates=2, seed=0,
+                                                     target_modules=nn.Linear,
                                                      exclude_modules=["4"]))
     data = [(torch.randn(8, 5), torch.randint(0, 3, (8,))) for _ in range(2)]
     grow(model, data, nn.functional.cross_entropy, 2)
@@ -30,6 +31,8 @@ def test_round_trip_in_a_fresh_process(tmp_path: Path) -> None:
     assert meta["layers"] == {"0": {"type": "Linear", "num_dendrites": 2},
                               "2": {"type": "Linear", "num_dendrites": 2}}
     assert meta["config"]["exclude_modules"] == ["4"]
+    # a type selector: a fresh process resolves torch's types without importing anything
+    assert meta["config"]["target_modules"] == ["type:torch.nn.modules.linear.Linear"]
     script = textwrap.dedent(f"""
         import torch, perforate as pf
         from torch import nn
@@ -72,3 +75,26 @@ def test_load_into_a_different_network_names_the_mismatch(tmp_path: Path) -> Non
     (tmp_path / "perforate_config.json").write_text("{broken")
     with pytest.raises(pf.LoadError, match="not valid JSON"):
         pf.load(tmp_path, mlp())
+
+
+def test_load_never_imports_a_module_the_config_names(tmp_path: Path, monkeypatch) -> None:
+    """A stranger's directory naming `evil_ser_types.Layer`: LoadError, its code never runs."""
+    marker = tmp_path / "ran"
+    code = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('x')\n"
+    (tmp_path / "evil_ser_types.py").write_text(code + "from torch import nn\n"
+                                                "class Layer(nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "evil_ser_types", raising=False)
+    model = pf.perforate(mlp(), pf.PerforationConfig.paper(target_modules=["0"]))
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "perforate_config.json"
+    meta = json.loads(path.read_text())
+    for field in ("target_modules", "exclude_modules"):
+        meta["config"][field] = ["type:evil_ser_types.Layer"]
+        path.write_text(json.dumps(meta))
+        with pytest.raises(pf.LoadError, match=r"'evil_ser_types\.Layer'.*import evil_ser_types"):
+            pf.load(tmp_path / "m", mlp())
+        assert not marker.exists()
+        meta["config"][field] = ["0"] if field == "target_modules" else None
+    path.write_text(json.dumps(meta))
+    assert pf.load(tmp_path / "m", mlp()).num_dendrites == 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import itertools
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,17 +277,38 @@ def _selectors_to_json(selectors: Any) -> list[str] | None:
             for s in selector_list(selectors)]
 
 
+def _saved_type(path: str) -> type[nn.Module]:
+    """The class a saved ``"type:module.Class"`` selector names, looked up only among the
+    modules already imported (``sys.modules``: torch's layers, the library's, the user's).
+    Nothing is imported and no module ``__getattr__`` runs: a file must not run code."""
+    parts = path.split(".")
+    found: Any = None
+    for cut in range(len(parts) - 1, 0, -1):  # longest imported module prefix first
+        obj: Any = sys.modules.get(".".join(parts[:cut]))
+        for name in parts[cut:]:
+            obj = getattr(obj, "__dict__", {}).get(name)
+        if obj is not None:
+            found = obj
+            break
+    if found is None:
+        module = ".".join(itertools.takewhile(lambda p: not p[:1].isupper(), parts[:-1]))
+        raise ConfigError(
+            f"unknown module type {path!r} in a saved selector: perforate never imports a "
+            f"module a file names; if you trust it, import the module that defines the class "
+            f"before loading (`import {module or path}`), as you do to register a wrapper "
+            "for it")
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise ConfigError(f"saved module type {path!r} is {found!r}, not an nn.Module subclass")
+    return found
+
+
 def _selectors_from_json(items: Any) -> list[Selector] | None:
     if items is None:
         return None
     out: list[Selector] = []
     for item in selector_list(items):
         if isinstance(item, str) and item.startswith("type:"):
-            module_name, _, cls_name = item[5:].rpartition(".")
-            try:
-                out.append(getattr(importlib.import_module(module_name), cls_name))
-            except (ImportError, AttributeError) as exc:
-                raise ConfigError(f"cannot resolve module type {item[5:]!r}: {exc}") from exc
+            out.append(_saved_type(item[5:]))
         else:
             out.append(item)
     return out

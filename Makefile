@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 LINTED  := src tests bench scripts experiments conftest.py
 
-.PHONY: demo test bench bench-anchor lint venv wheel-check clean
+.PHONY: demo test test-fast bench bench-anchor lint venv wheel-check clean
 
 $(STAMP): pyproject.toml experiments/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory wheel-check
+
+# While working: the engine, config, schedule and serialization (under a minute on 2 cores);
+# markers per test file in conftest.py. CI runs `make test` (everything).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not distributed and not integrations"
 
 # The library's wheel holds the library only (no research harness), with py.typed.
 wheel-check: $(STAMP)

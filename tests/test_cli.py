@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -105,7 +106,7 @@ def test_export_checkpoint_and_pretrained_dir(capsys, tmp_path):
     expected = tracker.model(x)
     for src in (tmp_path / "run", tmp_path / "run" / "checkpoint", tmp_path / "run" / "model"):
         out = tmp_path / f"{src.name}.pt"
-        code, stdout, err = run_main(capsys, "export", str(src), str(out))
+        code, stdout, err = run_main(capsys, "export", str(src), str(out), "--trust-factory")
         assert code == 0, err
         assert "1 dendrite set(s)" in stdout
         scripted = torch.jit.load(str(out))
@@ -117,7 +118,7 @@ def test_export_mid_run_uses_best_weights_so_far(capsys, tmp_path):
     assert tracker.phase == "dendrite"
     tracker.save_checkpoint(tmp_path / "ck")
     out = tmp_path / "mid.pt"
-    code, stdout, err = run_main(capsys, "export", str(tmp_path / "ck"), str(out))
+    code, stdout, err = run_main(capsys, "export", str(tmp_path / "ck"), str(out), "--net", DIGITS)
     assert code == 0, err
     assert "0 dendrite set(s)" in stdout
     x = torch.rand(5, 64)
@@ -137,6 +138,61 @@ def test_export_needs_the_net_factory(capsys, tmp_path):
     code, _, err = run_main(capsys, "export", str(tmp_path / "run"), str(tmp_path / "o.pt"),
                             "--net", DIGITS)
     assert code == 0, err
+
+
+def test_export_never_runs_a_recorded_factory_unasked(capsys, tmp_path, monkeypatch):
+    """A stranger's run records `evil_cli_factory:make_net`, whose import writes a marker:
+    export refuses (one line: the spec and the two ways on) and runs nothing; --net or
+    --trust-factory proceed, and only the latter imports it."""
+    marker = tmp_path / "ran"
+    (tmp_path / "evil_cli_factory.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('x')\n"
+        "from perforate.demo import digits_mlp as make_net\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "evil_cli_factory", raising=False)
+    tracker = small_run(tmp_path / "run", net_factory="evil_cli_factory:make_net")
+    x = torch.rand(3, 64)
+    for src in (tmp_path / "run", tmp_path / "run" / "model"):  # checkpoint, save_pretrained
+        code, _, err = run_main(capsys, "export", str(src), str(tmp_path / "o.pt"))
+        assert_one_line_error(code, err, "'evil_cli_factory:make_net'",
+                              "--net evil_cli_factory:make_net", "--trust-factory")
+        assert not marker.exists() and not (tmp_path / "o.pt").exists()
+        code, _, err = run_main(capsys, "export", str(src), str(tmp_path / "o.pt"), "--net",
+                                DIGITS)
+        assert code == 0, err
+        assert not marker.exists()
+        assert torch.allclose(torch.jit.load(str(tmp_path / "o.pt"))(x), tracker.model(x),
+                              atol=1e-6)
+        (tmp_path / "o.pt").unlink()
+    try:
+        code, _, err = run_main(capsys, "export", str(tmp_path / "run"), str(tmp_path / "o.pt"),
+                                "--trust-factory")
+        assert code == 0, err
+        assert marker.read_text() == "x"
+    finally:
+        sys.modules.pop("evil_cli_factory", None)
+
+
+def test_export_never_imports_a_type_a_checkpoint_config_names(capsys, tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    (tmp_path / "evil_cli_types.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('x')\n"
+        "from torch import nn\nclass Layer(nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "evil_cli_types", raising=False)
+    small_run(tmp_path / "run", steps=3).save_checkpoint(tmp_path / "ck")
+    path = tmp_path / "ck" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"] = json.dumps({**json.loads(state["config"]),
+                                  "target_modules": ["type:evil_cli_types.Layer"]})
+    torch.save(state, path)
+    code, _, err = run_main(capsys, "export", str(tmp_path / "ck"), str(tmp_path / "o.pt"),
+                            "--net", DIGITS)
+    assert_one_line_error(code, err, "'evil_cli_types.Layer'", "import evil_cli_types")
+    assert not marker.exists()
+    with pytest.raises(pf.LoadError, match=r"'evil_cli_types\.Layer'"):
+        pf.resume(tmp_path / "ck", digits_mlp(), lambda p: torch.optim.Adam(p, 1e-2))
+    assert not marker.exists()
 
 
 def test_inspect_counts_match_a_real_install(capsys):
@@ -200,7 +256,8 @@ def test_demo_quick_end_to_end(tmp_path):
     assert sum(a["kept"] == "1" for a in archs) == 1
     exported = tmp_path / "pb.pt"
     proc = subprocess.run([sys.executable, "-m", "perforate", "export", str(out / "pb"),
-                           str(exported)], capture_output=True, text=True, timeout=120)
+                           str(exported), "--trust-factory"], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert torch.jit.load(str(exported))(torch.rand(3, 64)).shape == (3, 10)
 

@@ -228,17 +228,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------- export
-def _net_factory_of(directory: Path, recorded: str | None, override: str | None) -> str:
-    spec = override or recorded
-    if not spec:
+def _net_factory_of(directory: Path, recorded: Any, override: str | None,
+                    trust_factory: bool) -> str:
+    """The factory to build the network with: the user's `override`, else the one the
+    directory records, but only with `trust_factory` (importing it runs the module's code)."""
+    if override:
+        return override
+    if not recorded:
         raise CLIError(f"{directory} does not record how to build the network: pass "
                        "--net MODULE:FACTORY")
-    return spec
+    if not isinstance(recorded, str):
+        raise CLIError(f"{directory} records a net factory that is not a MODULE:FACTORY "
+                       f"string: {recorded!r}; pass --net MODULE:FACTORY")
+    if not trust_factory:
+        raise CLIError(f"{directory} records the net factory {recorded!r}; importing it runs "
+                       f"that module's code, so perforate does not do it unasked: pass "
+                       f"--net {recorded} (or your own MODULE:FACTORY), or --trust-factory if "
+                       "you trust where this directory came from")
+    return recorded
 
 
-def load_for_export(directory: str | Path, net_spec: str | None = None) -> Any:
+def load_for_export(directory: str | Path, net_spec: str | None = None, *,
+                    trust_factory: bool = False) -> Any:
     """A neuron-phase `PerforatedModel` from a ``save_pretrained`` directory or a tracker
-    checkpoint (the final model if the run is done, else the best weights so far)."""
+    checkpoint (the final model if the run is done, else the best weights so far).
+
+    The network is built by `net_spec` (``"module:function"``); the factory the directory
+    records is imported and called only with `trust_factory`, since that runs its code."""
     src = Path(directory)
     if not src.exists():
         raise CLIError(f"{src} does not exist")
@@ -249,16 +265,17 @@ def load_for_export(directory: str | Path, net_spec: str | None = None) -> Any:
                 recorded = json.loads((src / NET_FILE).read_text()).get("net_factory")
             except (OSError, json.JSONDecodeError, AttributeError) as exc:
                 raise CLIError(f"cannot read {src / NET_FILE}: {exc}") from exc
-        net = _build_net(_net_factory_of(src, recorded, net_spec))
+        net = _build_net(_net_factory_of(src, recorded, net_spec, trust_factory))
         return load_pretrained(src, net)
     state = read_checkpoint(src)
-    net = _build_net(_net_factory_of(src, state["settings"].get("net_factory"), net_spec))
+    net = _build_net(_net_factory_of(src, state["settings"].get("net_factory"), net_spec,
+                                     trust_factory))
     structure, weights = deployable_weights(state)
     return rebuild(net, saved_config(state), structure=structure, weights=weights)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    model = load_for_export(args.checkpoint, args.net)
+    model = load_for_export(args.checkpoint, args.net, trust_factory=args.trust_factory)
     try:
         scripted = torch.jit.script(export(model).eval())
     except Exception as exc:  # TorchScript cannot compile the user's network
@@ -343,7 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("checkpoint", metavar="CHECKPOINT_DIR")
     exp.add_argument("out", metavar="OUT.pt")
     exp.add_argument("--net", metavar="MODULE:FACTORY",
-                     help="how to build the network, if the checkpoint does not record it")
+                     help="how to build the network (a callable returning the nn.Module)")
+    exp.add_argument("--trust-factory", action="store_true",
+                     help="build the network with the MODULE:FACTORY the checkpoint records; "
+                     "this imports and runs that module's code, so only for a checkpoint from "
+                     "a source you trust (without it, or --net, export refuses)")
     exp.set_defaults(func=cmd_export)
 
     add_harness_commands(sub)

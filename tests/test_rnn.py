@@ -3,6 +3,7 @@ paths, packed sequences, a dendrite cycle, eq. 3.4 on a cell, perforation, save/
 (+ TorchScript), parameter count."""
 
 import copy
+import logging
 import subprocess
 import sys
 import textwrap
@@ -533,3 +534,17 @@ def test_a_subclass_with_its_own_forward_is_refused() -> None:
                          pf.PerforationConfig.paper(target_modules=[nn.GRU]))
     assert isinstance(model.net[0], RNN)
 
+
+
+def test_the_first_growth_says_what_recurrent_dendrites_cost(caplog) -> None:
+    """Leaving the fused kernel is said once, at the growth from D = 0, naming the layers."""
+    model = pf.perforate(nn.ModuleDict({"rnn": nn.LSTM(3, 4), "head": nn.Linear(4, 2)}))
+    with caplog.at_level(logging.WARNING, logger="perforate.model"):
+        model.grow()
+    notes = [r.getMessage() for r in caplog.records if "fused kernel" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].startswith("'rnn':")
+    assert "exclude_modules=['rnn']" in notes[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="perforate.model"):
+        model.grow()
+    assert not [r for r in caplog.records if "fused kernel" in r.getMessage()]

@@ -22,6 +22,7 @@ from .errors import PhaseError
 from .layers import CompositeLayer, DendriteLayer, WrapperRegistry, default_registry
 from .layers.composite import top_wrappers
 from .layers.fastpath import disable_fused_transformer, restore
+from .layers.recurrent import RNN, RNNCell, unrolled_cost_note
 from .masking import sample_mask
 from .storage import check_structure, save_pretrained
 from .targeting import select_targets
@@ -147,6 +148,8 @@ class PerforatedModel(nn.Module):
         for name, m in _tracked_norms(self.net):
             self._norm_state[name] = (m.momentum, m.num_batches_tracked.clone())
             m.momentum = 0.0
+        if self.num_dendrites == 0:
+            _note_recurrent_cost(self.dendrite_layers())
         generator = None
         if self.config.seed is not None:
             seed = self.config.seed + 1_000_003 * self.num_dendrites + 7_919 * attempt
@@ -318,6 +321,13 @@ class PerforatedModel(nn.Module):
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write config JSON + safetensors weights (no pickle) of the deployable model."""
         return save_pretrained(self, directory)
+
+
+def _note_recurrent_cost(layers: dict[str, DendriteLayer]) -> None:
+    """Say once per growth from D = 0 what the recurrent layers' dendrites will cost."""
+    names = [n for n, layer in layers.items() if isinstance(layer, (RNN, RNNCell))]
+    if names:
+        logger.warning("%s", unrolled_cost_note(names))
 
 
 def perforate(net: nn.Module, config: PerforationConfig | None = None, *,

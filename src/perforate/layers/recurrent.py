@@ -43,6 +43,19 @@ from .unroll import (
 
 _PYTORCH_TYPES = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
 
+#: What leaving the fused kernel costs, measured by ``bench/rnn_cost.py`` (one CPU thread,
+#: 2 layers, hidden 64, T = 32, forward + backward; ``bench/results/rnn_cost.json``).
+UNROLLED_COST = ("with dendrites, a recurrent layer runs as a Python loop over time steps "
+                 "instead of PyTorch's fused kernel: on one CPU thread about 2-3x slower per "
+                 "pass at D = 1 and 5-10x in a dendrite-phase batch (K = 4); more on a GPU")
+
+
+def unrolled_cost_note(names: list[str]) -> str:
+    """The log line said when the recurrent layers `names` first grow (see `UNROLLED_COST`)."""
+    shown = ", ".join(repr(n) for n in names)
+    return (f"{shown}: {UNROLLED_COST}. To keep the fused kernel, leave them out: "
+            f"exclude_modules=[{shown}]")
+
 #: Attributes of the wrapped layer that the wrapper shows as its own (read-only).
 _FORWARDED = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
               "bidirectional", "proj_size", "mode", "all_weights", "flatten_parameters")

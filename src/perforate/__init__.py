@@ -7,7 +7,15 @@
 from ._version import __version__
 from .candidates import EpochReport
 from .config import PerforationConfig
-from .errors import ConfigError, LoadError, NonFiniteError, PerforateError, PhaseError, TargetError
+from .errors import (
+    ConfigError,
+    LoadError,
+    NonFiniteError,
+    PerforateError,
+    PhaseError,
+    RunLockedError,
+    TargetError,
+)
 from .export import export
 from .layers import DendriteLayer, WrapperRegistry, default_registry
 from .model import PerforatedModel, perforate
@@ -15,7 +23,8 @@ from .serialization import load
 
 __all__ = [
     "ConfigError", "DendriteLayer", "EpochReport", "LoadError", "NonFiniteError",
-    "PerforateError", "PerforatedModel", "PerforationConfig", "PhaseError", "TargetError",
+    "PerforateError", "PerforatedModel", "PerforationConfig", "PhaseError", "RunLockedError",
+    "TargetError",
     "WrapperRegistry", "__version__", "default_registry", "export", "load", "perforate",
 ]
 

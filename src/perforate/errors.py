@@ -27,6 +27,10 @@ class LoadError(PerforateError, ValueError):
     """Saved weights or a checkpoint do not fit the network they are loaded into."""
 
 
+class RunLockedError(PerforateError, RuntimeError):
+    """Another run writes to the same ``out_dir`` (the message names its PID)."""
+
+
 class MissingExtraError(PerforateError, ImportError):
     """An optional dependency is not installed (the message names the ``pip install``)."""
 

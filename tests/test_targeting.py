@@ -123,3 +123,95 @@ def test_bad_argument_types() -> None:
         pf.perforate("not a net", pf.PerforationConfig.paper())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="PerforationConfig"):
         pf.perforate(mlp(), {"candidates": 2})  # type: ignore[arg-type]
+
+
+class Matmul(nn.Module):
+    """Weights no wrapper serves: ``x @ w``, w [in, out]."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(n_in, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w
+
+
+def test_weights_no_wrapper_serves_are_listed_once_in_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    net = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 4), Matmul(4, 4), nn.LayerNorm(4),
+                        Matmul(4, 4), DoubledLinear(4, 4))
+    with caplog.at_level(logging.WARNING, logger="perforate.targeting"):
+        assert targets(net) == ["1"]
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert record.message.startswith("3 module(s) with weights get no dendrites, as no "
+                                     "wrapper serves them: Matmul x2 (w), DoubledLinear "
+                                     "(overrides forward) x1 (weight). To give them dendrites")
+    assert "Embedding" not in record.message.split(". ")[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="perforate.targeting"):
+        # excluded (by type or name: no error though nothing wrappable matches), or outside
+        # the targets: not listed
+        assert targets(net, exclude_modules=[Matmul, "5"]) == ["1"]
+        assert targets(net, target_modules=["1"]) == ["1"]
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="perforate.targeting"):
+        assert targets(net, target_modules=[nn.Linear]) == ["1"]  # selects DoubledLinear too
+    assert "1 module(s)" in caplog.text and "DoubledLinear (overrides forward) x1" in caplog.text
+    with pytest.raises(pf.TargetError, match="contain no wrappable"):  # no weights: an error
+        targets(net, exclude_modules=["3"])
+
+
+class TransposedMatmul(nn.Module):
+    """A Linear layer whose weight is stored [in, out] (as Hugging Face's Conv1D)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_in, n_out))
+        self.bias = nn.Parameter(torch.randn(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
+class OwnLinear(nn.Module):
+    """A Linear layer written out (weight [out, in], no bias), not an nn.Linear subclass."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_out, n_in))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight)
+
+
+class ScaledConv(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (3, 5), (4, 0)], ids=["square", "not_square",
+                                                                 "zero_weight"])
+def test_a_registered_wrapper_must_fit_the_weight_layout(shape: tuple[int, int]) -> None:
+    registry = default_registry()
+    registry.register(TransposedMatmul, pf.layers.Linear)
+    layer = TransposedMatmul(shape[0], shape[1] or shape[0])
+    if not shape[1]:  # the check uses random weights: a zero weight hides nothing
+        nn.init.zeros_(layer.weight)
+    rng = torch.get_rng_state()
+    with pytest.raises(pf.TargetError, match=r"'0' \(TransposedMatmul\): the wrapper Linear "
+                                             r"registered for TransposedMatmul does not fit"):
+        pf.perforate(nn.Sequential(layer), pf.PerforationConfig.paper(), registry=registry)
+    assert torch.equal(torch.get_rng_state(), rng)  # the check leaves the global RNG alone
+    registry.register(TransposedMatmul, pf.layers.TransposedLinear)
+    model = pf.perforate(nn.Sequential(layer), pf.PerforationConfig.paper(), registry=registry)
+    assert list(model.dendrite_layers()) == ["0"]
+
+
+def test_registered_wrappers_that_fit_are_accepted() -> None:
+    registry = default_registry()
+    registry.register(OwnLinear, pf.layers.Linear)
+    registry.register(ScaledConv, pf.layers.ConvNd)
+    net = nn.Sequential(ScaledConv(2, 3, 3, padding=2, dilation=2, groups=1), nn.Flatten(),
+                        OwnLinear(3 * 6 * 6, 4))
+    model = pf.perforate(net, pf.PerforationConfig.paper(), registry=registry)
+    assert list(model.dendrite_layers()) == ["0", "2"]

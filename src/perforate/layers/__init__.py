@@ -8,6 +8,8 @@ from .conv_transpose import ConvTransposeNd
 from .linear import Linear
 from .recurrent import RNN, RNNCell
 from .registry import WrapperRegistry, default_registry
+from .transposed_linear import TransposedLinear
 
 __all__ = ["RNN", "CompositeLayer", "ConvNd", "ConvTransposeNd", "DendriteLayer", "Linear",
-           "MultiheadAttention", "RNNCell", "WrapperRegistry", "default_registry"]
+           "MultiheadAttention", "RNNCell", "TransposedLinear", "WrapperRegistry",
+           "default_registry"]

@@ -146,3 +146,13 @@ def test_conv1d_registered_with_the_linear_wrapper_is_refused(n_embd: int) -> No
     registry.register(Conv1D, TransposedLinear)  # the right one, registered by type: accepted
     assert list(pf.perforate(net, pf.PerforationConfig.paper(),
                              registry=registry).dendrite_layers()) == ["0"]
+
+
+def test_inspect_counts_a_conv1d_as_a_linear_layer() -> None:
+    from perforate.cli import inspect_model
+
+    net = nn.Sequential(Conv1D(6, 4), nn.Tanh(), nn.Linear(6, 2))
+    (conv, _) = inspect_model(net, pf.PerforationConfig.paper(candidates=3), (5, 4))["layers"]
+    assert (conv["type"], conv["neurons"], conv["fan_in"], conv["positions"], conv["params"]) \
+        == ("Conv1D", 6, 4, 5, 30)
+    assert conv["set_macs"] == 5 * (4 * 6 + 6) and conv["pool_params"] == 3 * (4 * 6 + 6)

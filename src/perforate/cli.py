@@ -30,7 +30,7 @@ from .demo import DATASETS, PRESETS, run_demo
 from .demo_data import DatasetMissing
 from .errors import CLIError, PerforateError
 from .export import export
-from .layers import default_registry
+from .layers import TransposedLinear, default_registry
 from .model import perforate
 from .rebuild import rebuild
 from .serialization import CONFIG_FILE
@@ -148,7 +148,8 @@ def inspect_model(net: nn.Module, config: Any, input_shape: tuple[int, ...] | No
             def hook(mod: nn.Module, inp: Any, out: Any, name: str = name) -> None:
                 if isinstance(out, tuple):  # attention: (output, weights)
                     out = out[0]
-                last = isinstance(mod, (nn.Linear, nn.MultiheadAttention))
+                last = isinstance(mod, (nn.Linear, nn.MultiheadAttention)) \
+                    or default_registry().lookup(mod) is TransposedLinear  # HF Conv1D
                 neurons = out.shape[-1] if last else out.shape[1]
                 positions[name] = out.numel() // neurons  # batch of one
             hooks.append(module.register_forward_hook(hook))

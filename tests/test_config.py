@@ -1,5 +1,8 @@
+import copy
+import dataclasses
 import importlib
 import json
+import pickle
 import sys
 import types
 from pathlib import Path
@@ -31,8 +34,8 @@ def test_round_trip_through_json_keeps_types() -> None:
     data = json.loads(json.dumps(cfg.to_dict()))
     assert data["target_modules"] == ["fc1", "type:torch.nn.modules.conv.Conv2d"]
     back = pf.PerforationConfig.from_dict(data)
-    assert back.target_modules == ["fc1", nn.Conv2d]
-    assert back.exclude_modules == ["head"]
+    assert back.target_modules == ("fc1", nn.Conv2d)
+    assert back.exclude_modules == ("head",)
     assert back.candidates == 2 and back.seed == 3 and back.centering == "running"
 
 
@@ -93,8 +96,8 @@ def test_a_saved_type_selector_never_imports_its_module(tmp_path, monkeypatch) -
         cfg = pf.PerforationConfig.from_dict({
             "target_modules": ["fc", "type:evil_cfg_types.Layer"],
             "exclude_modules": ["type:evil_cfg_types.Outer.Inner"]})
-        assert cfg.target_modules == ["fc", module.Layer]
-        assert cfg.exclude_modules == [module.Outer.Inner]
+        assert cfg.target_modules == ("fc", module.Layer)
+        assert cfg.exclude_modules == (module.Outer.Inner,)
         assert pf.PerforationConfig.from_dict(cfg.to_dict()) == cfg
         with pytest.raises(pf.ConfigError, match=r"not an nn\.Module subclass"):
             pf.PerforationConfig.from_dict(
@@ -106,7 +109,7 @@ def test_a_saved_type_selector_never_imports_its_module(tmp_path, monkeypatch) -
 def test_saved_type_selectors_resolve_torch_layers_without_module_getattr(monkeypatch) -> None:
     cfg = pf.PerforationConfig.from_dict({"target_modules": [
         "type:torch.nn.modules.linear.Linear", "type:torch.nn.Conv2d", "type:torch.nn.LSTM"]})
-    assert cfg.target_modules == [nn.Linear, nn.Conv2d, nn.LSTM]
+    assert cfg.target_modules == (nn.Linear, nn.Conv2d, nn.LSTM)
     with pytest.raises(pf.ConfigError, match=r"not an nn\.Module subclass"):
         pf.PerforationConfig.from_dict({"target_modules": ["type:collections.OrderedDict"]})
     # a module-level __getattr__ (lazy imports) is never called to resolve a saved name
@@ -117,3 +120,62 @@ def test_saved_type_selectors_resolve_torch_layers_without_module_getattr(monkey
     with pytest.raises(pf.ConfigError, match=r"unknown module type 'lazy_cfg_types\.Layer'"):
         pf.PerforationConfig.from_dict({"target_modules": ["type:lazy_cfg_types.Layer"]})
     assert calls == []
+
+
+def test_config_is_immutable_and_replace_makes_a_validated_copy() -> None:
+    selectors = ["fc1", nn.Conv2d]
+    kwargs = {"betas": (0.8, 0.9)}
+    cfg = pf.PerforationConfig(target_modules=selectors, candidate_optimizer_kwargs=kwargs)
+    selectors.append("fc2")  # the caller's list and dict are not shared
+    kwargs["eps"] = 1.0
+    assert cfg.target_modules == ("fc1", nn.Conv2d)
+    assert cfg.candidate_optimizer_kwargs == {"betas": (0.8, 0.9)}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.candidates = -5  # type: ignore[misc]
+    with pytest.raises(TypeError, match="immutable"):
+        cfg.candidate_optimizer_kwargs["eps"] = 1.0
+    with pytest.raises(pf.ConfigError, match="candidates"):
+        cfg.replace(candidates=-5)
+    assert cfg.replace(candidates=2).candidates == 2 and cfg.candidates == 4
+    data = cfg.to_dict()  # plain lists and dicts, as before
+    assert type(data["target_modules"]) is list
+    assert type(data["candidate_optimizer_kwargs"]) is dict
+    for copied in (copy.deepcopy(cfg), pickle.loads(pickle.dumps(cfg)),
+                   pf.PerforationConfig.from_dict(json.loads(json.dumps(data)))):
+        assert json.dumps(copied.to_dict()) == json.dumps(data)
+
+
+@pytest.mark.parametrize(("optimizer", "kwargs", "message"), [
+    ("adam", {"bogus": 1}, "Adam takes no 'bogus'"),
+    ("sgd", {"betas": (0.9, 0.99)}, "SGD takes no 'betas'"),
+    ("adam", {"lr": 0.1}, "'lr' is set by the library"),
+    ("adam", {"betas": (2.0, 0.9)}, "Invalid beta"),
+    ("rmsprop", {"momentum": -1.0}, "momentum"),
+    ("adamw", {"fused": True, "foreach": True}, "cannot both"),
+])
+def test_candidate_optimizer_kwargs_are_checked_at_construction(optimizer, kwargs,
+                                                                message) -> None:
+    with pytest.raises(pf.ConfigError, match=message):
+        pf.PerforationConfig(candidate_optimizer=optimizer, candidate_optimizer_kwargs=kwargs)
+
+
+def test_valid_candidate_optimizer_kwargs_pass() -> None:
+    for optimizer, kwargs in [("sgd", {"momentum": 0.9, "nesterov": True}),
+                              ("adam", {"betas": [0.5, 0.9], "fused": True}),
+                              ("rmsprop", {"alpha": 0.9, "foreach": False})]:
+        cfg = pf.PerforationConfig(candidate_optimizer=optimizer,
+                                   candidate_optimizer_kwargs=kwargs)
+        assert cfg.candidate_optimizer_kwargs == kwargs
+
+
+def test_dendrite_inputs_above_a_layers_fan_in_is_named_in_one_warning(caplog) -> None:
+    net = nn.Sequential(nn.Linear(20, 6), nn.ReLU(), nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2))
+    with caplog.at_level("WARNING", logger="perforate.model"):
+        model = pf.perforate(net, pf.PerforationConfig(dendrite_inputs=8))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["dendrite_inputs=8 is more than the fan-in of 2 layer(s): '2' (6), "
+                        "'4' (3); their dendrites see all of their inputs"]
+    model.grow()
+    seen = {n: int(layer.dendrite_mask[0].sum(-1).max()) for n, layer
+            in model.dendrite_layers().items()}
+    assert seen == {"0": 8, "2": 6, "4": 3}

@@ -206,3 +206,61 @@ def test_an_error_scale_observes_the_scaled_errors_without_scaling_them(
     check(folded.centred_error(geo.expand(e_bar)), scaled.centred_error(geo.expand(e_bar)))
     check(folded.scaled_centred_error(geo, weights, e_bar),
           scaled.scaled_centred_error(geo, weights, e_bar))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_one_non_finite_candidate_activation_zeroes_the_sums(bad: float) -> None:
+    geo = ConvGeometry(nn.Conv2d(2, 3, 3))
+    _, _, c, e = _conv_batch()
+    c[1, 0, 2, 3, 3] = bad
+    batch = ObservedBatch.of(geo, c, e, None)
+    count, cand, err = batch.sums
+    assert not bool(batch.finite) and float(count) == 0.0
+    assert torch.equal(cand, torch.zeros_like(cand)) and torch.equal(err, torch.zeros_like(err))
+
+
+def _dendrite_epoch(optimizer: str, kwargs: dict, nan_batch: bool | None):
+    """A paper() dendrite epoch of 4 batches; the third is NaN (True), left out (None) or
+    clean (False). Returns every candidate pool's statistics and weights, and the reports."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    model = pf.perforate(net, pf.PerforationConfig.paper(
+        seed=0, candidate_optimizer=optimizer, candidate_optimizer_kwargs=kwargs))
+    model.begin_dendrite_phase()
+    opt = model.candidate_optimizer()
+    g = torch.Generator().manual_seed(1)
+    for i in range(4):
+        x, t = torch.randn(8, 4, generator=g), torch.randn(8, 3, generator=g)
+        if i == 2 and nan_batch is None:
+            continue
+        if i == 2 and nan_batch:
+            x[3, 1] = float("nan")
+        opt.zero_grad()
+        ((model(x) - t) ** 2).mean().backward()
+        opt.step()
+    state = {n: [*layer.candidates.sums.buffers_to_reduce(), layer.candidates.seen,
+                 layer.candidates.error_var, layer.candidates.mean_c, layer.candidates.weight,
+                 layer.candidates.bias] for n, layer in model.dendrite_layers().items()}
+    state = {n: [t.detach().clone() for t in ts] for n, ts in state.items()}
+    return state, model.end_epoch(), opt
+
+
+@pytest.mark.parametrize(("optimizer", "kwargs"), [
+    ("adam", {}), ("sgd", {"momentum": 0.9}), ("rmsprop", {}), ("adam", {"foreach": True})])
+def test_a_nan_batch_in_a_dendrite_epoch_is_left_out_of_statistics_and_steps(
+        optimizer: str, kwargs: dict, caplog) -> None:
+    """The candidates' statistics, weights and best correlations are those of the same epoch
+    without that batch (fused optimizers skip the step on the device; others on the host)."""
+    without, want, _ = _dendrite_epoch(optimizer, kwargs, None)
+    with caplog.at_level("WARNING", logger="perforate.candidates"):
+        got, reports, opt = _dendrite_epoch(optimizer, kwargs, True)
+    for name, tensors in without.items():
+        for a, b in zip(got[name], tensors, strict=True):
+            assert torch.equal(a, b), name
+        assert torch.equal(reports[name].best_corr, want[name].best_corr)
+        assert float(reports[name].best_corr.max()) > 0
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["layer '0'", "layer '2'"]
+    assert all("1 batch(es)" in r.getMessage() for r in caplog.records)
+    assert not hasattr(opt, "found_inf")  # the step hook cleans up after itself
+    clean, _, _ = _dendrite_epoch(optimizer, kwargs, False)  # a clean batch does count
+    assert float(clean["0"][0]) == float(without["0"][0]) + 8

@@ -170,8 +170,10 @@ def test_step_arguments_are_checked():
     tracker = pf.Tracker(model, sgd, neuron_patience=1, max_dendrite_epochs=1)
     with pytest.raises(ValueError, match="val_score"):
         tracker.step(None)
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(pf.NonFiniteError, match="NaN"):
         tracker.step(math.nan)
+    with pytest.raises(pf.NonFiniteError, match="val score is inf"):
+        tracker.step(math.inf)
     with pytest.raises(ValueError, match="reserved"):
         tracker.step(0.5, extra={"val": 0.1})
     with pytest.raises(TypeError, match="number"):
@@ -301,3 +303,53 @@ def test_untrained_dendrites_are_added_without_a_dendrite_phase():
     params = {id(p) for g in tracker.optimizer.param_groups for p in g["params"]}
     layer = model.dendrite_layers()["0"]
     assert {id(layer.dendrite_weight), id(layer.output_weight)} <= params  # trained now
+
+
+def test_a_nan_batch_in_the_users_loop_raises_naming_the_layer_and_never_grows():
+    """Default config: a NaN batch makes every weight NaN while an accuracy stays a number;
+    `step` raises before recording the epoch, so the diverged cycle cannot end in a growth."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    model = pf.perforate(net, pf.PerforationConfig())
+    tracker = pf.Tracker(model, lambda p: torch.optim.Adam(p, 1e-2), neuron_patience=1)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
+
+    def epoch(poison: bool) -> float:
+        inputs = x.clone()
+        if poison:
+            inputs[5, 2] = float("nan")
+        tracker.optimizer.zero_grad()
+        F.cross_entropy(tracker.model(inputs), y).backward()
+        tracker.optimizer.step()
+        with torch.no_grad():
+            return float((tracker.model(x).argmax(1) == y).float().mean())  # finite
+
+    tracker.step(epoch(False))
+    before = clone_state(model)
+    score = epoch(True)
+    assert math.isfinite(score)
+    with pytest.raises(pf.NonFiniteError, match=r"epoch 2: parameter '0\.base_layer\.weight' "
+                                                r"of layer '0' is not finite"):
+        tracker.step(score)
+    assert len(tracker.history) == 1 and tracker.epoch == 1 and tracker.phase == "neuron"
+    assert tracker.dendrite_phases == [] and model.num_dendrites == 0
+    assert not tracker.done
+    assert before.keys() == model.state_dict().keys()  # nothing restored, nothing grown
+    assert not bool(model.net[0].base_layer.weight.isfinite().all())
+
+
+def test_a_dendrite_epoch_without_batches_raises_instead_of_installing_a_dead_set():
+    model = tiny_model()
+    tracker = pf.Tracker(model, sgd, neuron_patience=1, dendrite_patience=1,
+                         max_dendrite_epochs=1)
+    tracker.step(0.5)
+    assert tracker.step(0.4).phase == "dendrite"
+    with pytest.raises(PhaseError, match="no batches were seen in this dendrite epoch"):
+        tracker.step()
+    assert tracker.phase == "dendrite" and model.num_dendrites == 0
+    assert len(tracker.history) == 2 and tracker.dendrite_phases == []
+    train_candidates(tracker.model, tracker.optimizer)  # then it goes on as usual
+    decision = tracker.step()
+    assert decision.event == "install" and model.num_dendrites == 1
+    assert tracker.dendrite_phases[-1]["layers"]["0"]["alive"] > 0

@@ -226,7 +226,9 @@ class CandidatePool(nn.Module):
             raise RuntimeError("a distributed pool observes with observe_later")
         batch = self._observed(c, e, mask)
         self.skipped += ~batch.finite
-        return self._learn(batch, *batch.sums)
+        # A skipped batch's gradient is non-finite throughout (not only where e was), so the
+        # candidate optimizer (`skip_nonfinite_steps`) or a GradScaler skips its step.
+        return self._learn(batch, *batch.sums, factor=torch.where(batch.finite, 1.0, torch.nan))
 
     @torch.no_grad()
     def observe_later(self, c: Tensor, e: Tensor, mask: Tensor | None = None) -> None:
@@ -413,7 +415,8 @@ class CandidatePool(nn.Module):
                            mean_improvement=float(gains.mean()) if gain.numel() else 0.0)
 
     def _check_skipped(self, layer_name: str) -> None:
-        """Report the batches skipped for non-finite errors; raise if that was all of them."""
+        """Report the batches skipped for non-finite errors or candidate activations (a
+        WARNING); raise if that was all of them."""
         skipped = int(self.skipped)
         if not skipped:
             return
@@ -421,9 +424,11 @@ class CandidatePool(nn.Module):
         if not bool(self.sums.count > 0):
             raise NonFiniteError(
                 f"layer {layer_name!r}: every batch of the dendrite epoch had non-finite errors "
-                f"({skipped} skipped; check the loss for inf/nan)")
-        logger.info("layer %r: %d batch(es) with non-finite errors left out of the statistics "
-                    "(a loss scaler's overflow steps)", layer_name, skipped)
+                f"or candidate activations ({skipped} skipped; check the inputs and the loss "
+                "for inf/nan)")
+        logger.warning("layer %r: %d batch(es) with non-finite errors or candidate activations "
+                       "left out of the statistics and the candidates' steps (a loss scaler's "
+                       "overflow, or NaN/inf inputs or loss)", layer_name, skipped)
 
     def has_pending(self) -> bool:
         """True if batches were seen (or skipped) since the last closed epoch."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import math
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from .activations import ACTIVATIONS
@@ -46,9 +48,12 @@ ANCHOR: dict[str, Any] = {
     "dendrite_rank": None, "perforated": False}
 
 
-@dataclass
+@dataclass(frozen=True)
 class PerforationConfig:
     """How dendrites are added and trained (see ``docs/algorithm.md``).
+
+    Validated at construction and immutable (selector lists are kept as tuples and
+    `candidate_optimizer_kwargs` as a read-only dict): use `replace` for a changed copy.
 
     Defaults are the document's DEFAULTs. The paper's literal choices are
     ``centering="running"`` and ``normalize_error=False``; its Figure 7 variants are
@@ -96,7 +101,8 @@ class PerforationConfig:
 
     # Secondary knobs: documented DEFAULTs of the algorithm.
     candidate_optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments of the candidate optimizer (betas, momentum, ...)."""
+    """Extra keyword arguments of the candidate optimizer (betas, momentum, ...); checked at
+    construction by building that optimizer on a dummy parameter."""
     candidate_init: str = "normal"
     """"fan_in": candidate weights ~ N(0, candidate_weight_std**2 / fan_in) (pre-activations
     of about the input's scale); "normal": ~ N(0, candidate_weight_std**2)."""
@@ -119,7 +125,8 @@ class PerforationConfig:
     dendrite_inputs: int | None = None
     """None: a dendrite sees all of its neuron's inputs (the paper). m: each dendrite sees m
     of them, drawn at random per candidate, so a set costs m (not fan_in) weights per neuron.
-    (Computed as a masked dense layer: fewer parameters, not less compute.)"""
+    (Computed as a masked dense layer: fewer parameters, not less compute.) A layer whose
+    fan_in is below m keeps its full inputs; `perforate` names those layers in a warning."""
     dendrite_input_selection: str = "random"
     """Which `dendrite_inputs` a new set's dendrites see: "random" (drawn per candidate) or
     "correlation" (per neuron, the m inputs whose correlation with the neuron's error was
@@ -137,6 +144,13 @@ class PerforationConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+        # Immutable all the way down: no list or dict of the caller's stays shared.
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, name, tuple(value))
+        object.__setattr__(self, "candidate_optimizer_kwargs",
+                           _FrozenDict(self.candidate_optimizer_kwargs))
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first invalid field."""
@@ -189,6 +203,8 @@ class PerforationConfig:
         if not isinstance(self.candidate_optimizer_kwargs, dict):
             raise ConfigError("candidate_optimizer_kwargs must be a dict, "
                               f"got {type(self.candidate_optimizer_kwargs).__name__}")
+        _check_optimizer_kwargs(self.candidate_optimizer, self.candidate_lr,
+                                self.candidate_optimizer_kwargs)
 
     @classmethod
     def paper(cls, *, literal: bool = False, **changes: Any) -> PerforationConfig:
@@ -211,6 +227,7 @@ class PerforationConfig:
         out = dataclasses.asdict(self)
         for name in ("target_modules", "exclude_modules"):
             out[name] = _selectors_to_json(getattr(self, name))
+        out["candidate_optimizer_kwargs"] = dict(out["candidate_optimizer_kwargs"])
         return out
 
     @classmethod
@@ -229,6 +246,51 @@ class PerforationConfig:
     def replace(self, **changes: Any) -> PerforationConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+class _FrozenDict(dict):  # type: ignore[type-arg]
+    """A dict that refuses changes (`PerforationConfig.candidate_optimizer_kwargs`); it
+    copies, pickles and compares as a dict."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("PerforationConfig is immutable: use config.replace("
+                        "candidate_optimizer_kwargs={...})")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
+        return type(self), (dict(self),)
+
+
+def candidate_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The ``torch.optim`` class of a `PerforationConfig.candidate_optimizer` name."""
+    return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+            "rmsprop": torch.optim.RMSprop}[name]
+
+
+def _check_optimizer_kwargs(name: str, lr: float, kwargs: dict[str, Any]) -> None:
+    """Build the candidate optimizer on a dummy parameter, so that a bad keyword fails when
+    the config is made, not at the first growth. ``fused=True`` is left out of the trial: it
+    depends on the device of the parameters (`perforate.model.fast_step`)."""
+    cls = candidate_optimizer_class(name)
+    taken = [k for k in kwargs if k in ("params", "lr")]
+    if taken:
+        raise ConfigError(f"candidate_optimizer_kwargs: {taken[0]!r} is set by the library "
+                          "(the candidates' parameters; candidate_lr)")
+    accepted = inspect.signature(cls).parameters
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        raise ConfigError(f"candidate_optimizer_kwargs: {cls.__name__} takes no "
+                          f"{', '.join(map(repr, unknown))}")
+    if kwargs.get("fused") and kwargs.get("foreach"):
+        raise ConfigError("candidate_optimizer_kwargs: 'fused' and 'foreach' cannot both be "
+                          "True")
+    trial = {k: v for k, v in kwargs.items() if not (k == "fused" and v)}
+    try:
+        cls([torch.zeros(1, requires_grad=True)], lr=lr, **trial)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"candidate_optimizer_kwargs {dict(kwargs)!r} are not valid for "
+                          f"{cls.__name__}: {exc}") from exc
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

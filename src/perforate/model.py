@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils import _foreach_utils
 
 from .candidates import EpochReport
-from .config import PerforationConfig
+from .config import PerforationConfig, candidate_optimizer_class
 from .distributed import DistributedSync
 from .errors import PhaseError
 from .layers import CompositeLayer, DendriteLayer, WrapperRegistry, default_registry
@@ -27,6 +27,7 @@ from .masking import sample_mask
 from .storage import check_structure, save_pretrained
 from .targeting import select_targets
 from .targeting import set_submodule as _set_submodule
+from .training.finite import skip_nonfinite_steps
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class PerforatedModel(nn.Module):
             _set_submodule(net, name, wrapper)
         self._fused_paths = disable_fused_transformer(net, (DendriteLayer, CompositeLayer))
         self.net = net
+        _warn_clamped_inputs(config, self.dendrite_layers())
         self._phase = NEURON
         self._requires_grad: dict[str, bool] = {}
         self._norm_state: dict[str, tuple[float | None, Tensor]] = {}
@@ -167,6 +169,7 @@ class PerforatedModel(nn.Module):
         if self._sync is not None:
             self._optimizer.register_step_pre_hook(self._sync.grad_sum_hook(
                 lambda: [p for pool in pools for p in pool.params_to_sum()]))
+        skip_nonfinite_steps(self._optimizer)  # a batch left out of the statistics
         self._phase = DENDRITE
         logger.info("dendrite phase %d: %d candidate(s) per layer", self.num_dendrites + 1,
                     self.config.candidates)
@@ -180,8 +183,7 @@ class PerforatedModel(nn.Module):
         self._sync = sync
 
     def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-               "rmsprop": torch.optim.RMSprop}[self.config.candidate_optimizer]
+        cls = candidate_optimizer_class(self.config.candidate_optimizer)
         kwargs = dict(self.config.candidate_optimizer_kwargs)
         if not {"foreach", "fused"} & kwargs.keys():
             kwargs.update(fast_step(cls, params))
@@ -211,11 +213,18 @@ class PerforatedModel(nn.Module):
     def end_epoch(self) -> dict[str, EpochReport]:
         """Close the epoch's statistics: keep each neuron's best candidate so far, reset sums.
 
-        Raises `NonFiniteError` if non-finite errors or activations were seen.
+        Raises `NonFiniteError` if non-finite errors or activations were seen in every batch
+        of a layer (or leave its candidates non-finite), `PhaseError` if no batch was seen.
         """
         self._require(DENDRITE, "end_epoch()")
+        layers = self.dendrite_layers()
+        if self.trains_candidates and layers and not any(
+                m.candidates.has_pending() for m in layers.values()):  # type: ignore[union-attr]
+            raise PhaseError("no batches were seen in this dendrite epoch; train the candidates "
+                             "(forward and loss.backward() through the model, then the "
+                             "candidate optimizer's step) before ending the epoch")
         return {n: m.candidates.close_epoch(n)  # type: ignore[union-attr]
-                for n, m in self.dendrite_layers().items()}
+                for n, m in layers.items()}
 
     def end_dendrite_phase(self) -> dict[str, dict[str, float]]:
         """Install the best candidate per neuron as a new frozen dendrite set; unfreeze.
@@ -338,6 +347,20 @@ def perforate(net: nn.Module, config: PerforationConfig | None = None, *,
     if config is not None and not isinstance(config, PerforationConfig):
         raise TypeError(f"config must be a PerforationConfig, got {type(config).__name__}")
     return PerforatedModel(net, config or PerforationConfig(), registry)
+
+
+def _warn_clamped_inputs(config: PerforationConfig, layers: dict[str, DendriteLayer]) -> None:
+    """``dendrite_inputs=m`` on a layer whose fan-in is below m: its dendrites see all of
+    their inputs (as with ``dendrite_rank``), not an error, since a network's layers differ
+    in fan-in and one m is meant for the wide ones; said once, as a warning naming them."""
+    m = config.dendrite_inputs
+    if m is None:
+        return
+    clamped = [f"{name!r} ({layer.geometry.fan_in})" for name, layer in layers.items()
+               if layer.geometry.fan_in < m]
+    if clamped:
+        logger.warning("dendrite_inputs=%d is more than the fan-in of %d layer(s): %s; their "
+                       "dendrites see all of their inputs", m, len(clamped), ", ".join(clamped))
 
 
 def fast_step(cls: type[torch.optim.Optimizer], params: list[nn.Parameter]) -> dict[str, bool]:

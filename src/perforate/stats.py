@@ -33,9 +33,9 @@ class ObservedBatch:
     - Mixed precision: c and e are converted to float32 (float64 stays) *before* any product or
       sum, so float16 sums don't overflow and bfloat16 products don't round.
     - Sample masks (`perforate.masking`): a masked position is 0 in c and e and not counted.
-    - A loss-scaler overflow: a batch with a non-finite error at a kept position adds nothing
-      (`sums` are 0 and `finite` False). Decided on the device, without a host sync, and
-      without a pass of its own over e: see `of`.
+    - A loss-scaler overflow or a NaN batch: a batch with a non-finite error or candidate
+      activation at a kept position adds nothing (`sums` are 0 and `finite` False). Decided
+      on the device, without a host sync, and without a pass of its own over e or c: see `of`.
     """
 
     c: Tensor
@@ -47,7 +47,7 @@ class ObservedBatch:
     dtype: torch.dtype
     """dtype of the candidate activations as received (that of their gradient)."""
     finite: Tensor
-    """0-dim bool: the batch's kept errors are all finite."""
+    """0-dim bool: the batch's kept errors and candidate activations are all finite."""
     sums: list[Tensor]
     """The batch's ``[count, cand, err]`` sums (`CorrelationSums.add`), 0 if not `finite`."""
     error_scale: float = 1.0
@@ -65,7 +65,8 @@ class ObservedBatch:
         A non-finite error at a kept position makes its neuron's sum of squared errors
         non-finite (inf² is inf, NaN stays NaN), so finiteness is read from the ``[2, N]``
         error sums rather than from a pass over e; a square overflowing the statistics dtype
-        (|e| > 1.8e19 in float32) counts as non-finite too.
+        (|e| > 1.8e19 in float32) counts as non-finite too. Likewise a non-finite candidate
+        activation reaches its ``Σc²``.
         """
         dt = statistics_dtype(c.dtype, e.dtype)
         c_dtype = c.dtype
@@ -84,9 +85,10 @@ class ObservedBatch:
         if error_scale != 1.0:  # scalars: no host tensor copied to the device per batch
             sce = sce * error_scale
             err = torch.stack([err[0] * error_scale, err[1] * error_scale ** 2])
-        finite = err.isfinite().all()
+        cand = torch.stack([sc, sc2, sce])
+        finite = torch.stack([err.isfinite().all(), cand.isfinite().all()]).all()
         sums = [(finite * positions).to(dt),  # a device op: no host copy
-                torch.where(finite, torch.stack([sc, sc2, sce]), 0.0),
+                torch.where(finite, cand, 0.0),
                 torch.where(finite, err, 0.0)]
         return cls(c=c, e=e, keep=keep, dtype=c_dtype, finite=finite, sums=sums,
                    error_scale=error_scale)

@@ -58,6 +58,7 @@ from .training.checkpoint import (
     saved_config,
     write_checkpoint,
 )
+from .training.finite import check_parameters, check_score
 from .training.optimizers import Optimization, OptimizerFactory, SchedulerFactory
 from .training.records import RunRecords, opt_float
 from .training.rng import TrackedGenerators
@@ -124,6 +125,13 @@ class Tracker:
     """
 
     def __init__(self, model: PerforatedModel | nn.Module, optimizer_factory: OptimizerFactory,
+
+    Divergence: after a neuron-phase epoch `step` checks every parameter (one host sync) and
+    the validation score, and raises `NonFiniteError` naming the first non-finite parameter and
+    its layer, or the score. It raises before it records anything and restores nothing: the
+    tracker is as after the previous `step`, the model keeps the non-finite weights (to
+    inspect), and a run goes on from its last checkpoint (``resume``), e.g. with a lower
+    learning rate. A diverged cycle is never a reason to grow.
                  scheduler_factory: SchedulerFactory | None = None, *, mode: str = "max",
                  neuron_patience: int = 25, dendrite_patience: int = 3,
                  max_dendrite_epochs: int = 25, max_dendrites: int | None = None,
@@ -367,7 +375,9 @@ class Tracker:
         Neuron phase: `val_score` is required (finite); the scheduler is stepped (with
         ``scheduler_interval="epoch"``). Dendrite phase: calls ``model.end_epoch()`` itself;
         missing scores are recorded as the flat values of the restored weights. `extra`: more
-        scores to record (columns of history).
+        scores to record (columns of history). Raises `NonFiniteError` if a parameter or the
+        validation score is not finite (see the class docstring), `PhaseError` for a
+        dendrite epoch without batches.
         """
         if self.done:
             raise PhaseError("training is done: step() after the final decision")
@@ -377,6 +387,10 @@ class Tracker:
                   "val": opt_float("val_score", val_score),
                   "test": opt_float("test_score", test_score)}
         extras = self.records.check_extra(extra)
+        if self.perforated.phase == NEURON:  # a diverged network is no reason to grow
+            check_parameters(self.perforated.net.named_parameters(),
+                             self.perforated.dendrite_layers(),
+                             context=f"epoch {self.schedule.epoch + 1}: ")
         if self.sync is not None:  # every rank decides on the same (mean) scores
             names = [*scores, *extras]
             means, (seconds,) = self.sync.mean_scores(
@@ -397,6 +411,7 @@ class Tracker:
                 self.records.keep_cycle_best(scores, extras, self.schedule.epoch)
             self.optimization.end_epoch(scores["val"])
         else:
+            check_score("val", scores["val"], context=f"epoch {self.schedule.epoch + 1}: ")
             reports = model.end_epoch()
             improvement = max((r.improvement for r in reports.values()), default=0.0)
             best = torch.cat([r.best_corr.reshape(-1) for r in reports.values()])

@@ -5,7 +5,9 @@
 - `snapshots`: copies of the best weights of the current cycle and of the best cycle;
 - `records`: the run's records (per epoch, per cycle, per dendrite phase) and score checks;
 - `rng`: random number generator states, global and the DataLoaders';
-- `checkpoint`: the checkpoint files (format, atomic write, read, the deployable weights).
+- `checkpoint`: the checkpoint files (format, atomic write, read, the deployable weights);
+- `finite`: divergence checks (parameters and scores after an epoch; candidate steps whose
+  gradients are not finite are skipped).
 """
 
 from .optimizers import (

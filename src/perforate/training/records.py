@@ -14,13 +14,15 @@ import numpy as np
 from torch import Tensor
 
 from .. import artifacts
+from ..errors import NonFiniteError
 from ..metrics import error_reduction
 
 Scores = dict[str, float | None]
 
 
 def opt_float(name: str, value: Any) -> float | None:
-    """`value` as a float (a number or a one-element tensor), None kept; NaN is an error."""
+    """`value` as a float (a number or a one-element tensor), None kept; NaN is a
+    `NonFiniteError`."""
     if value is None:
         return None
     if isinstance(value, Tensor):
@@ -29,7 +31,7 @@ def opt_float(name: str, value: Any) -> float | None:
         raise TypeError(f"{name} must be a number or None, got {type(value).__name__}")
     value = float(value)
     if math.isnan(value):
-        raise ValueError(f"{name} is NaN (did the loss diverge?)")
+        raise NonFiniteError(f"{name} is NaN (did the loss diverge?)")
     return value
 
 

@@ -381,16 +381,16 @@ class Tracker:
         """
         if self.done:
             raise PhaseError("training is done: step() after the final decision")
+        if self.perforated.phase == NEURON:  # a diverged network is no reason to grow
+            check_parameters(self.perforated.net.named_parameters(),
+                             self.perforated.dendrite_layers(),
+                             context=f"epoch {self.schedule.epoch + 1}: ")
         now = time.perf_counter()
         seconds, self._last_time = now - self._last_time, now
         scores = {"train": opt_float("train_score", train_score),
                   "val": opt_float("val_score", val_score),
                   "test": opt_float("test_score", test_score)}
         extras = self.records.check_extra(extra)
-        if self.perforated.phase == NEURON:  # a diverged network is no reason to grow
-            check_parameters(self.perforated.net.named_parameters(),
-                             self.perforated.dendrite_layers(),
-                             context=f"epoch {self.schedule.epoch + 1}: ")
         if self.sync is not None:  # every rank decides on the same (mean) scores
             names = [*scores, *extras]
             means, (seconds,) = self.sync.mean_scores(
@@ -405,13 +405,13 @@ class Tracker:
         if phase == NEURON:
             if scores["val"] is None:
                 raise ValueError("step() needs a val_score in the neuron phase")
+            check_score("val", scores["val"], context=f"epoch {self.schedule.epoch + 1}: ")
             decision = self.schedule.neuron_epoch(scores["val"])
             if decision.new_best:
                 self.snapshots.keep_cycle_best(model)
                 self.records.keep_cycle_best(scores, extras, self.schedule.epoch)
             self.optimization.end_epoch(scores["val"])
         else:
-            check_score("val", scores["val"], context=f"epoch {self.schedule.epoch + 1}: ")
             reports = model.end_epoch()
             improvement = max((r.improvement for r in reports.values()), default=0.0)
             best = torch.cat([r.best_corr.reshape(-1) for r in reports.values()])

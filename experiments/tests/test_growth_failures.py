@@ -1,0 +1,144 @@
+"""The growth-failure analysis (`perforate_experiments.report.growth`) on a tiny synthetic
+results directory: no-set rates, the first post-growth cycle's fields, the early effect
+against the restart control, and the retry comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scipy import stats
+
+from perforate_experiments.report import growth
+from perforate_experiments.runner import result_path, write_json_atomic
+
+OPTS = {"h": 8}
+C0 = [0.50, 0.60]
+# per variant and seed: (the cycles' validation scores, final test)
+RUNS: dict[str, dict[int, tuple[list[list[float]], float]]] = {
+    "pb": {0: ([C0, [0.55, 0.59, 0.58, 0.57]], 0.60),
+           1: ([C0, [0.58, 0.56, 0.57, 0.58]], 0.61),
+           2: ([C0, [0.59, 0.62, 0.61, 0.60, 0.60]], 0.63)},
+    "restart": {0: ([C0, [0.56, 0.59, 0.61, 0.58]], 0.60),
+                1: ([C0, [0.58, 0.57, 0.56, 0.55]], 0.59),
+                2: ([C0, [0.59, 0.60, 0.58, 0.57]], 0.59)},
+    "pb-retry": {0: ([C0, [0.55, 0.59, 0.58, 0.57], [0.60, 0.62, 0.61, 0.60, 0.60]], 0.62),
+                 1: ([C0, [0.58, 0.56, 0.57, 0.58], [0.57, 0.58, 0.59, 0.58]], 0.61),
+                 2: ([C0, [0.59, 0.62, 0.61, 0.60, 0.60]], 0.64)},
+}
+
+
+def make_row(variant: str, seed: int, cycles: list[list[float]], final_test: float,
+             **extra: Any) -> dict[str, Any]:
+    """A result row whose architectures, history and final cycle follow `cycles`."""
+    archs, history, best, final_cycle, epoch = [], [], None, 0, 0
+    for i, vals in enumerate(cycles):
+        improved = best is None or max(vals) > best
+        if improved:
+            best, final_cycle = max(vals), i
+        archs.append({"cycle": i, "dendrites": 0 if variant == "restart" else i,
+                      "params": 100, "epochs": len(vals), "best_val": max(vals),
+                      "test": max(vals), "improved": improved, "kept": False})
+        for v in vals:
+            epoch += 1
+            history.append({"epoch": epoch, "phase": "neuron", "dendrites": i, "val": v,
+                            "test": v, "seconds": 0.1})
+    tracker = {"neuron_patience": 3, **({"add_dendrites": False} if variant == "restart"
+                                        else {})}
+    return {"experiment": "frontier-1d", "variant": variant, "seed": seed, "quick": False,
+            "options": OPTS, "metric": "accuracy", "decision_metric": "accuracy",
+            "first_test": 0.5, "final_test": final_test, "final_cycle": final_cycle,
+            "final_dendrites": 0 if variant == "restart" else final_cycle,
+            "architectures": archs, "history": history, "tracker": tracker, **extra}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("results")
+    rows = [make_row(v, s, c, t) for v, runs in RUNS.items() for s, (c, t) in runs.items()]
+    rows.append(make_row("plain", 0, [C0], 0.6))  # never grows: left out
+    rows.append({"experiment": "frontier-1d", "variant": "perforatedai", "seed": 0,
+                 "options": OPTS, "final_test": 0.6, "final_dendrites": 0, "history": []})
+    for r in rows:
+        write_json_atomic(result_path(out, r["experiment"], r["variant"], r["seed"],
+                                      r["options"], False), r)
+    return out
+
+
+@pytest.fixture(scope="module")
+def analysed(results: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    path = tmp_path_factory.mktemp("json") / "growth_failures.json"
+    assert growth.main([str(results), "--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def group(analysed: dict[str, Any], variant: str) -> dict[str, Any]:
+    (g,) = [g for g in analysed["groups"] if g["variant"] == variant]
+    return g
+
+
+def test_rates_per_variant(analysed: dict[str, Any]) -> None:
+    assert [g["variant"] for g in analysed["groups"]] == ["pb", "restart", "pb-retry",
+                                                          "perforatedai"]
+    counts = {g["variant"]: (g["runs"], g["kept_none"], g["rate"]) for g in analysed["groups"]}
+    assert counts["pb"] == (3, 2, pytest.approx(2 / 3))
+    assert counts["restart"] == (3, 2, pytest.approx(2 / 3))
+    assert counts["pb-retry"] == (3, 1, pytest.approx(1 / 3))
+    assert counts["perforatedai"] == (1, 1, 1.0)  # no architectures: final_dendrites == 0
+    assert group(analysed, "pb")["options"] == OPTS
+
+
+def test_first_post_growth_cycle_fields(analysed: dict[str, Any]) -> None:
+    pb = group(analysed, "pb")
+    none, kept = pb["no_set"], pb["kept"]
+    assert none["seeds"] == [0, 1] and kept["seeds"] == [2]
+    assert none["epochs"]["values"] == [4, 4]
+    assert none["best_epoch"]["values"] == [2, 1]  # a tie keeps the earlier epoch
+    assert none["gap"]["values"] == pytest.approx([-1.0, -2.0])
+    assert none["first_epoch_gap"]["values"] == pytest.approx([-5.0, -2.0])
+    assert none["tail_slope"]["values"] == pytest.approx([-1.0, 1.0])  # last 3 epochs
+    assert none["rising"] == 1 and none["n"] == 2
+    assert none["gap"]["mean"] == pytest.approx(-1.5)
+    # the restart control's cycle 1 on the no-set seeds: improved on seed 0, not on seed 1
+    assert (none["restart_cycle1_improved"], none["restart_compared"]) == (1, 2)
+    assert kept["gap"]["values"] == pytest.approx([2.0])
+    assert kept["best_epoch"]["values"] == [2]
+    assert (kept["restart_cycle1_improved"], kept["restart_compared"]) == (0, 1)
+    retry = group(analysed, "pb-retry")
+    assert (retry["failed_cycles_followed"], retry["rescued"]) == (2, 1)
+
+
+def test_early_effect_against_restart(analysed: dict[str, Any]) -> None:
+    early = group(analysed, "pb")["early_effect"]
+    assert early["seeds"] == [0, 1, 2]
+    assert early["n"][:5] == [3, 3, 3, 3, 0]
+    assert early["mean"][0] == pytest.approx(-1 / 3)
+    assert early["mean_abs"][0] == pytest.approx(1 / 3)
+    assert early["mean"][1] == pytest.approx(1 / 3)
+    assert early["mean_abs"][1] == pytest.approx(1.0)
+    assert early["mean"][4] is None
+    assert group(analysed, "restart")["early_effect"] is None
+
+
+def test_retry_compared_with_base_by_seed(analysed: dict[str, Any]) -> None:
+    per_h, pooled = analysed["comparisons"]
+    diffs = [2.0, 0.0, 1.0]
+    expected_p = stats.ttest_rel([0.62, 0.61, 0.64], [0.60, 0.61, 0.63]).pvalue
+    for c in (per_h, pooled):
+        assert (c["base"], c["alt"]) == ("pb", "pb-retry")
+        assert (c["n"], c["base_kept_none"], c["alt_kept_none"]) == (3, 2, 1)
+        assert c["mean_diff_points"] == pytest.approx(sum(diffs) / 3)
+        assert c["std_points"] == pytest.approx(1.0)
+        assert (c["better"], c["worse"]) == (2, 0)
+        assert c["t_p"] == pytest.approx(expected_p)
+    assert per_h["options"] == OPTS and pooled["options"] == "pooled"
+
+
+def test_cycle_vals_rejects_a_history_that_does_not_match() -> None:
+    row = make_row("pb", 0, [C0, [0.55, 0.59]], 0.6)
+    assert growth.cycle_vals(row) == [C0, [0.55, 0.59]]
+    row["architectures"][1]["best_val"] = 0.7
+    assert growth.cycle_vals(row) is None
+    assert growth.first_growth(row) is None

@@ -8,8 +8,9 @@ A wrapper's dendrites use the layer's weight as its `Geometry` lays it out: per-
 ``x @ weight.T``) would fail at the first forward after growth, or, for a square layer,
 silently compute with transposed weights. So the layer's neurons are computed both ways on a
 small random batch, with random weights (a zero or symmetric weight could hide a
-transposition), and compared: the layer's own forward, and the geometry's `stacked` over the
-same weights.
+transposition), and compared: the layer's own forward (``torch.func.functional_call``: the
+layer's forward hooks see this one batch), and the geometry's `stacked` over the same weights.
+Layers of the pairings `default_registry` makes are not run.
 """
 
 from __future__ import annotations

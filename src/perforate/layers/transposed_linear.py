@@ -50,8 +50,9 @@ class TransposedLinear(DendriteLayer):
     """Hugging Face's ``Conv1D`` (``x @ weight + bias``, weight ``[in, out]``) with dendrites;
     the original layer is ``base_layer`` (its ``weight`` keeps its ``[in, out]`` layout).
 
-    `pf.export` turns a layer with dendrites into a fused ``nn.Linear`` (weight ``[out, in]``),
-    one without into a copy of the original. ``dendrite_rank`` does not apply to it.
+    `pf.export` turns a layer with dendrites into a fused ``nn.Linear`` (weight ``[out, in]``;
+    a weight shared with another module is copied, not kept tied), one without into a copy of
+    the original. ``dendrite_rank`` does not apply to it (`ConfigError`).
     """
 
     geometry_cls = TransposedLinearGeometry

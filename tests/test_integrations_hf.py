@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import importlib
+import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +28,7 @@ from transformers import (
 )
 
 import perforate as pf
-from perforate.errors import ConfigError, MissingExtraError, PhaseError
+from perforate.errors import ConfigError, LoadError, MissingExtraError, PhaseError
 from perforate.integrations.hf import PerforateTrainerCallback
 
 transformers.logging.set_verbosity_error()
@@ -198,13 +201,6 @@ def test_a_run_cut_short_warns_and_evaluations_outside_training_are_ignored(tmp_
         trainer.train()
 
 
-def test_trainer_checkpoints_are_warned_about(tmp_path, caplog):
-    net = tiny_bert()
-    PerforateTrainerCallback(pf.perforate(net), make_trainer(tmp_path, net,
-                                                             save_strategy="epoch"))
-    assert "pmodel.save_pretrained" in caplog.text and "'epoch'" in caplog.text
-
-
 @pytest.mark.parametrize(("overrides", "match"), [
     ({"eval_strategy": "no"}, "eval_strategy='no'"),
     ({"load_best_model_at_end": True, "save_strategy": "epoch"}, "load_best_model_at_end"),
@@ -317,3 +313,130 @@ def test_a_grad_scaler_steps_each_new_optimizer(tmp_path):
     assert phases[:4] == ["neuron"] * 4 and "dendrite" in phases and phases[-1] == "neuron"
     assert len(probe.steps) == 2 * len(callback.tracker.history)  # 4 batches, 2 per step
     assert all(s["is_tracker_optimizer"] and s["moved"] for s in probe.steps)
+
+
+# ------------------------------------------------------------------ Trainer checkpoints
+class ByNeuronEpoch:
+    """compute_metrics scripted by the tracker's neuron epochs so far: the same scores in a
+    resumed run as in the uninterrupted one (the tracker's history is restored)."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = scores
+        self.callback: PerforateTrainerCallback | None = None
+
+    def __call__(self, _: Any) -> dict[str, float]:
+        done = sum(r["phase"] == "neuron" for r in self.callback.tracker.history)
+        return {"score": self.scores[done]}
+
+
+def checkpointed_run(out: Any, resume: str | None = None,
+                     config: pf.PerforationConfig | None = None) -> PerforateTrainerCallback:
+    """A cycle with a dendrite phase and one install, a Trainer checkpoint every epoch (4
+    steps); a fresh model, callback and Trainer each time, as in a new process."""
+    net = tiny_bert()
+    pmodel = pf.perforate(net, config or pf.PerforationConfig.paper(candidates=2, seed=0))
+    metric = ByNeuronEpoch([0.5, 0.4, 0.7, 0.8, 0.6])
+    trainer = make_trainer(out, net, compute_metrics=metric, save_strategy="epoch",
+                           logging_strategy="steps", logging_steps=1)
+    callback = PerforateTrainerCallback(pmodel, trainer, monitor="score", neuron_patience=1,
+                                        dendrite_patience=1, max_dendrite_epochs=2,
+                                        max_dendrites=1, plot=False)
+    metric.callback = callback
+    trainer.train(resume_from_checkpoint=resume)
+    return callback
+
+
+def checkpoints(out: Any) -> dict[str, dict[str, Any]]:
+    """``{checkpoint dir: its checkpoint.json}``, in step order."""
+    dirs = sorted((out / "hf").glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[1]))
+    return {str(d): json.loads((d / "checkpoint.json").read_text()) for d in dirs}
+
+
+def without_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+
+
+def steps_after(callback: PerforateTrainerCallback, step: int) -> list[tuple[Any, ...]]:
+    """The Trainer's log of each optimizer step after `step`: loss, learning rate, norm."""
+    return [(h["step"], h["loss"], h["learning_rate"], h["grad_norm"])
+            for h in callback.trainer.state.log_history if "loss" in h and h["step"] > step]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: Any) -> tuple[Any, PerforateTrainerCallback]:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    return out, checkpointed_run(out)
+
+
+def test_a_resumed_trainer_run_equals_the_uninterrupted_one(uninterrupted, tmp_path, caplog):
+    out, full = uninterrupted
+    tracker = full.tracker
+    assert tracker.done and full.model.num_dendrites == 1
+    assert [r["phase"] for r in tracker.history] == ["neuron"] * 2 + ["dendrite"] * 2 + [
+        "neuron"] * 3
+    saved = checkpoints(out)
+    assert [m["epoch"] for m in saved.values()] == [1, 2, 3, 4, 5, 6, 7]  # one per epoch
+    # One checkpoint inside the dendrite phase (candidates training), one after the growth
+    # and before the best epoch (6), whose weights the finished run keeps.
+    in_phase = next(d for d, m in saved.items() if m["phase"] == "dendrite")
+    grown = next(d for d, m in saved.items() if m["dendrites"] == 1 and m["epoch"] == 5)
+    assert tracker.final_architecture["best_epoch"] == 6
+    for checkpoint in (in_phase, grown):
+        resumed = checkpointed_run(tmp_path / checkpoint[-2:], resume=checkpoint)
+        # Bitwise equal, not allclose: the same CPU kernels run on the same values in the
+        # same order, with the Trainer's RNG states restored (BERT's dropout draws), so any
+        # difference means some state (schedule, optimizer moments, candidates) was lost.
+        step = 4 * saved[checkpoint]["epoch"]
+        assert steps_after(resumed, step) == steps_after(full, step)
+        assert len(steps_after(full, step)) == 28 - step
+        mine, theirs = resumed.model.state_dict(), full.model.state_dict()
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine), checkpoint
+        assert resumed.model.num_dendrites == 1 and resumed.tracker.done
+        assert without_times(resumed.tracker.history) == without_times(tracker.history)
+        assert without_times(resumed.tracker.architectures) == without_times(
+            tracker.architectures)
+        assert resumed.tracker.stop_reason == tracker.stop_reason
+        assert resumed.trainer.state.global_step == full.trainer.state.global_step == 28
+    assert "cannot resume" not in caplog.text and "options differ" not in caplog.text
+
+
+def test_trainer_checkpoints_hold_the_perforate_state_and_load_with_pf_load(uninterrupted):
+    out, _ = uninterrupted
+    grown = next(d for d, m in checkpoints(out).items() if m["dendrites"] == 1)
+    state = torch.load(f"{grown}/checkpoint.pt", weights_only=True)  # no pickled objects
+    assert state["format"] == "perforate-tracker" and state["rng"] is not None
+    assert state["model"]["structure"] and set(state["model"]["structure"].values()) == {1}
+    # the directory is also a pmodel.save_pretrained one: pf.load rebuilds its model
+    loaded = pf.load(grown, tiny_bert())
+    assert loaded.num_dendrites == 1
+    weights = {k.removeprefix("net."): v for k, v in state["model"]["state_dict"].items()}
+    assert all(torch.equal(v, weights[k]) for k, v in loaded.net.state_dict().items())
+    assert not any(f.name.startswith(".") for f in Path(grown).iterdir())  # no temp files
+
+
+def test_resuming_what_the_callback_cannot_continue_is_refused(uninterrupted, tmp_path):
+    out, _ = uninterrupted
+    saved = checkpoints(out)
+    last = list(saved)[-1]
+    assert saved[last]["done"]
+    with pytest.raises(PhaseError, match="done: nothing to resume"):
+        checkpointed_run(tmp_path / "a", resume=last)
+    plain = tmp_path / "plain"  # a Trainer checkpoint without the callback's files
+    shutil.copytree(list(saved)[1], plain)
+    (plain / "checkpoint.pt").unlink()
+    with pytest.raises(LoadError, match="not saved with a PerforateTrainerCallback"):
+        checkpointed_run(tmp_path / "b", resume=str(plain))
+    with pytest.raises(LoadError, match=r"another config .*candidates"):
+        checkpointed_run(tmp_path / "c", resume=list(saved)[1],
+                         config=pf.PerforationConfig.paper(candidates=3, seed=0))
+    # restored, but the Trainer starts from step 0: refused before any training
+    net = tiny_bert()
+    pmodel = pf.perforate(net, pf.PerforationConfig.paper(candidates=2, seed=0))
+    trainer = make_trainer(tmp_path / "d", net)
+    callback = PerforateTrainerCallback(pmodel, trainer, plot=False)
+    callback.restore(list(saved)[1])
+    assert len(callback.tracker.history) == 2
+    with pytest.raises(PhaseError, match="starts at step 0"):
+        trainer.train()
+    assert trainer.state.global_step == 0

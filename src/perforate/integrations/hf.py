@@ -16,23 +16,33 @@ run's ``max_steps``); in a dendrite phase the Trainer steps the candidate optimi
 constant schedule. The accelerate wrapper the training loop holds stays the same object; its
 inner optimizer is replaced.
 
+Each Trainer checkpoint (``save_strategy``) also gets the tracker's state (``checkpoint.pt``,
+``checkpoint.json``) and the model as ``pmodel.save_pretrained`` writes it (so
+``pf.load(checkpoint, fresh_net)`` reads it); ``trainer.train(resume_from_checkpoint=...)``
+with a fresh model and callback (same config and options) continues the run exactly: the
+callback restores the dendrite structure, weights, candidates and tracker before the Trainer's
+optimizer, scheduler and RNG states.
+
 Needs ``pip install 'perforate[hf]'`` (transformers and accelerate); importing this module
 without them raises `MissingExtraError`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .._extras import require
-from ..errors import ConfigError, PhaseError
+from ..errors import ConfigError, LoadError, PhaseError
 from ..model import DENDRITE, NEURON, PerforatedModel
-from ..tracker import Decision, Tracker
+from ..tracker import Decision, Tracker, read_checkpoint
 
 transformers = require("transformers", "hf", "perforate.integrations.hf")
 require("accelerate", "hf", "perforate.integrations.hf (the Trainer)")
@@ -85,6 +95,7 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
         self._tracker: Tracker | None = None
         self._active = False
         self._last_step = -1
+        self._resumed: tuple[Path, int | None] | None = None  # restored checkpoint, its step
         if trainer is not None:
             self.bind(trainer)
 
@@ -110,12 +121,6 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
                               "scheduler are rebuilt after every restructure; configure them "
                               "with TrainingArguments, optimizer_cls_and_kwargs, or by "
                               "overriding create_optimizer / create_scheduler")
-        if trainer.args.save_strategy != "no":
-            logger.warning("the Trainer's checkpoints (save_strategy=%r) cannot resume a "
-                           "perforated run, and from_pretrained re-initialises their wrapped "
-                           "layers: save the model with pmodel.save_pretrained (or the "
-                           "tracker's out_dir)", getattr(trainer.args.save_strategy, "value",
-                                                          trainer.args.save_strategy))
         self.trainer = trainer
         try:
             self._tracker = Tracker(self.model, self._build_optimizer, mode=self.mode,
@@ -125,7 +130,58 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
             raise
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
+        if hasattr(trainer, "_load_from_checkpoint"):
+            # resume_from_checkpoint loads the weights through this method before any callback
+            # event, into a model that must already have the checkpoint's dendrites: restore
+            # the perforate state there instead (it holds the same weights, and candidates).
+            trainer._load_from_checkpoint = self._load_from_checkpoint
         return self
+
+    def restore(self, checkpoint: str | os.PathLike[str]) -> None:
+        """Bring the model and tracker to a Trainer checkpoint's state (dendrite sets,
+        weights, candidates, history) and give the Trainer the tracker's optimizer.
+
+        ``trainer.train(resume_from_checkpoint=...)`` calls it (in place of the Trainer's own
+        weight loading); call it yourself only where a Trainer does not, before that
+        ``train``. Raises `LoadError` if `checkpoint` holds no perforate state or does not fit
+        the model, `PhaseError` if its run is already done.
+        """
+        tracker, trainer = self.tracker, self.trainer
+        directory = Path(checkpoint)
+        try:
+            state = read_checkpoint(directory)
+        except LoadError as exc:
+            raise LoadError(f"{exc}: {directory} was not saved with a PerforateTrainerCallback "
+                            "(or its save was cut short): resume from another checkpoint") from None
+        if state["schedule"]["done"]:
+            raise PhaseError(f"the perforated run of {directory} is done: nothing to resume; "
+                             "load its model with pf.load(checkpoint, fresh_model)")
+        saved_config = json.loads(state["config"])
+        config = json.loads(json.dumps(self.model.config.to_dict()))  # as saved: lists
+        if saved_config != config:
+            differ = sorted(k for k in set(saved_config) | set(config)
+                            if saved_config.get(k) != config.get(k))
+            raise LoadError(f"{directory} was perforated with another config ({', '.join(differ)}"
+                            "): perforate the fresh model with the checkpoint's config")
+        mine = tracker.settings()
+        differ = sorted(k for k, v in state["settings"].items() if mine.get(k) != v)
+        if differ:
+            logger.warning("the callback's tracker options differ from the checkpoint's (%s): "
+                           "the resumed run follows this callback's", ", ".join(differ))
+        try:
+            tracker.load_state_dict(state, restore_rng=False)  # the Trainer restores its RNGs
+        except (RuntimeError, KeyError) as exc:
+            raise LoadError(f"{directory} does not fit the model: {exc}") from exc
+        # The Trainer prepares this optimizer and loads optimizer.pt (the same state) into it.
+        trainer.optimizer = tracker.optimizer
+        self._resumed = (directory, _global_step(directory))
+        logger.info("restored %s: epoch %d, %s phase, %d dendrite set(s)", directory,
+                    tracker.epoch, tracker.phase, self.model.num_dendrites)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """The bound Trainer's ``_load_from_checkpoint``: the perforate state has the
+        weights, in the structure they need."""
+        self.restore(resume_from_checkpoint)
 
     def _build_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """The tracker's optimizer factory: the Trainer's own recipe over the network's
@@ -144,12 +200,33 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         tracker = self.tracker
         _check_trainer(self.trainer, self.model)
-        if tracker.epoch > 0 or state.global_step > 0:
-            raise PhaseError("a perforated run is one trainer.train() call from the start: "
-                             "resuming (or training again) is not supported; build a new "
-                             "model and callback")
+        resumed, self._resumed = self._resumed, None
+        if resumed is None and (tracker.epoch > 0 or state.global_step > 0):
+            raise PhaseError("a perforated run is one trainer.train() call from the start, or "
+                             "from a checkpoint the callback saved (trainer.train("
+                             "resume_from_checkpoint=...)); training again is not supported: "
+                             "build a new model and callback")
+        if resumed is not None and (state.global_step == 0 or resumed[1] not in (
+                None, state.global_step)):
+            raise PhaseError(f"the callback restored {resumed[0]} but the Trainer starts at "
+                             f"step {state.global_step}: pass the same checkpoint to "
+                             "trainer.train(resume_from_checkpoint=...)")
         self._active, self._last_step = True, state.global_step
         self._install(state)
+        if resumed is not None:
+            self._restore_schedule(resumed[0])
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Add the tracker's state and the perforated model to the checkpoint just saved."""
+        if not self._active or not args.should_save:
+            return
+        prefix = transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
+        directory = Path(args.output_dir) / f"{prefix}-{state.global_step}"
+        if not directory.is_dir():
+            raise ConfigError(f"the Trainer's checkpoint {directory} is missing: the callback "
+                              "saves the perforate state only beside checkpoints in output_dir")
+        self.tracker.save_checkpoint(directory)  # checkpoint.pt (atomic), checkpoint.json
+        self.model.save_pretrained(directory)  # pf.load(directory, fresh_net) reads it
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._dendrite_epoch(state, control)
@@ -197,6 +274,20 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
             control.should_training_stop = True
         return decision
 
+    def _restore_schedule(self, directory: Path) -> None:
+        """Load the checkpoint's learning-rate schedule into the scheduler `_install` built,
+        and put its last rate back into the optimizer (building the scheduler reset it)."""
+        path = directory / "scheduler.pt"
+        if not path.is_file():
+            logger.warning("%s holds no scheduler.pt (save_only_model?): the learning-rate "
+                           "schedule restarts", directory)
+            return
+        scheduler = self.trainer.lr_scheduler
+        scheduler.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        for group, lr in zip(self.trainer.optimizer.param_groups, scheduler.get_last_lr(),
+                             strict=True):
+            group["lr"] = lr
+
     def _install(self, state: Any) -> None:
         """Put the tracker's optimizer into the Trainer, with a fresh scheduler over it."""
         trainer, optimizer = self.trainer, self.tracker.optimizer
@@ -217,6 +308,14 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
             trainer.lr_scheduler = scheduler
         handler = trainer.callback_handler
         handler.optimizer, handler.lr_scheduler = wrapper, scheduler
+
+
+def _global_step(directory: Path) -> int | None:
+    """The step of a Trainer checkpoint (its ``trainer_state.json``), None if unreadable."""
+    try:
+        return int(json.loads((directory / "trainer_state.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _is_accelerated(optimizer: Any) -> bool:

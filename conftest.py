@@ -18,7 +18,8 @@ import torch
 #: Test files by marker (paths relative to the repository root). A file not named here is fast.
 MARKED_FILES: dict[str, tuple[str, ...]] = {
     "distributed": ("tests/test_distributed.py",),
-    "integrations": ("tests/test_integrations_hf.py", "tests/test_integrations_lightning.py"),
+    "integrations": ("tests/test_integrations_hf.py", "tests/test_integrations_lightning.py",
+                     "tests/test_conv1d.py"),
     "slow": ("tests/test_zoo.py", "tests/test_rnn.py", "tests/test_attention.py",
              "tests/test_cli.py", "tests/test_fit.py", "tests/test_resume.py",
              "tests/test_planted.py", "tests/test_packaging.py", "tests/test_torch_floor.py",

@@ -16,7 +16,7 @@ from perforate.errors import CLIError
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from .registry import get_experiment
-    from .runner import parse_seeds, run_sweep
+    from .runner import parse_only, parse_seeds, run_sweep
 
     exp = get_experiment(args.name)
     seeds = parse_seeds(args.seeds) if args.seeds else list(exp.default_seeds)
@@ -24,7 +24,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
     counts = run_sweep(exp.name, seeds, variants, quick=args.quick, out=args.out,
-                       device=args.device)
+                       device=args.device, only=parse_only(args.only) or None)
     print(f"{exp.name}: {counts['done']} run(s) done, {counts['skipped']} already on disk, "
           f"{counts['failed']} failed; results in {args.out}")
     return 1 if counts["failed"] else 0
@@ -44,13 +44,16 @@ def add_commands(sub: Any) -> None:
     """Add ``experiment`` and ``report`` to the ``perforate`` command's subparsers `sub`."""
     run = sub.add_parser("experiment", help="run a paper experiment's sweep (resumable)",
                          description="Run every (variant, seed) of an experiment not yet on "
-                         "disk, one process each: fashion-mnist, ablation, tox21, physionet, "
-                         "timing.")
+                         "disk, one process each: frontier, frontier-1d, fashion-mnist, ablation, "
+                         "tox21, physionet, timing, lm.")
     run.add_argument("name", metavar="NAME")
     run.add_argument("--seeds", metavar="LIST", help="e.g. 0-9 or 0,2,5 (default: the "
                      "experiment's own)")
     run.add_argument("--variant", action="append", default=[], metavar="NAME[,NAME]",
                      help="run only these variants (default: all of the experiment's)")
+    run.add_argument("--only", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
+                     help="run only the runs whose option KEY has one of these values (e.g. "
+                     "--only net=tf16,lstm32 for lm)")
     run.add_argument("--quick", action="store_true", help="tiny protocol (smoke test)")
     run.add_argument("--out", default="runs/experiments", metavar="DIR")
     run.add_argument("--device", default="cpu")

@@ -11,7 +11,7 @@ def experiments() -> dict[str, Experiment]:
 
     found = [fashion_mnist.EXPERIMENT, ablation.EXPERIMENT, frontier.EXPERIMENT,
              frontier_1d.EXPERIMENT]
-    for module in ("tox21", "physionet", "timing"):
+    for module in ("tox21", "physionet", "timing", "lm"):
         try:
             spec = __import__(f"{__package__}.specs.{module}", fromlist=["EXPERIMENT"])
         except ModuleNotFoundError as exc:

@@ -76,9 +76,22 @@ def _ordered(variants: Sequence[str]) -> list[str]:
     return sorted(variants, key=lambda v: 0 if v in first else 2 if v in WIDTH_CONTROLS else 1)
 
 
+def parse_only(texts: Iterable[str]) -> dict[str, list[str]]:
+    """``["net=tf16,lstm32"]`` -> ``{"net": ["tf16", "lstm32"]}`` (values as text)."""
+    only: dict[str, list[str]] = {}
+    for text in texts:
+        key, sep, values = text.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ValueError(f"bad --only {text!r}: use KEY=VALUE[,VALUE] (e.g. net=tf16)")
+        only.setdefault(key.strip(), []).extend(v.strip() for v in values.split(",") if v)
+    return only
+
+
 def plan(name: str, seeds: Iterable[int], variants: Sequence[str] | None, quick: bool,
-         out: Path) -> list[tuple[str, int, dict[str, Any], Path]]:
-    """Every (variant, seed, options, path) of the sweep, finished ones included."""
+         out: Path, only: Mapping[str, Sequence[str]] | None = None,
+         ) -> list[tuple[str, int, dict[str, Any], Path]]:
+    """Every (variant, seed, options, path) of the sweep, finished ones included; with `only`,
+    just the runs whose option KEY is one of ``only[KEY]`` (compared as text)."""
     exp = get_experiment(name)
     chosen = list(variants or exp.variants)
     unknown = [v for v in chosen if v not in exp.variants]
@@ -89,6 +102,9 @@ def plan(name: str, seeds: Iterable[int], variants: Sequence[str] | None, quick:
     for seed in seeds:
         for variant in _ordered(chosen):
             for options in exp.option_grid(variant):
+                if only and any(str(options.get(k)) not in set(map(str, v))
+                                for k, v in only.items()):
+                    continue
                 runs.append((variant, seed, options,
                              result_path(out, name, variant, seed, options, quick)))
     return runs
@@ -96,11 +112,12 @@ def plan(name: str, seeds: Iterable[int], variants: Sequence[str] | None, quick:
 
 def run_sweep(name: str, seeds: Iterable[int], variants: Sequence[str] | None = None, *,
               quick: bool = False, out: str | Path = "runs", device: str = "cpu",
-              stop_on_error: bool = False) -> dict[str, int]:
+              stop_on_error: bool = False,
+              only: Mapping[str, Sequence[str]] | None = None) -> dict[str, int]:
     """Run every missing (variant, seed, options) of `name`, each in its own process."""
     out = Path(out)
     counts = {"done": 0, "skipped": 0, "failed": 0}
-    for variant, seed, options, path in plan(name, seeds, variants, quick, out):
+    for variant, seed, options, path in plan(name, seeds, variants, quick, out, only):
         if path.exists():
             counts["skipped"] += 1
             continue

@@ -25,12 +25,21 @@ def test_parse_seeds() -> None:
 
 def test_registry_has_the_seven_experiments() -> None:
     assert set(experiments()) == {"fashion-mnist", "ablation", "tox21", "physionet", "timing",
-                                  "frontier", "frontier-1d"}
+                                  "frontier", "frontier-1d", "lm"}
     assert get_experiment("ablation").variants == (
         "pb", "pb-cc", "pb-perf", "pb-head", "pb-backbone", "cc-no-perf", "gd", "restart",
         "width", "width-cc", "width-perf")
     with pytest.raises(ValueError, match="unknown experiment"):
         get_experiment("emnist")
+
+
+def test_only_keeps_the_runs_of_the_given_option_values(tmp_path: Path) -> None:
+    assert runner.parse_only(["net=tf16,lstm32", "net=tf8"]) == {"net": ["tf16", "lstm32",
+                                                                         "tf8"]}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        runner.parse_only(["net"])
+    runs = runner.plan("frontier-1d", [0], ["pb", "plain"], False, tmp_path, only={"h": ["8"]})
+    assert [(v, o) for v, _, o, _ in runs] == [("pb", {"h": 8}), ("plain", {"h": 8})]
 
 
 def test_plan_orders_pb_before_width_and_names_files(tmp_path: Path) -> None:

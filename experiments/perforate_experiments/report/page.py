@@ -16,6 +16,7 @@ from perforate.atomic import atomic_write_text
 from ..base import WIDTH_CONTROLS
 from .figures import plot_error_reduction_boxes, plot_first_vs_final, plot_params_vs_score
 from .frontier import by_width, frontier_section, plot_frontier
+from .lm import lm_section
 from .markdown import (
     NA,
     flatten,
@@ -59,6 +60,9 @@ DESCRIPTIONS = {
     "tox21": "molecular property prediction on Tox21 (the paper's drug-discovery experiment)",
     "physionet": "compression study on PhysioNet 2012 mortality (the paper's Figures 10-11)",
     "timing": "training and inference cost of dendrites",
+    "lm": "Protocol L: byte-level language models (a small causal transformer and an LSTM) on "
+          "Debian's fortunes, in bits per byte (lower is better); PB arms against the restart "
+          "control and the plain width frontier, by parameters and by CPU seconds",
 }
 #: What the paper reports for each experiment, shown beside our numbers.
 PAPER = {
@@ -251,7 +255,7 @@ def _at_a_glance(groups: Sequence[Group]) -> list[str]:
     """One line per experiment and option combination: PB against both controls."""
     body = []
     for g in groups:
-        if g.quick or g.experiment == "timing":
+        if g.quick or g.experiment in ("timing", "lm"):  # lm: bpb, lower is better
             continue
         for options, by_variant in g.combos():
             for width, variant in WIDTH_CONTROLS.items():
@@ -430,6 +434,8 @@ def _section(group: Group, figures_dir: Path, page_dir: Path,
             path = plot_frontier(by_width(g.rows), figures_dir / f"{g.slug}-params-vs-test.png")
             figure = Path(os.path.relpath(path, page_dir))
         return [*lines, *frontier_section(g, figure), *_failures_section(failures)]
+    if g.experiment == "lm":  # Protocol L: bits per byte, lower is better
+        return [*lines, *lm_section(g, figures_dir, page_dir), *_failures_section(failures)]
     combos = g.combos()
     labelled = [(options_label(o), v) for o, v in combos]
     many = len(combos) > 1 or bool(combos and combos[0][0])

@@ -1,0 +1,233 @@
+"""The "lm" section of the results page: Protocol L (``perforate experiment lm``).
+
+Scores are bits per byte (bpb), lower is better, shown as numbers (not percentages). The test
+bpb of a row is its full pass over the test split (``extra_tests["test_full"]``; the per-epoch
+test sample's ``final_test`` only for rows without it). Per network (``net`` = tf<d> or lstm<h>):
+every arm's test bpb, parameters, sets, CPU seconds, its paired difference with the restart
+control (restart − arm: positive means the arm's bpb is lower) and its distance to the plain
+width frontier of its family (arm − frontier interpolated in log parameters: negative means
+below the frontier, i.e. better than any plain width of that size). Two figures: test bpb
+against parameters and against measured CPU seconds (log x), the frontier and every arm.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .figures import _pyplot, _save
+from .markdown import NA, fmt_p, md_table, plural
+from .rows import CONTROL, Group, Row, variant_sort_key
+from .stats import finite, mean_std, paired
+
+PLAIN = "plain"
+FAMILIES = {"tf": "transformer", "lstm": "LSTM"}
+#: (family, width) -> {variant: rows sorted by seed}
+Table = dict[tuple[str, int], dict[str, list[Row]]]
+
+
+def parse_net(net: object) -> tuple[str, int] | None:
+    """``"tf64"`` -> ``("tf", 64)``; None for anything else."""
+    match = re.fullmatch(r"(tf|lstm)(\d+)", str(net))
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def test_bpb(row: Row) -> float | None:
+    """The row's reported test bpb: the full test pass, else the per-epoch sample's."""
+    full = (row.get("extra_tests") or {}).get("test_full")
+    value = full if finite([full]) else row.get("final_test")
+    return float(value) if finite([value]) else None
+
+
+def cpu_seconds(row: Row) -> float | None:
+    """The run's measured CPU seconds (``post["cpu_seconds"]``), else ``wall_seconds`` x its
+    torch threads (capped at the machine's CPUs)."""
+    measured = (row.get("post") or {}).get("cpu_seconds")
+    if finite([measured]):
+        return float(measured)
+    wall = row.get("wall_seconds")
+    if not finite([wall]):
+        return None
+    hw = row.get("hardware") or {}
+    threads, cpus = hw.get("torch_threads"), hw.get("cpus")
+    n = threads if isinstance(threads, int) and threads > 0 else 1
+    if isinstance(cpus, int) and cpus > 0:
+        n = min(n, cpus)
+    return float(wall) * n
+
+
+def by_net(rows: Sequence[Row]) -> Table:
+    out: Table = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        net = parse_net((row.get("options") or {}).get("net"))
+        if net is not None:
+            out[net][str(row["variant"])].append(row)
+    for variants in out.values():
+        for rows_ in variants.values():
+            rows_.sort(key=lambda r: r.get("seed", 0))
+    return out
+
+
+def fmt_bpb(mean: float | None, std: float | None, *, signed: bool = False) -> str:
+    """``"2.345 ± 0.012"`` in bpb (3 decimals; the std left out with one seed)."""
+    if mean is None:
+        return NA
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return text if std is None else f"{text} ± {std:.3f}"
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def frontier(table: Table, family: str,
+             x: Callable[[Row], float | None]) -> list[tuple[float, float]]:
+    """(mean x, mean test bpb) of the plain network at each width of `family`, by x."""
+    points = []
+    for (fam, _), variants in table.items():
+        rows = variants.get(PLAIN, [])
+        xs, ys = finite(x(r) for r in rows), finite(test_bpb(r) for r in rows)
+        if fam == family and xs and ys:
+            points.append((sum(xs) / len(xs), sum(ys) / len(ys)))
+    return sorted(points)
+
+
+def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
+    """The frontier's bpb at `x` (linear in log x); None outside its range."""
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x0 <= x <= x1:
+            if x1 == x0:
+                return min(y0, y1)
+            t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return y0 + t * (y1 - y0)
+    return None
+
+
+def _order(variants: Sequence[str]) -> list[str]:
+    first = [v for v in (PLAIN, CONTROL) if v in variants]
+    return first + sorted((v for v in variants if v not in first), key=variant_sort_key)
+
+
+def net_table(net: tuple[str, int], variants: dict[str, list[Row]],
+              points: Sequence[tuple[float, float]]) -> list[str]:
+    """One network's table: every arm against the restart control and the frontier."""
+    control = variants.get(CONTROL, [])
+    body = []
+    for variant in _order(list(variants)):
+        rows = variants[variant]
+        tests = finite(test_bpb(r) for r in rows)
+        params = _mean(finite(r.get("final_params") for r in rows))
+        sets = _mean(finite(r.get("final_dendrites") for r in rows))
+        secs = _mean(finite(cpu_seconds(r) for r in rows))
+        cells = [f"`{variant}`", len(rows), fmt_bpb(*mean_std(tests)),
+                 f"{params:,.0f}" if params is not None else NA,
+                 f"{sets:.1f}" if sets is not None else NA,
+                 f"{secs:,.0f}" if secs is not None else NA]
+        if variant == CONTROL or not control:
+            cells += ["—", "—", "—"]
+        else:
+            # restart − arm on the same seeds (`paired` works in points: / 100 for bpb)
+            p = paired([{**r, "final_test": test_bpb(r)} for r in control],
+                       [{**r, "final_test": test_bpb(r)} for r in rows])
+            cells += [fmt_bpb(None if p.mean is None else p.mean / 100,
+                              None if p.std is None else p.std / 100, signed=True),
+                      f"{p.better}/{p.n}", f"{fmt_p(p.sign_p)} / {fmt_p(p.t_p)}"]
+        gap = interpolate(points, params) if params is not None else None
+        cells.append(f"{sum(tests) / len(tests) - gap:+.3f}" if gap is not None and tests
+                     else NA)
+        body.append(cells)
+    family, width = net
+    return [f"#### {FAMILIES[family]} {family}{width}", "",
+            *md_table(["arm", "n", "test bpb", "params", "sets", "CPU s",
+                       "restart − arm (bpb)", "lower", "p sign / t", "Δ vs frontier"], body), ""]
+
+
+def frontier_table(table: Table, family: str) -> list[str]:
+    body = []
+    for (fam, width), variants in sorted(table.items()):
+        rows = variants.get(PLAIN, [])
+        if fam != family or not rows:
+            continue
+        params = _mean(finite(r.get("final_params") for r in rows))
+        secs = _mean(finite(cpu_seconds(r) for r in rows))
+        body.append([f"{family}{width}", len(rows),
+                     fmt_bpb(*mean_std(finite(test_bpb(r) for r in rows))),
+                     f"{params:,.0f}" if params is not None else NA,
+                     f"{secs:,.0f}" if secs is not None else NA])
+    if not body:
+        return []
+    return [f"#### {FAMILIES[family]}", "",
+            *md_table(["net", "n", "test bpb", "params", "CPU s"], body), ""]
+
+
+def plot_lm(table: Table, x: Callable[[Row], float | None], xlabel: str, path: Path) -> Path:
+    """Test bpb against `x` (log scale), one panel per family: the plain frontier (black) and
+    every arm's mean point per width, joined in order of width (restart grey)."""
+    plt = _pyplot()
+    families = [f for f in FAMILIES if any(fam == f for fam, _ in table)]
+    fig, axes = plt.subplots(1, max(1, len(families)), figsize=(7.5 * max(1, len(families)), 5.5),
+                             squeeze=False)
+    for ax, family in zip(axes.flat, families, strict=False):
+        points = frontier(table, family, x)
+        if points:
+            ax.plot([p for p, _ in points], [b for _, b in points], "k-o", lw=2,
+                    label="plain network, one cycle (frontier)")
+        series: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+        for (fam, width), variants in table.items():
+            for variant, rows in variants.items():
+                xs, ys = finite(x(r) for r in rows), finite(test_bpb(r) for r in rows)
+                if fam == family and variant != PLAIN and xs and ys:
+                    series[variant].append((width, sum(xs) / len(xs), sum(ys) / len(ys)))
+        for variant in _order(list(series)):
+            pts = [(a, b) for _, a, b in sorted(series[variant])]
+            style = {"marker": "s", "ls": ":", "color": "grey"} if variant == CONTROL else \
+                {"marker": "o", "ls": "-", "alpha": 0.8}
+            ax.plot([a for a, _ in pts], [b for _, b in pts], label=variant, **style)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test bits per byte (lower is better)")
+        ax.set_title(f"Protocol L, {FAMILIES[family]}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def lm_section(group: Group, figures_dir: Path, page_dir: Path) -> list[str]:
+    """The section's body (the caller adds the intro and the protocol)."""
+    import os
+
+    table = by_net(group.rows)
+    lines = ["### The width frontier (plain network, one cycle)", "",
+             "Test bpb (full test split), mean ± std over seeds; CPU s: a run's measured CPU "
+             "seconds (`post.cpu_seconds`: training, every evaluation and the final test pass; "
+             "else `wall_seconds` × torch threads), mean over seeds.", ""]
+    for family in FAMILIES:
+        lines += frontier_table(table, family)
+    lines += ["### Arms per network", "",
+              "restart − arm: paired by seed, in bpb (positive: the arm's bpb is lower), with "
+              "how many seeds were lower and the sign-test / paired t-test p; Δ vs frontier: "
+              "the arm's mean test bpb minus the plain frontier of its family interpolated "
+              "(log parameters) at the arm's mean parameter count (negative: below the "
+              "frontier; n/a outside its range).", ""]
+    for net, variants in sorted(table.items()):
+        if set(variants) - {PLAIN}:
+            points = frontier(table, net[0], lambda r: r.get("final_params"))
+            lines += net_table(net, variants, points)
+    if table:
+        slug = group.slug
+        for x, xlabel, name, what in (
+                (lambda r: r.get("final_params"), "parameters (log scale)", "params",
+                 "parameters"),
+                (cpu_seconds, "measured CPU seconds per run (log scale)", "cpu-seconds",
+                 "measured CPU seconds per run")):
+            path = plot_lm(table, x, xlabel, figures_dir / f"{slug}-bpb-vs-{name}.png")
+            rel = Path(os.path.relpath(path, page_dir)).as_posix()
+            lines += [f"![test bpb against {what}]({rel})", "",
+                      f"Test bpb against {what}, {plural(len(group.rows), 'row')}: the plain "
+                      "network at every width (black), the restart control (grey) and every "
+                      "PB arm, one point per width.", ""]
+    return lines

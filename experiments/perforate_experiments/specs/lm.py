@@ -1,0 +1,194 @@
+"""Protocol L: byte-level language models on Debian's fortunes (``perforate experiment lm``).
+
+Data (`perforate_experiments.data.fortunes`): the package's English text files, sorted by name
+and concatenated as bytes (about 2.6 MB), split 90 / 5 / 5 in order. Vocabulary 256, context 64.
+An "epoch" is `WINDOWS` random training windows (a seeded generator per seed: every arm of a
+seed sees the same windows), batch 32. Validation: a fixed set of `N_EVAL` windows spread evenly
+over the validation split (every k-th window of its non-overlapping cut), scored every epoch;
+the per-epoch test score uses `N_EVAL_TEST` windows of the test split the same way, only for
+the history: the **reported test bpb is one full pass over the whole test split** on the final
+model (``extra_tests["test_full"]``). Metric: bits per byte, bpb = mean cross-entropy over every
+predicted byte in nats / ln 2; lower is better (the tracker runs with ``mode="min"``).
+
+Networks (`perforate_experiments.models.lm`; option ``net``): ``tf<d>`` a decoder-only pre-LN
+transformer, 2 blocks of ``nn.TransformerEncoderLayer(norm_first=True)`` with a causal mask, d/16
+heads, MLP 4·d; ``lstm<h>`` a 1-layer LSTM. Adam(lr=2e-3), a fresh optimizer per neuron cycle,
+no dropout. torch.manual_seed(seed) before building.
+
+Schedule (`FULL`, chosen from the pilot in docs/results.md to fit about 15 CPU-hours for every
+arm and seed): neuron patience 5 epochs, at most 3 dendrite sets, dendrite phases of at most 5
+epochs (patience 2), at most 60 epochs (61k windows, 3.9M predicted bytes, about 1.7 passes
+over the training split) per run. Small networks plateau well inside that; the widest run to the
+cap (the protocol measures what dendrites buy at a fixed training budget).
+
+Arms, paired by seed (5 seeds): ``restart`` (same controller, no dendrites), ``pb`` (the library
+default, `PerforationConfig()`), ``pb-cc`` (`PerforationConfig.paper()`), and two
+parameter-efficient defaults at one budget of **8 inputs per dendrite**: ``pb-rank``
+(``dendrite_rank=8``: every dendrite of a Linear layer sees its input through one shared learned
+projection ``[8, fan_in]``) and ``pb-m`` (``dendrite_inputs=8``: each dendrite sees 8 of its
+neuron's inputs, drawn at random). Why 8: the default's set doubles each layer's weights (fan_in
+per neuron), which at d = 128 is 0.43M parameters a set; 8 per neuron is half a full set at the
+narrowest PB width (fan_in 16) and 1/16 at d = 128 (1/8 to 1/32 of the LSTM's fan_in 2h), so
+these arms ask whether dendrites pay at a small fraction of the default's growth, and the two
+arms spend the same per neuron (r weights plus a shared P, against m masked weights).
+``dendrite_rank`` applies to Linear layers only, so ``pb-rank`` runs on the transformers only.
+``plain``: the plain network, one cycle, at every width of the frontier (`TF_FRONTIER`,
+`LSTM_FRONTIER`), drawn against parameters and against measured CPU seconds (the process's
+CPU time from set-up to the end of the final test pass, ``post["cpu_seconds"]``, 1 thread).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..base import Experiment, Setup
+from ..data.fortunes import RandomWindows, StridedWindows, load_fortunes
+from ..models.lm import LSTMLM, CausalTransformerLM
+
+CONTEXT = 64
+BATCH_SIZE = 32
+EVAL_BATCH = 256
+LR = 2e-3
+#: Budget of the parameter-efficient arms: inputs per dendrite (rank r and m).
+BUDGET = 8
+FULL = {"neuron_patience": 5, "dendrite_patience": 2, "max_dendrite_epochs": 5,
+        "max_dendrites": 3, "max_epochs": 60, "windows": 1024, "n_eval": 512,
+        "n_eval_test": 256, "max_bytes": None}
+QUICK = {"neuron_patience": 1, "dendrite_patience": 1, "max_dendrite_epochs": 1,
+         "max_dendrites": 1, "min_dendrites": 1, "max_epochs": 4, "windows": 32, "n_eval": 16,
+         "n_eval_test": 16, "max_bytes": 40_000,
+         "improvement_threshold": 10.0}  # no epoch improves by 10 bpb: grow at once
+TRACKER_KEYS = ("neuron_patience", "dendrite_patience", "max_dendrite_epochs", "max_dendrites",
+                "min_dendrites", "max_epochs", "improvement_threshold")
+#: Networks of the PB arms and of the restart control.
+TF_WIDTHS = (16, 32, 64, 128)
+LSTM_WIDTHS = (32, 64, 128)
+#: Widths of the plain frontier (one cycle): the arms' widths, between them, and above 128 so
+#: that a grown network's parameter count lies inside the frontier.
+TF_FRONTIER = (8, 16, 24, 32, 48, 64, 96, 128, 192)
+LSTM_FRONTIER = (16, 24, 32, 48, 64, 96, 128, 192)
+#: How rows describe the networks (the option ``net`` names one).
+NETWORKS = ("tf<d>: pre-LN causal transformer, 2 blocks, d/16 heads, MLP 4d, learned positions; "
+            "lstm<h>: 1-layer LSTM, embedding width h; both: byte embedding, untied head")
+
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "pb-rank": {"config": {"dendrite_rank": BUDGET}},
+    "pb-m": {"config": {"dendrite_inputs": BUDGET}},
+}
+
+
+def nets(family: str, widths: tuple[int, ...]) -> tuple[str, ...]:
+    return tuple(f"{family}{w}" for w in widths)
+
+
+def parse_net(net: str) -> tuple[str, int]:
+    """``"tf64"`` -> ``("tf", 64)``; ``"lstm32"`` -> ``("lstm", 32)``."""
+    match = re.fullmatch(r"(tf|lstm)(\d+)", str(net))
+    if match is None or int(match.group(2)) < 1:
+        raise ValueError(f"net must be tf<d> or lstm<h> (e.g. tf16, lstm32), got {net!r}")
+    return match.group(1), int(match.group(2))
+
+
+def build_net(family: str, width: int) -> nn.Module:
+    """The network of `family` ("tf" or "lstm") at `width` (d_model or hidden)."""
+    if family == "tf":
+        return CausalTransformerLM(width, context=CONTEXT)
+    return LSTMLM(width)
+
+
+def lm_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean next-byte cross-entropy (nats) over every position of every window."""
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+
+
+def bpb(outputs: Tensor, targets: Tensor) -> float:
+    """Bits per byte: mean cross-entropy in nats / ln 2 (lower is better)."""
+    return float(lm_loss(outputs.double(), targets)) / math.log(2)
+
+
+def evenly(loader: StridedWindows, n: int | None) -> StridedWindows:
+    """`loader` keeping `n` of its windows, evenly spaced (every k-th); all when n is None."""
+    if n is None or n >= loader.n_windows:
+        return loader
+    x = torch.cat([b[0] for b in loader.batches])
+    y = torch.cat([b[1] for b in loader.batches])
+    keep = torch.linspace(0, len(x) - 1, n).round().long()
+    size = len(loader.batches[0][0])
+    loader.batches = [(x[keep[s:s + size]], y[keep[s:s + size]])
+                      for s in range(0, n, size)]
+    loader.n_windows = n
+    return loader
+
+
+def _cost(tracker: Any, cpu_start: float) -> dict[str, Any]:
+    """The run's CPU seconds (this process's, since its set-up: training, every evaluation and
+    the final full test pass; unlike wall time, not inflated by other processes on the
+    machine) and the mean wall seconds of its neuron and dendrite epochs."""
+    out: dict[str, Any] = {"cpu_seconds": time.process_time() - cpu_start}
+    for phase in ("neuron", "dendrite"):
+        secs = [r["seconds"] for r in tracker.history
+                if r.get("phase") == phase and isinstance(r.get("seconds"), (int, float))]
+        out[f"{phase}_epochs"] = len(secs)
+        out[f"seconds_per_{phase}_epoch"] = sum(secs) / len(secs) if secs else None
+    return out
+
+
+def lm_setup(seed: int, quick: bool, *, net: str = "tf16", root: str | None = None,
+             **overrides: Any) -> Setup:
+    """Setup of one Protocol L run of network `net` (``root``: the fortunes directory)."""
+    cpu_start = time.process_time()
+    p = {**(QUICK if quick else FULL), **overrides}
+    family, width = parse_net(net)
+    corpus = load_fortunes(root, max_bytes=p["max_bytes"])
+    val = evenly(StridedWindows(corpus.val, context=CONTEXT, batch_size=EVAL_BATCH), p["n_eval"])
+    test = StridedWindows(corpus.test, context=CONTEXT, batch_size=EVAL_BATCH)
+    test_sample = evenly(StridedWindows(corpus.test, context=CONTEXT, batch_size=EVAL_BATCH),
+                         p["n_eval_test"])
+    protocol: Mapping[str, Any] = {
+        **{k: p[k] for k in (*TRACKER_KEYS, "windows", "n_eval", "n_eval_test", "max_bytes")
+           if k in p},
+        "networks": NETWORKS, "context": CONTEXT,
+        "batch_size": BATCH_SIZE, "optimizer": f"Adam(lr={LR})", "decision": "val bpb (min)",
+        "corpus": {"package": "fortunes", "version": corpus.version, "files": len(corpus.files),
+                   "bytes": corpus.n_bytes, "train": len(corpus.train), "val": len(corpus.val),
+                   "test": len(corpus.test)},
+        "val_windows": val.n_windows, "test_windows": test.n_windows,
+        "budget_inputs_per_dendrite": BUDGET,
+    }
+    return Setup(
+        make_net=lambda w: build_net(family, max(1, round(width * w))),
+        head="head",
+        train=RandomWindows(corpus.train, context=CONTEXT, windows=p["windows"],
+                            batch_size=BATCH_SIZE, seed=seed),
+        val=val,
+        test=test_sample,
+        loss_fn=lm_loss,
+        metric=bpb,
+        optimizer_factory=lambda params: torch.optim.Adam(params, lr=LR),
+        tracker_kwargs={"mode": "min", **{k: p[k] for k in TRACKER_KEYS if k in p}},
+        extra_tests={"test_full": test},
+        protocol=dict(protocol),
+        post_run=lambda model, setup, tracker: _cost(tracker, cpu_start),
+    )
+
+
+ARM_NETS = (*nets("tf", TF_WIDTHS), *nets("lstm", LSTM_WIDTHS))
+EXPERIMENT = Experiment(
+    name="lm",
+    description="Protocol L: byte-level LMs (transformer, LSTM) on Debian's fortunes, bpb",
+    variants=("plain", "restart", "pb", "pb-cc", "pb-rank", "pb-m"),
+    setup=lm_setup,
+    default_seeds=tuple(range(5)),
+    options={"net": ARM_NETS},
+    variant_options={"plain": {"net": (*nets("tf", TF_FRONTIER), *nets("lstm", LSTM_FRONTIER))},
+                     "pb-rank": {"net": nets("tf", TF_WIDTHS)}},
+    overrides=VARIANTS,
+)

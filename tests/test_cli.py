@@ -200,9 +200,10 @@ def test_inspect_counts_match_a_real_install(capsys):
     assert code == 0, err
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.split() and line.split()[0] in ("0", "2", "total")}
-    # layer 0: Linear(64, 32): a set adds V 64*32 + bias 32 + output weight 32
-    assert rows["0"][1:] == ["Linear", "32", "64", "2,080", "2,112", "2,080", "8,320", "8,192"]
-    assert rows["2"][1:] == ["Linear", "10", "32", "330", "340", "330", "1,320", "1,280"]
+    # layer 0: Linear(64, 32): a set adds V 64*32 + bias 32 + output weight 32 (the default
+    # trains no candidate pool: no pool columns)
+    assert rows["0"][1:] == ["Linear", "32", "64", "2,080", "2,112", "2,080"]
+    assert rows["2"][1:] == ["Linear", "10", "32", "330", "340", "330"]
     assert rows["total"][1:3] == ["2,410", "2,452"]
     # the real thing: one installed set adds exactly that many parameters, less those of the
     # dead dendrites of neurons no error reached (ReLUs that never fired on the batch)
@@ -219,7 +220,7 @@ def test_inspect_counts_match_a_real_install(capsys):
 
 def test_inspect_conv_with_input_shape_and_config(capsys):
     code, out, err = run_main(capsys, "inspect", "perforate.demo:fashion_cnn", "--input-shape",
-                              "1,28,28", "--config", '{"candidates": 2}')
+                              "1,28,28", "--preset", "paper", "--config", '{"candidates": 2}')
     assert code == 0, err
     assert "per sample" in out and "K = 2" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
@@ -323,3 +324,141 @@ def test_experiment_and_report_come_from_the_harness_when_installed(capsys):
     assert_one_line_error(code, err, "unknown experiment 'no-such-experiment'")
     code, _, err = run_main(capsys, "report", "/nonexistent/results")
     assert_one_line_error(code, err, "results directory /nonexistent/results does not exist")
+
+# ------------------------------------------- inspect: one source for costs, both presets
+class _Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+        self.gru = nn.GRU(8, 3, batch_first=True)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gru(self.lstm(x)[0])[0][:, -1])
+
+
+class _Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kv = x[:, :3]  # 3 key/value positions, 5 query positions
+        return self.head(self.attn(x, kv, kv)[0])
+
+
+def inspect_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def inspect_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(64, 3))
+
+
+#: {factory: (sample shape, {layer: (type, neurons, fan_in, params, +params/set, +MACs/set,
+#: pool params, pool MACs)})}, by hand; MACs per sample, the pool's with K = 4 (paper()).
+INSPECT_NETS = {
+    "inspect_mlp": ((6,), {
+        # Linear(6, 5): a set adds V 6*5, bias 5, output weight 5; MACs V 30 + a 5
+        "0": ("Linear", 5, 6, 35, 30 + 10, 30 + 5, 4 * (30 + 5), 4 * 30),
+        "2": ("Linear", 3, 5, 18, 15 + 6, 15 + 3, 4 * (15 + 3), 4 * 15)}),
+    "inspect_cnn": ((2, 6, 6), {
+        # Conv2d(2, 4, 3) on 6x6: 16 output positions, fan_in 2*3*3 = 18
+        "0": ("Conv2d", 4, 18, 76, 72 + 8, 16 * (72 + 4), 4 * (72 + 4), 16 * 4 * 72),
+        "3": ("Linear", 3, 64, 195, 192 + 6, 192 + 3, 4 * (192 + 3), 4 * 192)}),
+    "_Recurrent": ((5, 3), {
+        # LSTM(3, 4, 2 layers, bidirectional): 2*2 layer-directions of 4*4 gate neurons; a
+        # gate of layer 0 sees [x_t (3), h (4)], of layer 1 [x_t (2*4), h (4)]: padded to 12.
+        # Parameters 2*(16*3 + 16*4 + 32) + 2*(16*8 + 16*4 + 32); a set: 32*7 + 32*12 + 2*64.
+        # Positions: 5 time steps (batch 1); the pool computes over the padded 12 inputs.
+        "lstm": ("LSTM", 64, 12, 288 + 448, 608 + 128, 5 * (608 + 64), 4 * (64 * 12 + 64),
+                 5 * 4 * 64 * 12),
+        # GRU(8, 3): 3*3 gate neurons over [x_t (8), h (3)]
+        "gru": ("GRU", 9, 11, 72 + 27 + 18, 99 + 18, 5 * (99 + 9), 4 * (99 + 9), 5 * 4 * 99),
+        "head": ("Linear", 2, 3, 8, 6 + 4, 6 + 2, 4 * (6 + 2), 4 * 6)}),
+    "_Attention": ((5, 8), {
+        # each projection: 8 neurons over 8 inputs (64 weights + 8 biases of the attention's);
+        # q and out: 5 positions, k and v: 3 (the keys and values are 3 positions long)
+        **{f"attn.{p}": ("AttentionProjection", 8, 8, 72, 64 + 16, n * (64 + 8), 4 * (64 + 8),
+                         n * 4 * 64)
+           for p, n in (("q_proj", 5), ("k_proj", 3), ("v_proj", 3), ("out_proj", 5))},
+        "head": ("Linear", 2, 8, 18, 16 + 4, 5 * (16 + 2), 4 * (16 + 2), 5 * 4 * 16)}),
+}
+
+
+def _inspect_table(capsys, factory: str, shape: tuple[int, ...], preset: str):
+    code, out, err = run_main(capsys, "inspect", f"{__name__}:{factory}", "--preset", preset,
+                              "--input-shape", ",".join(map(str, shape)))
+    assert code == 0, err
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[3:]
+            if line.split() and not line.startswith(("-", "model:"))}
+    return out, rows
+
+
+def _measured(factory: str, shape: tuple[int, ...], config: pf.PerforationConfig):
+    """What one real growth adds to `count_parameters`, and each layer's real pool size."""
+    torch.manual_seed(0)
+    model = pf.perforate(globals()[factory](), config)
+    before = model.count_parameters()
+    if not model.trains_candidates:
+        model.grow()
+        return model.count_parameters() - before, None
+    model.begin_dendrite_phase()
+    pools = {n: sum(p.numel() for p in m.candidates.parameters())
+             for n, m in model.dendrite_layers().items()}
+    trained = model.candidate_optimizer().param_groups
+    assert sum(p.numel() for g in trained for p in g["params"]) == sum(pools.values())
+    model(torch.randn(4, *shape)).square().sum().backward()
+    model.end_dendrite_phase()
+    assert all(bool(m.dendrite_alive.all()) for m in model.dendrite_layers().values())
+    return model.count_parameters() - before, pools
+
+
+@pytest.mark.parametrize("factory", list(INSPECT_NETS))
+def test_inspect_under_the_default_has_no_candidate_pool(capsys, factory):
+    shape, expected = INSPECT_NETS[factory]
+    out, rows = _inspect_table(capsys, factory, shape, "default")
+    assert "K =" not in out and "pool" not in out.splitlines()[1]
+    assert "no candidate pool: each growth adds one untrained set " \
+           "(dendrite_learning='none')" in out.splitlines()[0]
+    assert {n: r for n, r in rows.items() if n != "total"} == {
+        n: [e[0], *(f"{v:,}" for v in e[1:6])] for n, e in expected.items()}
+    grown, _ = _measured(factory, shape, pf.PerforationConfig())
+    assert grown == sum(e[4] for e in expected.values())  # a real growth adds what it says
+    assert rows["total"][1] == f"{grown:,}"
+    from perforate.cli import inspect_model
+
+    info = inspect_model(globals()[factory](), pf.PerforationConfig(), shape)
+    assert info["candidates"] == 0 and not info["trains_candidates"]
+    assert all(r["pool_params"] == r["pool_macs"] == 0 for r in info["layers"])
+
+
+@pytest.mark.parametrize("factory", list(INSPECT_NETS))
+def test_inspect_under_paper_prints_the_candidate_pool(capsys, factory):
+    shape, expected = INSPECT_NETS[factory]
+    out, rows = _inspect_table(capsys, factory, shape, "paper")
+    assert "K = 4 candidate sets per layer" in out.splitlines()[0]
+    assert out.splitlines()[1].split()[-4:] == ["pool", "params", "pool", "MACs"]
+    assert {n: r for n, r in rows.items() if n != "total"} == {
+        n: [e[0], *(f"{v:,}" for v in e[1:])] for n, e in expected.items()}
+    grown, pools = _measured(factory, shape, pf.PerforationConfig.paper())
+    assert grown == sum(e[4] for e in expected.values())
+    assert pools == {n: e[6] for n, e in expected.items()}  # the pool a phase really trains
+
+
+def test_layer_costs_answer_the_set_after_the_first():
+    from perforate.layers.costs import LayerCosts
+
+    model = pf.perforate(_Recurrent(), pf.PerforationConfig())
+    lstm = model.dendrite_layers()["lstm"]
+    costs = lstm.costs(5)
+    assert isinstance(costs, LayerCosts) and costs.positions == 5
+    assert (costs.neurons, costs.dendrite_fan_in, costs.base_macs) == (64, 12, 608)
+    model.grow()
+    model.grow()  # set 2 also has one cascade weight per neuron
+    assert lstm.dendrite_parameter_count() == costs.set_params_at(1) + costs.set_params_at(2)
+    assert costs.set_params_at(2) == costs.set_params + 64
+    # an LSTM call's positions: batch x time (its neurons are every layer-direction's gates)
+    out = lstm(torch.zeros(2, 7, 3))
+    assert lstm.output_positions(out) == 14

@@ -11,6 +11,7 @@ from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 
 import perforate as pf
 from perforate.training import TrainableParameters
+from perforate.training.checkpoint import write_checkpoint
 
 
 def tiny_model(seed: int = 0) -> pf.PerforatedModel:
@@ -204,7 +205,7 @@ def test_a_checkpoint_without_scheduler_interval_resumes_per_epoch(tmp_path):
     tracker.save_checkpoint(tmp_path)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     del state["settings"]["scheduler_interval"]
-    torch.save(state, tmp_path / "checkpoint.pt")
+    write_checkpoint(tmp_path, state, {})
     resumed = pf.resume(tmp_path, make_net(), lambda p: torch.optim.SGD(p, lr=1.0),
                         lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5))
     assert resumed.scheduler_interval == "epoch"

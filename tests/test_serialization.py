@@ -8,10 +8,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import perforate as pf
 from conftest import grow, mlp
+from perforate.integrity import fingerprint, record_of
+from perforate.storage import FINGERPRINT_KEY
+
+
+def forge_config(directory: Path, meta: dict) -> None:
+    """Write `meta` as perforate_config.json the way a stranger could: with checksums and
+    fingerprint that match (so the loader's own checks of the content are what is tested)."""
+    weights = directory / "model.safetensors"
+    core = {k: v for k, v in meta.items() if k != "files"}
+    save_file(load_file(weights), weights,
+              metadata={"format": "pt", FINGERPRINT_KEY: fingerprint(core)})
+    files = {"model.safetensors": record_of(weights.read_bytes())}
+    (directory / "perforate_config.json").write_text(json.dumps({**core, "files": files}))
 
 
 def _trained(tmp_path: Path) -> tuple[pf.PerforatedModel, torch.Tensor]:
@@ -91,10 +105,10 @@ def test_load_never_imports_a_module_the_config_names(tmp_path: Path, monkeypatc
     meta = json.loads(path.read_text())
     for field in ("target_modules", "exclude_modules"):
         meta["config"][field] = ["type:evil_ser_types.Layer"]
-        path.write_text(json.dumps(meta))
+        forge_config(tmp_path / "m", meta)
         with pytest.raises(pf.LoadError, match=r"'evil_ser_types\.Layer'.*import evil_ser_types"):
             pf.load(tmp_path / "m", mlp())
         assert not marker.exists()
         meta["config"][field] = ["0"] if field == "target_modules" else None
-    path.write_text(json.dumps(meta))
+    forge_config(tmp_path / "m", meta)
     assert pf.load(tmp_path / "m", mlp()).num_dendrites == 0

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,12 @@ def write_run_artifacts(tracker: Any, out_dir: str | Path, *, plot: bool = True)
     write_csv(out / HISTORY_FILE, tracker.history, [*HISTORY_COLUMNS, *extras])
     write_csv(out / ARCHITECTURES_FILE, tracker.architectures,
               [*ARCHITECTURE_COLUMNS, *(f"{e}_at_best_val" for e in extras)])
-    write_json(out / SUMMARY_FILE, tracker.summary())
+    summary = tracker.summary()
+    settings = summary.get("settings")
+    if isinstance(settings, dict) and settings.get("out_dir") is not None:  # nothing absolute
+        summary["settings"] = {**settings, "out_dir": os.path.relpath(
+            os.path.abspath(settings["out_dir"]), os.path.abspath(out))}
+    write_json(out / SUMMARY_FILE, summary)
     if plot:
         plot_training(tracker, out / PLOT_FILE)
     return out

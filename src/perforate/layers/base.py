@@ -31,6 +31,7 @@ from ..candidates import CandidatePool, Winners
 from ..config import PerforationConfig
 from ..errors import ConfigError, PhaseError
 from ..geometry import Geometry, LinearGeometry, ProjectedLinearGeometry
+from .costs import LayerCosts, layer_costs
 from .dendrite_term import DendriteTerm, fusable
 
 
@@ -153,6 +154,20 @@ class DendriteLayer(nn.Module):
             fan_in = math.prod(self.geometry.neuron_weight_shape)
             return torch.full_like(self.dendrite_alive, fan_in)
         return self.dendrite_mask.flatten(2).sum(-1)
+
+    def costs(self, positions: int | None = None) -> LayerCosts:
+        """This layer's parameters and multiply-adds per output position, and those a dendrite
+        set and a dendrite phase's candidate pool add (`LayerCosts`); `positions`: output
+        positions per sample (`output_positions`), if counted."""
+        fan_ins = torch.full((self.num_neurons,), self.geometry.fan_in)
+        return layer_costs(self, fan_ins, positions)
+
+    def output_positions(self, output: Tensor) -> int:
+        """The sample positions in one forward's output (each neuron is computed once at each):
+        the output's shape without the neuron axis, per the layer's geometry."""
+        if output.dim() == self.geometry.unbatched_dim:
+            output = output.unsqueeze(0)
+        return math.prod(self.geometry.position_shape(output))
 
     def live_weights(self) -> tuple[Tensor, Tensor]:
         """The cascade C ``[D, D, N]`` and output weights a ``[D, N]`` with the entries of dead

@@ -30,12 +30,12 @@ from .demo import DATASETS, PRESETS, run_demo
 from .demo_data import DatasetMissing
 from .errors import CLIError, PerforateError
 from .export import export
-from .layers import TransposedLinear, default_registry
+from .layers import DendriteLayer
+from .layers.composite import top_wrappers
 from .model import perforate
 from .rebuild import rebuild
 from .serialization import CONFIG_FILE
 from .serialization import load as load_pretrained
-from .targeting import select_targets
 from .tracker import NET_FILE, read_checkpoint
 from .training.checkpoint import deployable_weights, saved_config
 
@@ -89,9 +89,10 @@ def _build_net(spec: str) -> nn.Module:
     return net
 
 
-def _parse_config(text: str | None) -> Any:
+def _parse_config(text: str | None, preset: str = "default") -> Any:
+    """The `preset`'s config (`demo.PRESETS`), with the fields of the JSON `text` changed."""
     if text is None:
-        return PerforationConfig()
+        return PRESETS[preset]()
     source = text
     if not text.lstrip().startswith("{"):
         try:
@@ -105,7 +106,7 @@ def _parse_config(text: str | None) -> Any:
         raise CLIError(f"--config: invalid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise CLIError("--config must be a JSON object of PerforationConfig fields")
-    return PerforationConfig.from_dict(data)
+    return PerforationConfig.from_dict({**PRESETS[preset]().to_dict(), **data})
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -134,86 +135,89 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------- inspect
+def _positions_per_sample(model: Any, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """{dendrite layer: output positions} of one forward of a zero sample: each wrapper counts
+    its own (`DendriteLayer.output_positions`, `CompositeLayer.projection_positions`); a layer
+    used at several places sums them, one the forward never reaches has 0."""
+    positions = dict.fromkeys(model.dendrite_layers(), 0)
+    hooks = []
+    for name, wrapper in top_wrappers(model.net).items():
+        def hook(mod: nn.Module, args: Any, kwargs: Any, out: Any, name: str = name) -> None:
+            counts = {"": mod.output_positions(out)} if isinstance(mod, DendriteLayer) \
+                else mod.projection_positions(*args, **kwargs)
+            for proj, count in counts.items():
+                key = f"{name}.{proj}" if proj else name
+                positions[key] = positions.get(key, 0) + count
+        hooks.append(wrapper.register_forward_hook(hook, with_kwargs=True))
+    mha = getattr(torch.backends, "mha", None)  # its fast path skips the attention's forward
+    fastpath = mha.get_fastpath_enabled() if hasattr(mha, "set_fastpath_enabled") else None
+    try:
+        if fastpath is not None:
+            mha.set_fastpath_enabled(False)  # type: ignore[union-attr]
+        with torch.no_grad():
+            model.net.eval()(torch.zeros(1, *input_shape))
+    except Exception as exc:  # user network
+        raise CLIError(f"forward pass with --input-shape {input_shape} failed: "
+                       f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        if fastpath is not None:
+            mha.set_fastpath_enabled(fastpath)  # type: ignore[union-attr]
+        for h in hooks:
+            h.remove()
+    return positions
+
+
 def inspect_model(net: nn.Module, config: Any, input_shape: tuple[int, ...] | None = None
                   ) -> dict[str, Any]:
-    """Dry run: per targeted layer, neurons, fan-in, parameters and multiply-adds that one
-    dendrite set and one candidate pool add (the first set: no cascade inputs yet; set j
-    adds ``(j - 1) * neurons`` cascade weights and as many multiply-adds per position)."""
-    positions: dict[str, int] = {}
-    if input_shape is not None:
-        hooks = []
-        for name in select_targets(net, config, default_registry()):
-            module = net.get_submodule(name)
-
-            def hook(mod: nn.Module, inp: Any, out: Any, name: str = name) -> None:
-                if isinstance(out, tuple):  # attention: (output, weights)
-                    out = out[0]
-                last = isinstance(mod, (nn.Linear, nn.MultiheadAttention)) \
-                    or default_registry().lookup(mod) is TransposedLinear  # HF Conv1D
-                neurons = out.shape[-1] if last else out.shape[1]
-                positions[name] = out.numel() // neurons  # batch of one
-            hooks.append(module.register_forward_hook(hook))
-        try:
-            with torch.no_grad():
-                net.eval()(torch.zeros(1, *input_shape))
-        except Exception as exc:  # user network
-            raise CLIError(f"forward pass with --input-shape {input_shape} failed: "
-                           f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            for h in hooks:
-                h.remove()
+    """Dry run: per targeted layer, the costs it answers (`DendriteLayer.costs`): neurons,
+    fan-in, parameters and multiply-adds of the layer, of one dendrite set (the first: set j
+    adds ``(j - 1) * neurons`` cascade weights and as many multiply-adds per position) and of
+    a dendrite phase's candidate pool (none with ``dendrite_learning="none"``). With
+    `input_shape`, multiply-adds are per sample, else per output position."""
     model = perforate(net, config)
-    k = config.candidates
+    positions = None if input_shape is None else _positions_per_sample(model, input_shape)
     rows = []
     for name, layer in model.dendrite_layers().items():
-        n, seen = layer.num_neurons, layer.geometry.fan_in  # inputs a dendrite weighs
-        proj = layer.dendrite_projection  # dendrite_rank: seen = r, P [r, fan_in] once
-        fan_in = seen if proj is None else proj.shape[1]
-        once = 0 if proj is None else proj.shape[1] * seen
-        if config.dendrite_inputs is not None:  # masked dense: fewer weights, same compute
-            seen = min(config.dendrite_inputs, seen)
-        base = layer.base_layer
-        # An attention projection is a parameter-free view: count the weights it reads.
-        base_params = (sum(p.numel() for p in base.parameters()) or layer.weight.numel()
-                       + (0 if layer.bias is None else layer.bias.numel()))
-        if name not in positions:  # attention projections: the attention's output positions
-            name_of_parent = name.rpartition(".")[0]
-            if name_of_parent in positions:
-                positions[name] = positions[name_of_parent]
-        pos = positions.get(name, 1)
+        c = layer.costs(None if positions is None else positions[name])
         rows.append({
-            "layer": name, "type": type(base).__name__, "neurons": n, "fan_in": fan_in,
-            "positions": pos if name in positions else None, "params": base_params,
-            "set_params": seen * n + 2 * n, "projection_params": once,
-            "set_macs": pos * (layer.geometry.fan_in * n + n),
-            "pool_params": k * (seen * n + n), "pool_macs": pos * k * layer.geometry.fan_in * n,
-            "base_macs": pos * fan_in * n, "projection_macs": pos * once})
-    return {"layers": rows, "model_params": model.count_parameters(), "candidates": k,
-            "per_sample": input_shape is not None}
+            "layer": name, "type": type(layer.base_layer).__name__, "neurons": c.neurons,
+            "fan_in": c.fan_in, "positions": c.positions, "params": c.base_params,
+            "set_params": c.set_params, "projection_params": c.projection_params,
+            "set_macs": c.per_sample(c.set_macs), "pool_params": c.pool_params,
+            "pool_macs": c.per_sample(c.pool_macs), "base_macs": c.per_sample(c.base_macs),
+            "projection_macs": c.per_sample(c.projection_macs), "costs": c})
+    trains = config.dendrite_learning != "none"
+    return {"layers": rows, "model_params": model.count_parameters(),
+            "candidates": config.candidates if trains else 0, "trains_candidates": trains,
+            "dendrite_learning": config.dendrite_learning, "per_sample": input_shape is not None}
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     net = _build_net(args.factory)
-    config = _parse_config(args.config)
+    config = _parse_config(args.config, args.preset)
     info = inspect_model(net, config, _parse_shape(args.input_shape))
-    rows = info["layers"]
+    rows, pool = info["layers"], info["trains_candidates"]
     unit = "per sample" if info["per_sample"] else "per output position"
-    print(f"{args.factory}: {len(rows)} layer(s) would get dendrites; K = {info['candidates']} "
-          f"candidate sets per layer; multiply-adds {unit}")
+    growth = (f"K = {info['candidates']} candidate sets per layer" if pool else
+              "no candidate pool: each growth adds one untrained set "
+              f"(dendrite_learning={info['dendrite_learning']!r})")
+    print(f"{args.factory}: {len(rows)} layer(s) would get dendrites; {growth}; "
+          f"multiply-adds {unit}")
     head = (f"{'layer':<24} {'type':<8} {'neurons':>7} {'fan_in':>6} {'params':>10} "
-            f"{'+params/set':>11} {'+MACs/set':>11} {'pool params':>11} {'pool MACs':>11}")
+            f"{'+params/set':>11} {'+MACs/set':>11}"
+            + (f" {'pool params':>11} {'pool MACs':>11}" if pool else ""))
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['layer']:<24} {r['type']:<8} {r['neurons']:>7,} {r['fan_in']:>6,} "
-              f"{r['params']:>10,} {r['set_params']:>11,} {r['set_macs']:>11,} "
-              f"{r['pool_params']:>11,} {r['pool_macs']:>11,}")
+              f"{r['params']:>10,} {r['set_params']:>11,} {r['set_macs']:>11,}"
+              + (f" {r['pool_params']:>11,} {r['pool_macs']:>11,}" if pool else ""))
     total = {k: sum(r[k] for r in rows) for k in ("params", "set_params", "set_macs",
                                                    "pool_params", "pool_macs", "base_macs")}
     print("-" * len(head))
     print(f"{'total':<24} {'':<8} {'':>7} {'':>6} {total['params']:>10,} "
-          f"{total['set_params']:>11,} {total['set_macs']:>11,} {total['pool_params']:>11,} "
-          f"{total['pool_macs']:>11,}")
+          f"{total['set_params']:>11,} {total['set_macs']:>11,}"
+          + (f" {total['pool_params']:>11,} {total['pool_macs']:>11,}" if pool else ""))
     params = info["model_params"]
     once = sum(r["projection_params"] for r in rows)
     first = total["set_params"] + once
@@ -349,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a callable returning the nn.Module (called with no arguments)")
     ins.add_argument("--config", metavar="JSON",
                      help="PerforationConfig fields as a JSON object, or a JSON file")
+    ins.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                     help="the configuration --config changes: the library's defaults (no "
+                     "candidate pool), the paper's algorithm (K candidates per layer) or the "
+                     "official package's recipe")
     ins.add_argument("--input-shape", metavar="SHAPE",
                      help="one sample's shape without the batch axis (e.g. 1,28,28): count "
                      "multiply-adds per sample")

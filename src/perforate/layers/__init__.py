@@ -5,11 +5,12 @@ from .base import DendriteLayer
 from .composite import CompositeLayer
 from .conv import ConvNd
 from .conv_transpose import ConvTransposeNd
+from .costs import LayerCosts
 from .linear import Linear
 from .recurrent import RNN, RNNCell
 from .registry import WrapperRegistry, default_registry
 from .transposed_linear import TransposedLinear
 
-__all__ = ["RNN", "CompositeLayer", "ConvNd", "ConvTransposeNd", "DendriteLayer", "Linear",
-           "MultiheadAttention", "RNNCell", "TransposedLinear", "WrapperRegistry",
+__all__ = ["RNN", "CompositeLayer", "ConvNd", "ConvTransposeNd", "DendriteLayer", "LayerCosts",
+           "Linear", "MultiheadAttention", "RNNCell", "TransposedLinear", "WrapperRegistry",
            "default_registry"]

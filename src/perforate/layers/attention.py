@@ -225,6 +225,14 @@ class MultiheadAttention(_ProjectedAttention, CompositeLayer):
         return self.projected_attention(query, key, value, key_padding_mask, need_weights,
                                         attn_mask, average_attn_weights, is_causal)
 
+    def projection_positions(self, query: Tensor, key: Tensor, value: Tensor, *args: Any,
+                             **kwargs: Any) -> dict[str, int]:
+        """{projection: sample positions} of a call with these arguments (`forward`'s): the
+        query's for ``q_proj`` and ``out_proj``, the key's and the value's for the others (a
+        projection's output positions are its input's)."""
+        q, k, v = (self.q_proj.output_positions(t) for t in (query, key, value))
+        return {"q_proj": q, "k_proj": k, "v_proj": v, "out_proj": q}
+
     def merge_masks(self, attn_mask: Tensor | None, key_padding_mask: Tensor | None,
                     query: Tensor) -> tuple[Tensor | None, int | None]:
         return self.base_layer.merge_masks(attn_mask, key_padding_mask, query)

@@ -55,6 +55,11 @@ class CompositeLayer(nn.Module):
         projection."""
         raise NotImplementedError
 
+    def projection_positions(self, *args: Any, **kwargs: Any) -> dict[str, int]:
+        """{projection: sample positions} of a forward called with these arguments (each
+        neuron of a projection is computed once at each); `perforate inspect` counts them."""
+        raise NotImplementedError
+
 
 def top_wrappers(net: nn.Module, *, remove_duplicate: bool = True) -> dict[str, nn.Module]:
     """{name: wrapper} of the outermost wrappers in `net` (`DendriteLayer`s that are not a

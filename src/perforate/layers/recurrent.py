@@ -17,6 +17,7 @@ time) through the same statistics as every other layer.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from ..config import PerforationConfig
 from ..errors import TargetError
 from ..recurrent_geometry import RecurrentGeometry, RecurrentSpec
 from .base import DendriteLayer
+from .costs import LayerCosts, layer_costs
 from .recurrent_export import export_recurrent
 from .unroll import (
     RecurrentCore,
@@ -204,6 +206,23 @@ class _Recurrent(DendriteLayer):
         used = self.input_mask if self.dendrite_mask is None \
             else self.dendrite_mask * self.input_mask
         return used.sum(-1).expand_as(self.dendrite_alive)
+
+    def costs(self, positions: int | None = None) -> LayerCosts:
+        """As `DendriteLayer`, per time step: a gate neuron's dendrite weighs its own
+        layer-direction's ``[x_t, h_{t-1}]`` (no padding; with ``dendrite_inputs`` m, at most m
+        of them), the layer's own multiply-adds are its weight matrices' entries (``weight_ih``,
+        ``weight_hh``, ``weight_hr``), and the candidates compute over the padded width."""
+        own = sum(p.numel() for name, p in self.base_layer.named_parameters()
+                  if name.startswith("weight_"))
+        return layer_costs(self, self.input_mask.sum(-1), positions, base_macs=own)
+
+    def output_positions(self, output: Any) -> int:
+        """Sample positions of one call: each gate neuron is computed once per sample and time
+        step (batch x time of the output sequence; a cell's call is one step)."""
+        out = output[0] if isinstance(output, tuple) else output  # (out, h_n) or (h, c)
+        if isinstance(out, PackedSequence):
+            return int(out.data.shape[0])
+        return math.prod(out.shape[:-1])
 
     def to_plain(self) -> nn.Module:
         """A plain, TorchScript-able module computing this layer's function (`pf.export`)."""

@@ -142,3 +142,31 @@ def test_cycle_vals_rejects_a_history_that_does_not_match() -> None:
     row["architectures"][1]["best_val"] = 0.7
     assert growth.cycle_vals(row) is None
     assert growth.first_growth(row) is None
+
+
+def test_single_try_derived_from_a_retry_row_and_compared() -> None:
+    tries = {"neuron_patience": 3, "dendrite_tries": 2}
+    # seed 0: cycle 1 fails, its retry improves; seed 1: both fail; seed 2: no failure
+    retry = {s: make_row("pb-retry", s, c, t) for s, (c, t) in RUNS["pb-retry"].items()}
+    for r in retry.values():
+        r["tracker"] = tries
+    one = growth.single_try(retry[0])
+    assert one is not None and one["variant"] == "pb-retry/1try"
+    assert (one["final_cycle"], one["final_test"]) == (0, 0.60)  # cycle 0's test score
+    assert [a["cycle"] for a in one["architectures"]] == [0, 1]
+    assert [h["val"] for h in one["history"]] == [*C0, 0.55, 0.59, 0.58, 0.57]
+    assert growth.single_try(retry[2])["final_cycle"] == 1  # never failed: unchanged
+    assert growth.single_try(make_row("pb", 0, [C0], 0.6)) is None  # one try: nothing
+    grace = make_row("pb-grace15", 0, [C0, [0.55, 0.59, 0.58, 0.57, 0.62]], 0.64)
+    result = growth.analyse([*retry.values(), grace])
+    counts = {g["variant"]: (g["runs"], g["kept_none"]) for g in result["groups"]}
+    assert counts["pb-retry/1try"] == (3, 2) and counts["pb-retry"] == (3, 1)
+    pairs = {(c["alt"], c["base"], str(c["options"])): c for c in result["comparisons"]}
+    exact = pairs[("pb-retry", "pb-retry/1try", "pooled")]
+    assert (exact["n"], exact["base_kept_none"], exact["alt_kept_none"]) == (3, 2, 1)
+    assert exact["mean_diff_points"] == pytest.approx((2.0 + 1.0 + 0.0) / 3)
+    by_grace = pairs[("pb-grace15", "pb-retry/1try", "pooled")]
+    assert (by_grace["n"], by_grace["base_kept_none"], by_grace["alt_kept_none"]) == (1, 1, 0)
+    assert by_grace["mean_diff_points"] == pytest.approx(4.0)
+    assert growth.bases_of("pb-grace15", ["pb", "pb-retry/1try"]) == ["pb"]
+    assert growth.bases_of("pb", ["pb", "pb-retry/1try"]) == []

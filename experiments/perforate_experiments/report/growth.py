@@ -44,6 +44,8 @@ from .stats import mean_std, paired
 NO_GROWTH = tuple(v for v in PLAIN_VARIANTS if v != CONTROL)
 #: A variant ``<base>-<suffix>`` with one of these suffixes is paired with ``<base>``.
 ALTERNATIVE = re.compile(r"^(?P<base>.+)-(?P<alt>retry|grace\d+)$")
+#: Suffix of the rows derived from a retry arm's rows with `single_try`.
+SINGLE = "/1try"
 #: Epochs after the growth shown in the early-effect comparison with the restart control.
 EARLY_EPOCHS = 10
 #: The fields of the first post-growth cycle summarised per group.
@@ -117,6 +119,35 @@ def first_growth(row: Row) -> dict[str, Any] | None:
             "first_epoch_gap": 100.0 * sign * (vals[0] - prev),
             "tail_slope": tail, "rising": tail is not None and tail > 0,
             "improved": bool(archs[1].get("improved"))}
+
+
+def single_try(row: Row) -> Row | None:
+    """The row the same run would have given with ``dendrite_tries=1``, from a row with more
+    tries: a run is the same up to its first cycle that does not improve, where one try stops
+    and keeps the best earlier cycle. None for a row without retries (or no cycles).
+
+    Exact when both come from the same code: every stored ``X-retry`` / ``X`` pair of one
+    commit in ``results/experiments/frontier`` agrees on the final cycle and test score."""
+    archs = row.get("architectures") or []
+    tries = (row.get("tracker") or {}).get("dendrite_tries", 1)
+    if not archs or not isinstance(tries, int) or tries < 2:
+        return None
+    failed = next((i for i, a in enumerate(archs) if i and a.get("improved") is False), None)
+    if failed is None:
+        return {**row, "variant": f"{row.get('variant')}{SINGLE}"}
+    best = max(i for i in range(failed) if archs[i].get("improved"))
+    kept = archs[:failed + 1]
+    n = sum(int(a["epochs"]) for a in kept)
+    history, seen = [], 0
+    for h in row.get("history") or []:
+        if seen == n:
+            break
+        history.append(h)
+        seen += h.get("phase", "neuron") == "neuron"
+    return {**row, "variant": f"{row.get('variant')}{SINGLE}", "architectures": kept,
+            "history": history, "final_cycle": best, "final_test": archs[best].get("test"),
+            "final_dendrites": archs[best].get("dendrites"),
+            "tracker": {**row["tracker"], "dendrite_tries": 1}}
 
 
 def retries(row: Row) -> list[dict[str, Any]]:
@@ -203,6 +234,21 @@ def compare(base: Sequence[Row], alt: Sequence[Row]) -> dict[str, Any]:
             "worse": p.worse, "t_p": p.t_p}
 
 
+def bases_of(variant: str, present: Iterable[str]) -> list[str]:
+    """What `variant` is compared with: ``X`` for ``X-retry`` / ``X-graceN``; also, for
+    ``X-retry``, its own single-try rows (``X-retry/1try``: the retry's exact effect), and for
+    ``X-graceN`` without ``X``, ``X-retry/1try`` (the same runs with one try)."""
+    match = ALTERNATIVE.match(variant)
+    if not match:
+        return []
+    present = set(present)
+    retry_single = f"{match['base']}-retry{SINGLE}"
+    out = [match["base"]] if match["base"] in present else []
+    if retry_single in present and (match["alt"] == "retry" or not out):
+        out.append(retry_single)
+    return out
+
+
 def analyse(rows: Iterable[Row]) -> dict[str, Any]:
     """Every group (`analyse_group`) and every ``X-retry`` / ``X-graceN`` vs ``X`` comparison,
     per options and pooled over them."""
@@ -211,6 +257,9 @@ def analyse(rows: Iterable[Row]) -> dict[str, Any]:
         if row.get("variant") in NO_GROWTH or row.get("quick"):
             continue
         groups[_key(row)][str(row["variant"])].append(row)
+        derived = single_try(row)
+        if derived is not None:
+            groups[_key(row)][str(derived["variant"])].append(derived)
     out_groups, comparisons = [], []
     pooled: dict[tuple[str, str, str], tuple[list[Row], list[Row]]] = {}
     for (experiment, opts) in sorted(groups):
@@ -220,13 +269,12 @@ def analyse(rows: Iterable[Row]) -> dict[str, Any]:
             out_groups.append({"experiment": experiment, "variant": variant,
                                "options": json.loads(opts),
                                **analyse_group(variants[variant], control)})
-            match = ALTERNATIVE.match(variant)
-            if match and match["base"] in variants:
-                base = variants[match["base"]]
-                comparisons.append({"experiment": experiment, "base": match["base"],
+            for base_name in bases_of(variant, variants):
+                base = variants[base_name]
+                comparisons.append({"experiment": experiment, "base": base_name,
                                     "alt": variant, "options": json.loads(opts),
                                     **compare(base, variants[variant])})
-                acc = pooled.setdefault((experiment, match["base"], variant), ([], []))
+                acc = pooled.setdefault((experiment, base_name, variant), ([], []))
                 seeds = {r.get("seed") for r in variants[variant]}
                 acc[0].extend(r for r in base if r.get("seed") in seeds)
                 acc[1].extend(variants[variant])

@@ -1,0 +1,124 @@
+"""Does a retry or a grace period after growth rescue runs that kept no dendrite set?
+
+Re-runs chosen seeds of ``frontier-1d`` (MNIST-1D, Protocol P) with the ``pb`` arm (the
+library's defaults) exactly as ``perforate experiment frontier-1d`` does (same setup, seeding
+and row format: `perforate_experiments.train.run_one`), changing only the schedule:
+
+- ``retry``: ``dendrite_tries=2`` (a set that does not improve is dropped once and a fresh one
+  grown from the best weights: the "unlucky initialisation" fix);
+- ``graceN``: a neuron cycle after a growth is not judged before its N-th epoch (the usual
+  patience still applies after that: the cycle ends once N epochs have passed *and*
+  ``neuron_patience`` epochs went without a new best): the "judged too early" fix. The
+  library has no such option; it is done here by setting ``schedule.neuron_patience`` after
+  every epoch (`fit`'s ``on_epoch_end``), which consumes no randomness, so everything up to
+  the first post-growth cycle is bit-identical to the stored ``pb`` run.
+
+Usage (about 3 CPU-minutes per run at 1 thread)::
+
+    nice -n 10 .venv/bin/python scripts/growth_confirm.py --seeds 3,5,8,9 --h 8 \\
+        --arms retry,grace15 --out results/growth_confirm
+
+Rows land in ``OUT/frontier-1d/pb-<arm>/seed-S__h-H.json`` (readable by
+``python -m perforate_experiments.report.growth OUT``), one run at a time, skipping rows
+already on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import perforate_experiments.train as train
+from perforate.schedule import NEURON
+from perforate.tracker import Tracker
+from perforate_experiments.registry import get_experiment
+from perforate_experiments.runner import parse_seeds, write_json_atomic
+
+EXPERIMENT = "frontier-1d"
+BASE_VARIANT = "pb"
+
+
+def grace_callback(min_epochs: int, patience: int) -> Callable[[Tracker, Any], None]:
+    """An ``on_epoch_end`` that keeps a post-growth neuron cycle going until its
+    `min_epochs`-th epoch: the cycle ends iff ``since_best >= patience`` and
+    ``cycle_epochs >= min_epochs`` (``since_best - cycle_epochs`` is constant until a new best,
+    so one patience value per epoch says exactly that)."""
+
+    def on_epoch_end(tracker: Tracker, decision: Any) -> None:
+        s = tracker.schedule
+        if s.cycle >= 1 and s.phase == NEURON:
+            s.neuron_patience = max(patience, min_epochs - (s.cycle_epochs - s.since_best))
+        else:
+            s.neuron_patience = patience
+
+    return on_epoch_end
+
+
+def arm_settings(arm: str, patience: int) -> tuple[dict[str, Any], Any]:
+    """(extra tracker kwargs, on_epoch_end) of an arm name (``retry`` or ``grace<N>``)."""
+    if arm == "retry":
+        return {"dendrite_tries": 2}, None
+    match = re.fullmatch(r"grace(\d+)", arm)
+    if match:
+        return {}, grace_callback(int(match.group(1)), patience)
+    raise SystemExit(f"unknown arm {arm!r}: use retry or grace<N>")
+
+
+def run(arm: str, seed: int, h: int) -> dict[str, Any]:
+    """One run of `arm`: `train.run_one` with `fit` wrapped to add the arm's settings."""
+    exp = get_experiment(EXPERIMENT)
+    patience = int(exp.setup(seed=seed, quick=False, h=h).tracker_kwargs["neuron_patience"])
+    extra, callback = arm_settings(arm, patience)
+    original = train.fit
+
+    @functools.wraps(original)
+    def patched(*args: Any, tracker_kwargs: dict[str, Any], **kwargs: Any) -> Tracker:
+        return original(*args, tracker_kwargs={**tracker_kwargs, **extra},
+                        on_epoch_end=callback, **kwargs)
+
+    train.fit = patched
+    try:
+        row = train.run_one(exp, BASE_VARIANT, seed, options={"h": h})
+    finally:
+        train.fit = original
+    row["variant"] = f"{BASE_VARIANT}-{arm}"
+    row["tracker"] = {**row["tracker"], **extra}
+    row["growth_confirm"] = {"arm": arm, "script": "scripts/growth_confirm.py"}
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="3,5,8,9")
+    parser.add_argument("--h", type=int, default=8)
+    parser.add_argument("--arms", default="retry,grace15")
+    parser.add_argument("--out", default="results/growth_confirm")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    for seed in parse_seeds(args.seeds):
+        for arm in args.arms.split(","):
+            path = (Path(args.out) / EXPERIMENT / f"{BASE_VARIANT}-{arm}"
+                    / f"seed-{seed}__h-{args.h}.json")
+            if path.is_file():
+                continue
+            row = run(arm, seed, args.h)
+            write_json_atomic(path, row)
+            print(json.dumps({"arm": arm, "seed": seed, "final_cycle": row["final_cycle"],
+                              "final_dendrites": row["final_dendrites"],
+                              "final_test": row["final_test"],
+                              "cycles": [(a["epochs"], a["best_val"], a["improved"])
+                                         for a in row["architectures"]],
+                              "wall_s": round(row["wall_seconds"], 1)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,6 +48,7 @@ from .errors import LoadError, PhaseError
 from .model import DENDRITE, NEURON, PerforatedModel
 from .rebuild import rebuild
 from .schedule import CONTINUE, GROW, INSTALL, RESTART, RETRY, STOP, Schedule
+from .storage import NET_FILE, model_is_whole, save_pretrained
 from .training.checkpoint import (
     CHECKPOINT_FILE,
     CHECKPOINT_META,
@@ -55,10 +56,12 @@ from .training.checkpoint import (
     FORMAT_VERSION,
     checkpoint_file,
     read_checkpoint,
+    run_settings,
     saved_config,
     write_checkpoint,
 )
 from .training.finite import check_parameters, check_score
+from .training.lock import RunLock
 from .training.optimizers import Optimization, OptimizerFactory, SchedulerFactory
 from .training.records import RunRecords, opt_float
 from .training.rng import TrackedGenerators
@@ -70,8 +73,8 @@ __all__ = ["CHECKPOINT_FILE", "CHECKPOINT_META", "FORMAT", "FORMAT_VERSION", "NE
            "Decision", "OptimizerFactory", "SchedulerFactory", "Tracker", "checkpoint_file",
            "read_checkpoint", "resume"]
 
-#: Sidecar written next to a ``save_pretrained`` directory: how to rebuild the network.
-NET_FILE = "perforate_net.json"
+MODEL_DIR = "model"
+"""The final model's directory in ``out_dir``."""
 
 _SCHEDULE_ARGS = ("mode", "neuron_patience", "dendrite_patience", "max_dendrite_epochs",
                   "max_dendrites", "improvement_threshold", "correlation_threshold",
@@ -122,9 +125,6 @@ class Tracker:
     Then train with ``tracker.model`` (the wrapper in a neuron phase) and evaluate
     ``tracker.perforated``; candidate statistics, candidate gradients and the scores given to
     `step` (their mean) are reduced across ranks, and only rank 0 writes files.
-    """
-
-    def __init__(self, model: PerforatedModel | nn.Module, optimizer_factory: OptimizerFactory,
 
     Divergence: after a neuron-phase epoch `step` checks every parameter (one host sync) and
     the validation score, and raises `NonFiniteError` naming the first non-finite parameter and
@@ -132,6 +132,9 @@ class Tracker:
     tracker is as after the previous `step`, the model keeps the non-finite weights (to
     inspect), and a run goes on from its last checkpoint (``resume``), e.g. with a lower
     learning rate. A diverged cycle is never a reason to grow.
+    """
+
+    def __init__(self, model: PerforatedModel | nn.Module, optimizer_factory: OptimizerFactory,
                  scheduler_factory: SchedulerFactory | None = None, *, mode: str = "max",
                  neuron_patience: int = 25, dendrite_patience: int = 3,
                  max_dendrite_epochs: int = 25, max_dendrites: int | None = None,
@@ -198,6 +201,9 @@ class Tracker:
         """Every rank's RNG states at the end of the last `step` (distributed runs)."""
         self.optimization.renew(model)
         self._last_time = time.perf_counter()
+        self._lock = RunLock(self.out_dir, owner=self) \
+            if self.out_dir is not None and self.is_main else None
+        """One writer per out_dir (`perforate.training.lock`); released once done."""
 
     # ----------------------------------------------------------------------------- queries
     @property
@@ -520,14 +526,24 @@ class Tracker:
     def _write(self, *, final: bool, switch: bool) -> None:
         if self.out_dir is None or not self.is_main:
             return
+        if self._lock is not None:
+            self._lock.check()
         every = self.checkpoint_every
         periodic = every is not None and self.epoch % every == 0
         if switch or final:
             self.write_artifacts()
+        if final:  # the model before the checkpoint that says done (resume rebuilds it)
+            self.save_model(self.out_dir / MODEL_DIR)
         if switch or final or periodic:
             self.save_checkpoint(self.out_dir / artifacts.CHECKPOINT_DIR)
         if final:
-            self.save_model(self.out_dir / "model")
+            self.close()
+
+    def close(self) -> None:
+        """Let go of ``out_dir`` (its lock; done at the end of a run): another run may write
+        there, this one writes nothing more there."""
+        if self._lock is not None:
+            self._lock.release()
 
     def write_artifacts(self, out_dir: str | Path | None = None) -> Path:
         """Write history.csv, architectures.csv, summary.json (and training.png) now."""
@@ -538,10 +554,11 @@ class Tracker:
 
     def save_model(self, directory: str | Path) -> Path:
         """``model.save_pretrained(directory)`` plus ``perforate_net.json`` naming the
-        network factory (so ``perforate export`` can rebuild it). Neuron phase only."""
-        out = self.perforated.save_pretrained(directory)
-        artifacts.write_json(out / NET_FILE, {"net_factory": self.net_factory})
-        return out
+        network factory (so ``perforate export`` can rebuild it), published whole
+        (`perforate.storage.save_pretrained`). Neuron phase only."""
+        net = json.dumps({"net_factory": self.net_factory}, indent=2) + "\n"
+        return save_pretrained(self.perforated, directory,
+                               extra_files={NET_FILE: net.encode("utf-8")})
 
     # ------------------------------------------------------------------------ state dict
     def track_generators(self, *generators: torch.Generator | None) -> None:
@@ -625,15 +642,25 @@ def resume(directory: str | Path, net: nn.Module, optimizer_factory: OptimizerFa
     The saved settings are used unless overridden by `tracker_kwargs`. Global RNG states are
     restored (`restore_rng`), so the run continues exactly as if it had never stopped.
     """
-    state = read_checkpoint(directory)
-    model = rebuild(net, saved_config(state), registry=registry, device=device)
-    settings = dict(state["settings"])
+    path = checkpoint_file(directory)
+    state = read_checkpoint(path)
+    try:
+        model = rebuild(net, saved_config(state), registry=registry, device=device)
+    except LoadError as exc:
+        raise LoadError(f"{path}: {exc}") from exc
+    settings = run_settings(state, path)  # out_dir: where the checkpoint is now
     settings.update(tracker_kwargs)
     tracker = Tracker(model, optimizer_factory, scheduler_factory, **settings)
     try:
         tracker.load_state_dict(state, restore_rng=restore_rng)
-    except (RuntimeError, KeyError) as exc:
-        raise LoadError(f"the checkpoint does not fit the network: {exc}") from exc
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise LoadError(f"{path}: the checkpoint does not fit the network: {exc}") from exc
+    if tracker.done and tracker.out_dir is not None and tracker.is_main:
+        model_dir = tracker.out_dir / MODEL_DIR  # a kill or full disk during the final save
+        if not model_is_whole(model_dir):
+            logger.warning("%s is missing or incomplete: rebuilt from the checkpoint", model_dir)
+            tracker.save_model(model_dir)
+        tracker.close()
     logger.info("resumed at epoch %d (%s phase, cycle %d, %d dendrite set(s))", tracker.epoch,
                 tracker.phase, tracker.cycle, model.num_dendrites)
     return tracker

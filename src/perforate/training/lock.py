@@ -13,6 +13,7 @@ one's next write raises `RunLockedError`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -47,14 +48,18 @@ class _Held:
         self.fd, self.path, self.owner = fd, path, owner
 
 
-def _try_lock(fd: int) -> bool:
+def _try_lock(fd: int, path: Path) -> bool:
+    """Lock `fd`; False if another process holds the lock."""
     try:
         if fcntl is not None:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         else:  # pragma: no cover
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    except OSError:
-        return False
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN, getattr(errno, "EDEADLOCK", errno.EAGAIN)):
+            return False
+        logger.warning("%s cannot be locked (%s): this file system does not enforce one "
+                       "writer per out_dir", path, exc)
     return True
 
 
@@ -111,7 +116,7 @@ class RunLock:
     def _acquire(self) -> int:
         for _ in range(20):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-            if not _try_lock(fd):
+            if not _try_lock(fd, self.path):
                 holder = _holder(fd)
                 os.close(fd)
                 raise RunLockedError(

@@ -264,3 +264,23 @@ def test_a_nan_batch_in_a_dendrite_epoch_is_left_out_of_statistics_and_steps(
     assert not hasattr(opt, "found_inf")  # the step hook cleans up after itself
     clean, _, _ = _dendrite_epoch(optimizer, kwargs, False)  # a clean batch does count
     assert float(clean["0"][0]) == float(without["0"][0]) + 8
+
+
+def test_a_nan_batch_in_a_dendrite_phase_leaves_batch_norm_statistics_alone() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3))
+    model = pf.perforate(net, pf.PerforationConfig.paper(seed=0))
+    net(torch.randn(16, 4))  # running statistics of their own
+    before = [net[1].running_mean.clone(), net[1].running_var.clone()]
+    model.begin_dendrite_phase()
+    opt = model.candidate_optimizer()
+    for bad in (False, True, False):
+        x = torch.randn(8, 4)
+        if bad:
+            x[0, 0] = float("nan")
+        opt.zero_grad()
+        ((model(x) - torch.randn(8, 3)) ** 2).mean().backward()
+        opt.step()
+    model.end_dendrite_phase()
+    assert torch.equal(net[1].running_mean, before[0])
+    assert torch.equal(net[1].running_var, before[1])

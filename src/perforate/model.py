@@ -64,6 +64,7 @@ class PerforatedModel(nn.Module):
         self._phase = NEURON
         self._requires_grad: dict[str, bool] = {}
         self._norm_state: dict[str, tuple[float | None, Tensor]] = {}
+        self._norm_stats: dict[str, tuple[Tensor, Tensor]] = {}
         self._optimizer: torch.optim.Optimizer | None = None
         self._sync: DistributedSync | None = None
         logger.info("perforated %d layer(s): %s", len(self.dendrite_layers()),
@@ -145,11 +146,13 @@ class PerforatedModel(nn.Module):
         self._requires_grad = {n: p.requires_grad for n, p in self.net.named_parameters()}
         for p in self.net.parameters():
             p.requires_grad_(False)
-        # Normalisation layers keep their running statistics (momentum 0 leaves them as is).
+        # Normalisation layers keep their running statistics (momentum 0 leaves them as is;
+        # a NaN batch would not: 0 * NaN, so they are put back when the phase ends).
         self._norm_state = {}
         for name, m in _tracked_norms(self.net):
             self._norm_state[name] = (m.momentum, m.num_batches_tracked.clone())
             m.momentum = 0.0
+        self._keep_norm_stats()
         if self.num_dendrites == 0:
             _note_recurrent_cost(self.dendrite_layers())
         generator = None
@@ -173,6 +176,12 @@ class PerforatedModel(nn.Module):
         self._phase = DENDRITE
         logger.info("dendrite phase %d: %d candidate(s) per layer", self.num_dendrites + 1,
                     self.config.candidates)
+
+    def _keep_norm_stats(self) -> None:
+        """Copies of the normalisation layers' running statistics, put back when the dendrite
+        phase ends (not state: momentum 0 keeps them unchanged unless a batch was NaN)."""
+        self._norm_stats = {name: (m.running_mean.clone(), m.running_var.clone())
+                            for name, m in _tracked_norms(self.net) if m.running_var is not None}
 
     def set_distributed(self, sync: DistributedSync | None) -> None:
         """Reduce the dendrite phases across ranks (`perforate.distributed`; `pf.Tracker`
@@ -273,7 +282,12 @@ class PerforatedModel(nn.Module):
             m = self.net.get_submodule(name)
             m.momentum = momentum
             m.num_batches_tracked.copy_(tracked)
+        for name, stats in self._norm_stats.items():
+            m = self.net.get_submodule(name)
+            for buffer, kept in zip((m.running_mean, m.running_var), stats, strict=True):
+                buffer.copy_(kept)
         self._requires_grad, self._norm_state, self._optimizer = {}, {}, None
+        self._norm_stats = {}
         self._phase = NEURON
 
     def remove_last_dendrites(self) -> None:
@@ -316,6 +330,7 @@ class PerforatedModel(nn.Module):
             self.candidate_optimizer().load_state_dict(state["optimizer"])
             self._requires_grad = dict(state["requires_grad"])
             self._norm_state = {k: (m, t) for k, (m, t) in state["norm_state"].items()}
+            self._keep_norm_stats()  # the loaded ones: the phase's start values
 
     # ----------------------------------------------------------------------------- leaving
     def unload(self) -> nn.Module:

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 FILES_KEY = "files"
 """Key of the checksum records in a JSON file."""
 
-_ATTEMPTS = 8
+_ATTEMPTS = 20
 
 
 def record_of(data: bytes) -> dict[str, Any]:
@@ -100,21 +100,25 @@ def read_files(directory: str | Path, names: Sequence[str],
                consistent: Any = None) -> dict[str, bytes | None]:
     """The bytes of `names` in `directory` (None for a missing one), all from the same
     directory even if a writer swaps in a new one meanwhile (then read again).
-    ``consistent(files) -> bool``: also read again (a few times) while it is False, for
-    files replaced one by one. Raises `FileNotFoundError` if `directory` does not exist."""
+    ``consistent(files) -> bool``: also read again while it is False and the files change
+    (files replaced one by one). Raises `FileNotFoundError` if `directory` does not exist."""
     directory = Path(directory)
     out: dict[str, bytes | None] = {}
+    previous: dict[str, bytes | None] | None = None
     for attempt in range(_ATTEMPTS):
         try:
             out, moved = _read_once(directory, names)
         except FileNotFoundError:  # a directory renamed aside for a moment
             if attempt == _ATTEMPTS - 1 or not os.path.exists(directory.parent):
                 raise
-            time.sleep(0.005 * (attempt + 1))
+            time.sleep(0.001 * attempt)
             continue
-        missing = any(v is None for v in out.values())
-        if (missing and moved) or (consistent is not None and not consistent(out)):
-            time.sleep(0.002 * attempt)
+        if any(v is None for v in out.values()) and moved:
+            time.sleep(0.001 * attempt)
+            continue
+        if consistent is not None and out != previous and not consistent(out):
+            previous = out  # read again while the files change
+            time.sleep(0.001 * attempt)
             continue
         return out
     return out

@@ -62,7 +62,9 @@ def _swappable(out: Path) -> bool:
         return True
     if out.is_symlink() or not out.is_dir() or out.resolve() == Path.cwd().resolve():
         return False
-    return all(p.name in MODEL_FILES and p.is_file() for p in out.iterdir())
+    return all(p.is_file() and (p.name in MODEL_FILES or (p.name.startswith(".") and
+                                                          p.name.endswith(".tmp")))
+               for p in out.iterdir())  # a killed writer's temp files go with the old one
 
 
 def save_pretrained(model: Any, directory: str | Path, *,

@@ -2,10 +2,10 @@
 
 Data (`perforate_experiments.data.fortunes`): the package's English text files, sorted by name
 and concatenated as bytes (about 2.6 MB), split 90 / 5 / 5 in order. Vocabulary 256, context 64.
-An "epoch" is `WINDOWS` random training windows (a seeded generator per seed: every arm of a
-seed sees the same windows), batch 32. Validation: a fixed set of `N_EVAL` windows spread evenly
-over the validation split (every k-th window of its non-overlapping cut), scored every epoch;
-the per-epoch test score uses `N_EVAL_TEST` windows of the test split the same way, only for
+An "epoch" is ``windows`` random training windows (a seeded generator per seed: every arm of a
+seed sees the same windows), batch 32. Validation: a fixed set of ``n_eval`` windows spread
+evenly over the validation split (every k-th window of its non-overlapping cut), scored every
+epoch; the per-epoch test score uses ``n_eval_test`` windows of the test split the same way, for
 the history: the **reported test bpb is one full pass over the whole test split** on the final
 model (``extra_tests["test_full"]``). Metric: bits per byte, bpb = mean cross-entropy over every
 predicted byte in nats / ln 2; lower is better (the tracker runs with ``mode="min"``).
@@ -15,11 +15,15 @@ transformer, 2 blocks of ``nn.TransformerEncoderLayer(norm_first=True)`` with a 
 heads, MLP 4·d; ``lstm<h>`` a 1-layer LSTM. Adam(lr=2e-3), a fresh optimizer per neuron cycle,
 no dropout. torch.manual_seed(seed) before building.
 
-Schedule (`FULL`, chosen from the pilot in docs/results.md to fit about 15 CPU-hours for every
-arm and seed): neuron patience 5 epochs, at most 3 dendrite sets, dendrite phases of at most 5
-epochs (patience 2), at most 60 epochs (61k windows, 3.9M predicted bytes, about 1.7 passes
-over the training split) per run. Small networks plateau well inside that; the widest run to the
-cap (the protocol measures what dendrites buy at a fixed training budget).
+Schedule (`FULL`, from the pilot in docs/results.md, "Protocol L (in progress)"): an epoch is
+1,024 windows (65,536 predicted bytes, 2.8 % of the training split); a neuron cycle ends when
+validation bpb has not dropped by more than 0.01 (``improvement_threshold``) for 3 epochs; at
+most 3 dendrite sets, dendrite phases of at most 5 epochs (patience 2), at most 50 epochs per run
+(3.3M predicted bytes, about 1.4 passes over the training split). Why a threshold: at this
+budget no network converges (the pilot's tf16 still gained 0.005-0.01 bpb per epoch at epoch
+60), so with threshold 0 a cycle never ends and PB never grows; 0.01 bpb in 3 epochs ends tf16's
+first cycle near epoch 33. The widest networks reach the cap without a plateau: there the arms
+are the restart control (the protocol measures what dendrites buy at a fixed training budget).
 
 Arms, paired by seed (5 seeds): ``restart`` (same controller, no dendrites), ``pb`` (the library
 default, `PerforationConfig()`), ``pb-cc`` (`PerforationConfig.paper()`), and two
@@ -28,7 +32,8 @@ parameter-efficient defaults at one budget of **8 inputs per dendrite**: ``pb-ra
 projection ``[8, fan_in]``) and ``pb-m`` (``dendrite_inputs=8``: each dendrite sees 8 of its
 neuron's inputs, drawn at random). Why 8: the default's set doubles each layer's weights (fan_in
 per neuron), which at d = 128 is 0.43M parameters a set; 8 per neuron is half a full set at the
-narrowest PB width (fan_in 16) and 1/16 at d = 128 (1/8 to 1/32 of the LSTM's fan_in 2h), so
+narrowest PB width (fan_in 16) and 1/16 at d = 128 (1/64 in the MLP's second layer; 1/8 to
+1/32 of the LSTM's fan_in 2h), so
 these arms ask whether dendrites pay at a small fraction of the default's growth, and the two
 arms spend the same per neuron (r weights plus a shared P, against m masked weights).
 ``dendrite_rank`` applies to Linear layers only, so ``pb-rank`` runs on the transformers only.
@@ -59,9 +64,9 @@ EVAL_BATCH = 256
 LR = 2e-3
 #: Budget of the parameter-efficient arms: inputs per dendrite (rank r and m).
 BUDGET = 8
-FULL = {"neuron_patience": 5, "dendrite_patience": 2, "max_dendrite_epochs": 5,
-        "max_dendrites": 3, "max_epochs": 60, "windows": 1024, "n_eval": 512,
-        "n_eval_test": 256, "max_bytes": None}
+FULL = {"neuron_patience": 3, "improvement_threshold": 0.01, "dendrite_patience": 2,
+        "max_dendrite_epochs": 5, "max_dendrites": 3, "max_epochs": 50, "windows": 1024,
+        "n_eval": 512, "n_eval_test": 256, "max_bytes": None}
 QUICK = {"neuron_patience": 1, "dendrite_patience": 1, "max_dendrite_epochs": 1,
          "max_dendrites": 1, "min_dendrites": 1, "max_epochs": 4, "windows": 32, "n_eval": 16,
          "n_eval_test": 16, "max_bytes": 40_000,
@@ -111,7 +116,7 @@ def lm_loss(outputs: Tensor, targets: Tensor) -> Tensor:
 
 def bpb(outputs: Tensor, targets: Tensor) -> float:
     """Bits per byte: mean cross-entropy in nats / ln 2 (lower is better)."""
-    return float(lm_loss(outputs.double(), targets)) / math.log(2)
+    return float(lm_loss(outputs, targets)) / math.log(2)
 
 
 def evenly(loader: StridedWindows, n: int | None) -> StridedWindows:

@@ -22,6 +22,7 @@ from torch import nn
 
 import perforate as pf
 from perforate import atomic
+from perforate.storage import read_net_factory
 from perforate.training.checkpoint import read_checkpoint
 
 #: Validation scores by epoch: cycle 0 (4) + dendrite (2) + cycle 1 (4) + dendrite (2) + 3.
@@ -387,3 +388,17 @@ def test_temp_files_of_a_killed_writer_are_swept(tmp_path):
     other_host.write_bytes(b"half")
     atomic.atomic_write_text(tmp_path / "f.txt", "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == [other_host.name, "f.txt"]
+
+
+def test_a_flipped_byte_in_perforate_net_json_is_caught_and_resume_repairs_it(tmp_path):
+    out = tmp_path / "run"
+    run(start(out))
+    path = out / "model" / "perforate_net.json"
+    data = path.read_bytes()
+    assert read_net_factory(out / "model") == "test_run_files:make_net"
+    i = data.index(b"make_net")
+    path.write_bytes(data[:i] + b"l" + data[i + 1:])  # "lake_net": another factory
+    with pytest.raises(pf.LoadError, match=rf"{path} is corrupt or not the file"):
+        read_net_factory(out / "model")
+    pf.resume(out, make_net(), sgd)  # a finished run's model that is not whole is rebuilt
+    assert path.read_bytes() == data

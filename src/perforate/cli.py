@@ -36,7 +36,8 @@ from .model import perforate
 from .rebuild import rebuild
 from .serialization import CONFIG_FILE
 from .serialization import load as load_pretrained
-from .tracker import NET_FILE, read_checkpoint
+from .storage import read_net_factory
+from .tracker import read_checkpoint
 from .training.checkpoint import deployable_weights, saved_config
 
 EXIT_ERROR = 2
@@ -264,12 +265,7 @@ def load_for_export(directory: str | Path, net_spec: str | None = None, *,
     if not src.exists():
         raise CLIError(f"{src} does not exist")
     if (src / CONFIG_FILE).is_file():
-        recorded = None
-        if (src / NET_FILE).is_file():
-            try:
-                recorded = json.loads((src / NET_FILE).read_text()).get("net_factory")
-            except (OSError, json.JSONDecodeError, AttributeError) as exc:
-                raise CLIError(f"cannot read {src / NET_FILE}: {exc}") from exc
+        recorded = read_net_factory(src)  # checked against its recorded checksum
         net = _build_net(_net_factory_of(src, recorded, net_spec, trust_factory))
         return load_pretrained(src, net)
     state = read_checkpoint(src)

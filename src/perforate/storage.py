@@ -165,6 +165,27 @@ def read_saved(directory: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]
     return meta, tensors
 
 
+def read_net_factory(directory: str | Path) -> str | None:
+    """The ``net_factory`` that ``perforate_net.json`` of a saved model records (None if there
+    is none), checked against the checksum ``perforate_config.json`` records for it."""
+    src = Path(directory)
+    try:
+        files = read_files(src, [CONFIG_FILE, NET_FILE])
+    except OSError as exc:
+        raise LoadError(f"cannot read {src}: {exc}") from exc
+    data = files[NET_FILE]
+    if data is None:
+        return None
+    if files[CONFIG_FILE] is not None:
+        records = load_json(files[CONFIG_FILE], src / CONFIG_FILE).get(FILES_KEY)
+        if isinstance(records, dict) and NET_FILE in records:
+            check(src / NET_FILE, data, [records[NET_FILE]], src / CONFIG_FILE)
+    factory = load_json(data, src / NET_FILE).get("net_factory")
+    if factory is not None and not isinstance(factory, str):
+        raise LoadError(f"{src / NET_FILE}: net_factory is not a string")
+    return factory
+
+
 def model_is_whole(directory: str | Path) -> bool:
     """True if `directory` holds a saved model that reads back whole (every recorded file
     present and matching its checksum)."""

@@ -46,36 +46,63 @@ def tanh_of_half_(y: Tensor) -> Tensor:
 
 
 class _SigmoidTanh(torch.autograd.Function):
-    """``tanh(x) = 2 sigmoid(2x) - 1``, in place when asked; the backward is tanh's,
-    ``grad (1 - y²)`` from the output (twice differentiable, like tanh).
+    """``tanh(x) = 2 sigmoid(2x) - 1``; the backward is tanh's, ``grad (1 - y²)`` from the
+    output (twice differentiable, like tanh; ``torch.func`` transforms work through it:
+    `setup_context`, ``generate_vmap_rule``).
 
     Within 2.4e-7 of ``torch.tanh`` in float32 (absolute: the form loses relative accuracy
     for |x| < 1e-3, where tanh(x) ~ x, which is below the rounding of the layer output the
     dendrite is added to), and exact at ±inf and NaN.
     """
 
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, inplace: bool) -> Tensor:  # type: ignore[override]
-        y = tanh_of_half_(x.mul_(2) if inplace else x.mul(2))
-        if inplace:
-            ctx.mark_dirty(x)
-        ctx.save_for_backward(y)
-        return y
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def forward(x: Tensor) -> Tensor:  # type: ignore[override]
+        return tanh_of_half_(x.mul(2))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
         (y,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, y), None
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+class _SigmoidTanhInplace(torch.autograd.Function):
+    """`_SigmoidTanh` in place on its input (``torch.func`` does not take an in-place
+    autograd function that saves its output: outside autograd use `tanh_no_grad_`)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        tanh_of_half_(x.mul_(2))
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x  # x itself (not the ops' result): torch.compile then traces it
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
 
 
 def tanh(x: Tensor) -> Tensor:
     """tanh, computed as ``2 sigmoid(2x) - 1`` for float32 on a CPU (see `_SigmoidTanh`)."""
-    return _SigmoidTanh.apply(x, False) if sigmoid_form(x) else torch.tanh(x)
+    return _SigmoidTanh.apply(x) if sigmoid_form(x) else torch.tanh(x)
 
 
 def tanh_(x: Tensor) -> Tensor:
     """In-place `tanh`."""
-    return _SigmoidTanh.apply(x, True) if sigmoid_form(x) else torch.tanh_(x)
+    return _SigmoidTanhInplace.apply(x) if sigmoid_form(x) else torch.tanh_(x)
+
+
+def tanh_no_grad_(x: Tensor) -> Tensor:
+    """In-place `tanh` that records no graph: for a tensor no gradient flows through (and
+    inside an autograd function's forward), where `tanh_`'s autograd function is overhead
+    and, under ``torch.func`` transforms, not allowed."""
+    return tanh_of_half_(x.mul_(2)) if sigmoid_form(x) else x.tanh_()
 
 
 #: Functions used in place of an activation module's forward where they are faster; the
@@ -90,3 +117,6 @@ INPLACE: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": torch.relu_,
     "identity": _identity_,
 }
+
+#: In-place versions that record no graph (see `tanh_no_grad_`).
+INPLACE_NO_GRAD: dict[str, Callable[[Tensor], Tensor]] = {**INPLACE, "tanh": tanh_no_grad_}

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..activations import FUNCTIONS, INPLACE, make_activation
+from ..activations import FUNCTIONS, INPLACE_NO_GRAD, make_activation
 from ..candidates import CandidatePool, Winners
 from ..config import PerforationConfig
 from ..errors import ConfigError, PhaseError
@@ -72,7 +72,7 @@ class DendriteLayer(nn.Module):
         if rank is not None:  # the dendrites' geometry: `rank` inputs per neuron
             self.geometry = ProjectedLinearGeometry(base_layer, rank)
         self.activation = make_activation(config.dendrite_activation)
-        self._activation_ = INPLACE.get(config.dendrite_activation)
+        self._activation_ = INPLACE_NO_GRAD.get(config.dendrite_activation)
         self._activation_fn = FUNCTIONS.get(config.dendrite_activation)  # faster than the module
         w = self.geometry.weight
         n, shape = self.geometry.num_neurons, self.geometry.neuron_weight_shape
@@ -203,7 +203,7 @@ class DendriteLayer(nn.Module):
             name = self.config.dendrite_activation
             if pool is None and pre.requires_grad and torch.is_grad_enabled() \
                     and fusable(name, z, pre, cascade, a):  # sets that train: one node
-                return DendriteTerm.apply(z, pre, cascade, a, self.geometry, name)
+                return DendriteTerm.apply(z, pre, cascade, a, self.geometry, name)[0]
             hs = self._outputs(pre, cascade)
             for j, h in enumerate(hs):
                 z = torch.addcmul(z, self.geometry.expand(a[j]), h)

@@ -8,6 +8,12 @@ backward, one more tensor of all D sets to stack the sets' gradients (`unbind`'s
 pre-activation straight into one tensor of the stacked shape, and takes the activation's
 derivative from its output. That is possible for sigmoid, tanh, ReLU and the identity; other
 activations keep the autograd path.
+
+The in-place backward is for a plain ``backward()``. Where the backward itself is
+differentiated (``create_graph=True``: gradient penalties, Hessian-vector products, and every
+``torch.func`` transform, which builds its gradients that way), the same formulas run as
+ordinary differentiable torch ops; ``torch.func.vmap`` runs the forward batched
+(``generate_vmap_rule``).
 """
 
 from __future__ import annotations
@@ -17,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from ..activations import INPLACE
+from ..activations import INPLACE_NO_GRAD
 
 if TYPE_CHECKING:
     from ..geometry import Geometry
@@ -49,6 +54,14 @@ BACKWARD_FROM_OUTPUT: dict[str, Callable[[Tensor, Tensor], None]] = {
     "identity": _identity_backward_,
 }
 
+#: ``g'`` from the activation's output, as differentiable ops (the graph-building backward).
+DERIVATIVE_FROM_OUTPUT: dict[str, Callable[[Tensor], Tensor | None]] = {
+    "sigmoid": lambda h: h - h * h,
+    "tanh": lambda h: 1 - h * h,
+    "relu": lambda h: (h > 0).to(h.dtype),
+    "identity": lambda h: None,  # 1
+}
+
 
 def fusable(activation: str, *tensors: Tensor) -> bool:
     """Whether `DendriteTerm` computes this case: an activation whose derivative its output
@@ -58,13 +71,18 @@ def fusable(activation: str, *tensors: Tensor) -> bool:
 
 
 class DendriteTerm(torch.autograd.Function):
-    """``(z, u [stacked], C [D, D, N], a [D, N]) -> z + Σ_j a_j h_j`` (see the module)."""
+    """``(z, u [stacked], C [D, D, N], a [D, N]) -> (z + Σ_j a_j h_j, h [stacked])`` (see the
+    module). ``h`` is an output so that the backward may read it as a saved output, which
+    ``torch.func`` accepts and a double backward differentiates through; callers use the
+    first output."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, z: Tensor, pre: Tensor, cascade: Tensor,  # type: ignore[override]
-                output: Tensor, geo: Geometry, activation: str) -> Tensor:
+    def forward(z: Tensor, pre: Tensor, cascade: Tensor,  # type: ignore[override]
+                output: Tensor, geo: Geometry, activation: str) -> tuple[Tensor, Tensor]:
         d, dim = output.shape[0], geo.set_dim
-        act_ = INPLACE[activation]
+        act_ = INPLACE_NO_GRAD[activation]  # no graph inside a forward
         h = torch.empty_like(pre)
         hs = h.unbind(dim)
         for j in range(d):
@@ -79,36 +97,83 @@ class DendriteTerm(torch.autograd.Function):
         out = torch.addcmul(z, geo.expand(output[0]), hs[0])
         for j in range(1, d):
             out.addcmul_(geo.expand(output[j]), hs[j])
-        ctx.geo, ctx.activation = geo, activation
-        ctx.save_for_backward(h, cascade, output)
-        return out
+        return out, h
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor  # type: ignore[override]
-                 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None,
-                            None, None]:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]
+                      ) -> None:
+        ctx.geo, ctx.activation = inputs[4], inputs[5]
+        ctx.set_materialize_grads(False)  # h's gradient is None unless h is differentiated
+        ctx.save_for_backward(output[1], inputs[2], inputs[3])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor | None,  # type: ignore[override]
+                 grad_h: Tensor | None) -> tuple[Tensor | None, ...]:
         h, cascade, output = ctx.saved_tensors
-        geo: Geometry = ctx.geo
-        dim, d = geo.set_dim, output.shape[0]
-        act_backward_ = BACKWARD_FROM_OUTPUT[ctx.activation]
-        need_z, need_pre, need_c, need_a = ctx.needs_input_grad[:4]
-        hs = h.unbind(dim)
-        grad_pre = grad_c = grad_a = None
-        if need_pre or need_c:  # dLoss/du_j, last set first (the cascade feeds forward)
-            grad_pre = torch.empty_like(h)
-            gs = grad_pre.unbind(dim)
-            for j in reversed(range(d)):
-                torch.mul(grad, geo.expand(output[j]), out=gs[j])
-                for k in range(j + 1, d):
-                    gs[j].addcmul_(gs[k], geo.expand(cascade[k, j]))
-                act_backward_(gs[j], hs[j])
-        if need_c:
-            grad_c = torch.zeros_like(cascade)
-            for j in range(1, d):
-                for i in range(j):
-                    grad_c[j, i] = geo.sum_out(gs[j] * hs[i])  # type: ignore[index]
-        if need_a:
-            grad_a = geo.sum_stacked(h * geo.unsqueeze_set(grad))
-        return (grad if need_z else None, grad_pre if need_pre else None, grad_c, grad_a,
+        geo, activation = ctx.geo, ctx.activation
+        if grad is None and grad_h is None:
+            return (None,) * 6
+        if torch.is_grad_enabled() or grad is None or grad_h is not None:
+            # The backward is itself differentiated (create_graph, torch.func), or the saved
+            # h was (a double backward comes back here with h's gradient).
+            return (grad, *_backward_graph(grad, grad_h, h, cascade, output, geo, activation),
+                    None, None)
+        need = ctx.needs_input_grad
+        return (grad if need[0] else None,
+                *_backward_fast(need[1:4], grad, h, cascade, output, geo, activation),
                 None, None)
+
+
+def _backward_fast(need: tuple[bool, ...], grad: Tensor, h: Tensor, cascade: Tensor,
+                   output: Tensor, geo: Geometry, activation: str
+                   ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of u, C and a, in place into one tensor each (no graph)."""
+    dim, d = geo.set_dim, output.shape[0]
+    act_backward_ = BACKWARD_FROM_OUTPUT[activation]
+    need_pre, need_c, need_a = need
+    hs = h.unbind(dim)
+    grad_pre = grad_c = grad_a = None
+    if need_pre or need_c:  # dLoss/du_j, last set first (the cascade feeds forward)
+        grad_pre = torch.empty_like(h)
+        gs = grad_pre.unbind(dim)
+        for j in reversed(range(d)):
+            torch.mul(grad, geo.expand(output[j]), out=gs[j])
+            for k in range(j + 1, d):
+                gs[j].addcmul_(gs[k], geo.expand(cascade[k, j]))
+            act_backward_(gs[j], hs[j])
+    if need_c:
+        grad_c = torch.zeros_like(cascade)
+        for j in range(1, d):
+            for i in range(j):
+                grad_c[j, i] = geo.sum_out(gs[j] * hs[i])  # type: ignore[index]
+    if need_a:
+        grad_a = geo.sum_stacked(h * geo.unsqueeze_set(grad))
+    return grad_pre if need_pre else None, grad_c, grad_a
+
+
+def _backward_graph(grad: Tensor | None, grad_h: Tensor | None, h: Tensor, cascade: Tensor,
+                    output: Tensor, geo: Geometry, activation: str
+                    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The gradients of u, C and a as differentiable out-of-place ops (see the module), with
+    h's own gradient `grad_h` (from a double backward) added to each set's."""
+    dim, d = geo.set_dim, output.shape[0]
+    derivative = DERIVATIVE_FROM_OUTPUT[activation]
+    hs = h.unbind(dim)
+    ghs = None if grad_h is None else grad_h.unbind(dim)
+    gs: list[Tensor] = []  # dLoss/du_j, last set first
+    for j in reversed(range(d)):
+        parts = [] if grad is None else [grad * geo.expand(output[j])]
+        if ghs is not None:
+            parts.append(ghs[j])
+        parts += [gs[d - 1 - k] * geo.expand(cascade[k, j]) for k in range(j + 1, d)]
+        g = parts[0]
+        for part in parts[1:]:
+            g = g + part
+        dg = derivative(hs[j])
+        gs.append(g if dg is None else g * dg)
+    gs.reverse()
+    zero = torch.zeros_like(cascade[0, 0])
+    grad_c = torch.stack([torch.stack([geo.sum_out(gs[j] * hs[i]) if i < j else zero
+                                       for i in range(d)]) for j in range(d)])
+    grad_a = None if grad is None else geo.sum_stacked(h * geo.unsqueeze_set(grad))
+    return torch.stack(gs, dim), grad_c, grad_a

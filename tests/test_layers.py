@@ -241,3 +241,57 @@ def test_wrappers_expose_the_base_layers_attributes_read_only() -> None:
     with pytest.raises(KeyError, match="already exists"):
         fc.weight = nn.Parameter(torch.zeros(8, 54))
     assert "weight" not in dict(fc.named_parameters(recurse=False))  # no duplicate parameter
+
+
+def test_installs_make_no_float64_copy_and_keep_the_values() -> None:
+    """Resizing a float32 layer's dendrite parameters (install, removal, resize) creates no
+    float64 tensor (MPS has none) and stores the values exactly."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Dtypes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: set[torch.dtype] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.seen.add(t.dtype)
+            return out
+
+    model = pf.perforate(mlp(), pf.PerforationConfig.paper(candidates=2, seed=0))
+    model.begin_dendrite_phase()
+    train_candidates(model, _batches(2), nn.functional.cross_entropy)
+    layer = model.dendrite_layers()["0"]
+    pool = layer.candidates
+    winners = pool.winners()
+    layer.candidates = None
+    with Dtypes() as mode:
+        layer.install(winners)
+    assert torch.float64 not in mode.seen and torch.float32 in mode.seen
+    assert layer.dendrite_weight.dtype == torch.float32
+    assert torch.equal(layer.dendrite_weight[0], winners.weight)
+    assert torch.equal(layer.dendrite_bias[0], winners.bias)
+    with Dtypes() as mode:
+        layer.remove_last()
+        layer.resize(2)
+    assert torch.float64 not in mode.seen
+    assert layer.dendrite_weight.shape == (2, 7, 5) and layer.dendrite_weight.dtype == torch.float32
+
+
+def test_an_install_while_a_graph_holds_the_parameters_gives_gradients_of_the_new_shape(
+        ) -> None:
+    """A graph of the last batch (still referenced) keeps each parameter's gradient
+    accumulator; after an install the next backward's gradients have the new shapes."""
+    torch.manual_seed(0)
+    model = pf.perforate(mlp(), pf.PerforationConfig(seed=0))
+    x = torch.randn(4, 5)
+    model.grow()
+    held = model(x).square().sum()  # noqa: F841  # keeps the accumulators alive
+    model.grow()
+    model(x).square().sum().backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.shape == p.shape, name
+    assert model.dendrite_layers()["0"].output_weight.grad.shape == (2, 7)

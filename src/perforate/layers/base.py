@@ -365,9 +365,11 @@ class DendriteLayer(nn.Module):
         if param.shape != value.shape:
             # `.data =` forgets the parameter's cached gradient accumulator only on a dtype
             # or device change; one kept alive by a graph the caller still holds (the last
-            # batch's loss) would reject the new shape in the next backward.
-            other = torch.float32 if value.dtype == torch.float64 else torch.float64
-            param.data = value.to(other)
+            # batch's loss) would give the next backward's gradient the old shape. An empty
+            # tensor of another dtype passes first: no copy, and a dtype every device has
+            # (MPS has no float64).
+            other = torch.float32 if value.dtype == torch.float16 else torch.float16
+            param.data = value.new_empty(0, dtype=other)
         param.data = value
         param.grad = None
 

@@ -16,6 +16,7 @@ import perforate as pf
 from perforate import artifacts
 from perforate.cli import main
 from perforate.demo import digits_mlp, fashion_cnn
+from perforate.training.checkpoint import write_checkpoint
 
 DIGITS = "perforate.demo:digits_mlp"
 
@@ -185,7 +186,7 @@ def test_export_never_imports_a_type_a_checkpoint_config_names(capsys, tmp_path,
     state = torch.load(path, weights_only=True)
     state["config"] = json.dumps({**json.loads(state["config"]),
                                   "target_modules": ["type:evil_cli_types.Layer"]})
-    torch.save(state, path)
+    write_checkpoint(path.parent, state, {})  # a stranger's file: its checksum matches
     code, _, err = run_main(capsys, "export", str(tmp_path / "ck"), str(tmp_path / "o.pt"),
                             "--net", DIGITS)
     assert_one_line_error(code, err, "'evil_cli_types.Layer'", "import evil_cli_types")

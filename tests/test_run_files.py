@@ -23,7 +23,7 @@ from torch import nn
 import perforate as pf
 from perforate import atomic
 from perforate.storage import read_net_factory
-from perforate.training.checkpoint import read_checkpoint
+from perforate.training.checkpoint import read_checkpoint, write_checkpoint
 
 #: Validation scores by epoch: cycle 0 (4) + dendrite (2) + cycle 1 (4) + dendrite (2) + 3.
 SCORES = [0.1, 0.3, 0.2, 0.2, 0, 0, 0.35, 0.5, 0.4, 0.4, 0, 0, 0.5, 0.45, 0.4]
@@ -402,3 +402,38 @@ def test_a_flipped_byte_in_perforate_net_json_is_caught_and_resume_repairs_it(tm
         read_net_factory(out / "model")
     pf.resume(out, make_net(), sgd)  # a finished run's model that is not whole is rebuilt
     assert path.read_bytes() == data
+
+
+def test_a_checkpoint_read_while_it_is_rewritten_is_always_whole(tmp_path):
+    """``perforate export`` of a running run: each read is one of the checkpoints, checked."""
+    state = run(start(None), until=3).state_dict(include_rng=True)
+    write_checkpoint(tmp_path, {**state, "n": -1}, {})
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for n in range(40):  # each a different file
+                write_checkpoint(tmp_path, {**state, "n": n}, {"n": n})
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+        done.set()
+
+    def read() -> None:
+        seen = set()
+        while not done.is_set():
+            try:
+                got = read_checkpoint(tmp_path)
+                assert got["schedule"]["epoch"] == 3 and -1 <= got["n"] < 40
+                seen.add(got["n"])
+            except BaseException as exc:
+                errors.append(exc)
+                return
+        assert len(seen) > 1
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]

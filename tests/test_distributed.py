@@ -3,8 +3,12 @@ on the concatenated batches, through a dendrite phase (paper) and a growth (defa
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import gc
+import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +323,10 @@ def _deferred_run(sync: Any, rank: int, world: int) -> dict[str, Any]:
     for name, fn in real.items():
         setattr(dist, name, lambda *a, name=name, fn=fn, **k: (
             calls.append(name + (" async" if k.get("async_op") else "")), fn(*a, **k))[1])
+    from perforate.distributed import DistributedSync
+
+    wait = DistributedSync._wait  # a collective waited for at once (a sum, polling)
+    DistributedSync._wait = lambda self, work: (calls.append("wait"), wait(self, work))[1]
     try:
         for name, net in nets.items():
             model = pf.perforate(net, _config("paper"))
@@ -349,6 +357,7 @@ def _deferred_run(sync: Any, rank: int, world: int) -> dict[str, Any]:
     finally:
         for name, fn in real.items():
             setattr(dist, name, fn)
+        DistributedSync._wait = wait
     return out
 
 
@@ -377,10 +386,10 @@ def test_candidates_meet_twice_per_backward_and_hold_global_gradients(tmp_path: 
     single = _deferred_run(None, 0, 1)
     for name, layers in (("mlp", 3), ("wide", 2), ("wide2", 2), ("gru", 2)):
         backwards = 2 if name == "wide2" else 1
-        # two meetings per backward; the wide layer's rows travel in between, not waited for
-        # until the gradient sum is done
-        meet = ["all_gather", "all_gather async", "all_gather"] if name.startswith("wide") \
-            else ["all_gather"] * 2
+        # two meetings per backward, each waited for at once; the wide layer's rows travel in
+        # between, not waited for until the gradient sum is done
+        summed = ["all_gather async", "wait"]
+        meet = [*summed, "all_gather async", *summed] if name.startswith("wide") else summed * 2
         assert ranks[0][f"{name}_calls_backward"] == meet * backwards, name
         assert ranks[0][f"{name}_calls_step"] == []
         grads, single_grads = ranks[0][f"{name}_grads"], single[f"{name}_grads"]
@@ -528,7 +537,7 @@ def _one_rank_sync(factor: float) -> Any:
 
     sync = object.__new__(DistributedSync)
     sync.world, sync.rank, sync.group, sync.gather_small = 1, 0, None, True
-    sync._task, sync._pending, sync._rows = None, [], None
+    sync._task, sync._pending, sync._rows, sync.meeting = None, [], None, None
     sync.sum_ = lambda tensors: [t.mul_(factor) for t in tensors]  # type: ignore[method-assign]
     return sync
 
@@ -567,3 +576,168 @@ def test_only_the_new_part_of_a_gradient_is_summed_and_a_failure_keeps_the_old()
         _Continue.apply(inner, sync, lambda: (root, torch.tensor(1.0)), [w]).sum().backward()
     assert torch.equal(w.grad, torch.full((3,), 9.0))  # not the first continuation's 2
     assert sync._pending == [] and sync._rows is None
+
+
+# ------------------------------------------------------------------ ranks that disagree or stall
+TIMEOUT = 4.0  # seconds a rank waits for the others at the end of an epoch, in these tests
+
+
+def _disagree(rank: int, case: str, result: dict[str, Any]) -> None:
+    """Train (neuron, neuron, then a dendrite phase: the second step switches phases) where
+    rank 0 runs one batch more in the first epoch of the phase `case` ("neuron" or
+    "dendrite"), or, for "stall", sleeps before the phase-switching step; "join": one batch
+    more in the first neuron epoch, under DDP's ``join()``, and one training forward more (no
+    backward: no collective) in the first dendrite epoch."""
+    torch.manual_seed(0)
+    model = pf.perforate(nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 2)),
+                         _config("paper"))
+    tracker = pf.Tracker(DDP(model), lambda p: torch.optim.Adam(p, 1e-2), neuron_patience=1,
+                         improvement_threshold=10.0, max_epochs=6, plot=False)
+    tracker.sync.timeout = datetime.timedelta(seconds=TIMEOUT)
+    x, y, _, _ = _data()
+    while not tracker.done:
+        first = tracker.phase not in result["phases"]
+        extra = rank == 0 and first and tracker.phase == case.replace("join", "neuron")
+        result["phases"].append(tracker.phase)
+        joined = case == "join" and tracker.phase == "neuron"
+        with tracker.model.join() if joined else contextlib.nullcontext():
+            for b in range(BATCHES + extra):
+                rows = slice(b % BATCHES * WORLD * LOCAL_BATCH,
+                             (b % BATCHES + 1) * WORLD * LOCAL_BATCH)
+                tracker.optimizer.zero_grad(set_to_none=True)
+                out = tracker.model(x[rows].chunk(WORLD)[rank])
+                nn.functional.mse_loss(out, y[rows].chunk(WORLD)[rank]).backward()
+                tracker.optimizer.step()
+        if case == "join" and rank == 0 and first and tracker.phase == "dendrite":
+            tracker.model(x[:LOCAL_BATCH])  # a forward without backward: no collective
+        if case == "stall" and rank == 0 and tracker.epoch == 1:
+            time.sleep(TIMEOUT + 2)
+        result["at_step"] = time.time()
+        tracker.step(1.0 if tracker.phase == "neuron" else None)
+
+
+def _disagree_fit(rank: int, result: dict[str, Any]) -> None:
+    """`pf.fit` where rank 0's train loader has one batch more than rank 1's; the wait is
+    set by the environment."""
+    from perforate.epoch_meeting import TIMEOUT_ENV
+
+    os.environ[TIMEOUT_ENV] = f"{TIMEOUT:g}"
+    torch.manual_seed(0)
+    model = pf.perforate(nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 2)),
+                         _config("paper"))
+    x, y, xv, yv = _data()
+    rows = (BATCHES + (rank == 0)) * LOCAL_BATCH
+    loaders = [DataLoader(TensorDataset(x[:rows], y[:rows]), LOCAL_BATCH),
+               DataLoader(TensorDataset(xv.chunk(WORLD)[rank], yv.chunk(WORLD)[rank]), 16)]
+    result["at_step"] = time.time()  # at the start: rank 1's step follows within a second
+    pf.fit(DDP(model), *loaders, nn.functional.mse_loss, lambda p: torch.optim.Adam(p, 1e-2),
+           progress=False, tracker_kwargs={"max_epochs": 4, "plot": False})
+
+
+def _disagree_worker(rank: int, port: int, out: str, case: str) -> None:
+    """`_disagree`; what it raised (type, message, when) is saved, then raised again as a
+    user's script would (the process's exit code is then 1)."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    result: dict[str, Any] = {"phases": []}
+    try:
+        if case == "fit":
+            _disagree_fit(rank, result)
+        else:
+            _disagree(rank, case, result)
+    except Exception as exc:
+        result.update(error=type(exc).__name__, message=str(exc), at=time.time())
+        torch.save(result, Path(out) / f"{case}{rank}.pt")
+        raise exc.with_traceback(None) from None  # no frame keeps a DDP wrapper alive
+    finally:
+        _teardown()
+
+
+def _spawn_and_join(case: str, out: Path) -> list[dict[str, Any]]:
+    """Both ranks, joined with a deadline; their exit codes must be 1 (raised), not a signal
+    (-6: SIGABRT) nor a hang."""
+    ctx = mp.start_processes(_disagree_worker, args=(_free_port(), str(out), case),
+                             nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + 90
+    for p in ctx.processes:
+        p.join(max(deadline - time.monotonic(), 0.1))
+    codes = [p.exitcode for p in ctx.processes]
+    for p in ctx.processes:
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+    assert codes == [1, 1], codes
+    return [torch.load(out / f"{case}{r}.pt") for r in range(WORLD)]
+
+
+def test_unequal_batch_counts_in_a_dendrite_epoch_raise_on_every_rank(tmp_path: Path) -> None:
+    """Rank 0 runs 4 batches, rank 1 3: rank 0 waits in its 4th batch's statistics sum, rank
+    1 at the meeting; rank 0 finds that rank 1 has ended the epoch and both raise at once
+    (not after the timeout), naming each rank's count."""
+    ranks = _spawn_and_join("dendrite", tmp_path)
+    for r in ranks:
+        assert r["error"] == "DistributedError", r
+        assert "rank 0: 4 (still training), rank 1: 3" in r["message"]
+        assert r["phases"] == ["neuron", "neuron", "dendrite"]
+        assert r["at"] - ranks[1]["at_step"] < TIMEOUT  # found, not timed out
+    assert "epoch 3 (a dendrite epoch)" in ranks[1]["message"]
+    assert "rank 0 is in batch 4" in ranks[0]["message"]
+
+
+def test_counts_that_differ_at_the_meeting_raise_in_a_dendrite_epoch_only(tmp_path: Path,
+                                                                         ) -> None:
+    """Uneven neuron batches under DDP's ``join()`` meet with different counts, which DDP
+    allows; a dendrite epoch's counts that differ (an extra training forward on rank 0)
+    raise on every rank at the meeting, without waiting."""
+    ranks = _spawn_and_join("join", tmp_path)
+    for r in ranks:
+        assert r["phases"] == ["neuron", "neuron", "dendrite"]  # the joined epoch passed
+        assert r["error"] == "DistributedError", r
+        assert r["message"].startswith("the ranks ran different numbers of batches in epoch 3 "
+                                       "(a dendrite epoch): rank 0: 4, rank 1: 3")
+        assert r["at"] - r["at_step"] < TIMEOUT
+
+
+def test_unequal_batch_counts_in_a_neuron_epoch_end_every_rank(tmp_path: Path) -> None:
+    """`pf.fit` where rank 0's loader has an extra batch: in the first (neuron) epoch it
+    waits inside DDP's gradient all-reduce, which perforate cannot look into; rank 1 names it
+    after the timeout and leaves; that ends rank 0's wait with gloo's error at once, which
+    `fit` turns into the note rank 1 left. (A hand-written loop gets gloo's error there.)"""
+    ranks = _spawn_and_join("fit", tmp_path)
+    zero, one = ranks
+    assert one["error"] == zero["error"] == "DistributedError", ranks
+    assert one["message"].startswith("rank(s) 0 did not reach the end of epoch 1 (a neuron "
+                                     f"epoch) within {TIMEOUT:g} s (rank 1 ran 3 batch(es))")
+    assert TIMEOUT < one["at"] - one["at_step"] < TIMEOUT + 10
+    assert zero["message"].startswith(f"rank 1 stopped waiting for rank(s) 0 at the end of "
+                                      f"epoch 1 (a neuron epoch) after {TIMEOUT:g} s; rank 0 "
+                                      "was still in that epoch")
+    assert 0 <= zero["at"] - one["at"] < 10
+
+
+def test_a_stalled_rank_is_named_within_the_timeout(tmp_path: Path) -> None:
+    """Rank 0 sleeps before the step that switches to a dendrite phase: rank 1 names it once
+    `timeout` has passed and leaves a note, so rank 0, when it comes, raises too."""
+    ranks = _spawn_and_join("stall", tmp_path)
+    zero, one = ranks
+    assert one["error"] == zero["error"] == "DistributedError"
+    assert one["message"].startswith(f"rank(s) 0 did not reach the end of epoch 2 (a neuron "
+                                     f"epoch) within {TIMEOUT:g} s")
+    assert TIMEOUT - 0.5 < one["at"] - one["at_step"] < TIMEOUT + 5
+    assert zero["message"].startswith(f"rank 1 stopped waiting for rank(s) 0 at the end of "
+                                      f"epoch 2 (a neuron epoch) after {TIMEOUT:g} s")
+    assert zero["at"] - zero["at_step"] < TIMEOUT
+
+
+def test_the_timeout_is_set_by_an_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from perforate.epoch_meeting import DEFAULT_TIMEOUT, TIMEOUT_ENV, default_timeout
+
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    assert default_timeout() == DEFAULT_TIMEOUT == datetime.timedelta(minutes=10)
+    monkeypatch.setenv(TIMEOUT_ENV, "2.5")
+    assert default_timeout() == datetime.timedelta(seconds=2.5)
+    for bad in ("0", "-3", "soon", "inf", "nan"):
+        monkeypatch.setenv(TIMEOUT_ENV, bad)
+        with pytest.raises(pf.ConfigError, match=TIMEOUT_ENV):
+            default_timeout()

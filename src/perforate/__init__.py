@@ -9,6 +9,7 @@ from .candidates import EpochReport
 from .config import PerforationConfig
 from .errors import (
     ConfigError,
+    DistributedError,
     LoadError,
     NonFiniteError,
     PerforateError,
@@ -22,7 +23,8 @@ from .model import PerforatedModel, perforate
 from .serialization import load
 
 __all__ = [
-    "ConfigError", "DendriteLayer", "EpochReport", "LoadError", "NonFiniteError",
+    "ConfigError", "DendriteLayer", "DistributedError", "EpochReport", "LoadError",
+    "NonFiniteError",
     "PerforateError", "PerforatedModel", "PerforationConfig", "PhaseError", "RunLockedError",
     "TargetError",
     "WrapperRegistry", "__version__", "default_registry", "export", "load", "perforate",

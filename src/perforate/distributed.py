@@ -19,12 +19,15 @@ install reads is reduced across ranks (see ``docs/distributed.md``):
   after the sum) and each computes the global batch's weight gradient
   (`DistributedSync.linear`). Gradients that reach the candidates through the
   user's backward itself (dendrite_learning="gd") are summed before the optimizer step;
-- scores given to ``Tracker.step`` are averaged across ranks (one all-reduce per epoch).
+- scores given to ``Tracker.step`` are averaged across ranks (one all-reduce per epoch), once
+  the ranks have met at the end of the epoch with equal batch counts, each waiting at most
+  `DistributedSync.timeout` for the others (`perforate.epoch_meeting`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any, NamedTuple
 
 import torch
@@ -32,6 +35,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.autograd import Variable
 from torch.nn.parallel import DistributedDataParallel
+
+from .epoch_meeting import EpochMeeting
 
 Wrap = Callable[[nn.Module], nn.Module]
 """``wrap(perforated_model) -> module to train with`` (e.g. a `DistributedDataParallel`)."""
@@ -53,9 +58,11 @@ GATHER_MIN = 1 << 17
 
 
 class DistributedSync:
-    """Collectives over one process group: sums, broadcasts from rank 0, score means."""
+    """Collectives over one process group: sums, broadcasts from rank 0, score means, and
+    the ranks' meeting at the end of every epoch (`end_epoch`), where a rank waits at most
+    `timeout` (default 10 minutes, or ``$PERFORATE_DIST_TIMEOUT`` seconds) for the others."""
 
-    def __init__(self, group: Any = None) -> None:
+    def __init__(self, group: Any = None, timeout: timedelta | None = None) -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("a DistributedDataParallel model needs an initialised process "
                                "group (torch.distributed.init_process_group, or torchrun)")
@@ -74,6 +81,45 @@ class DistributedSync:
         """While `_after_backward` backpropagates: each `linear`'s rows, sent once the
         continuation's backward that gave them returns and received after the gradient sum
         (None: a `linear` exchanges at once)."""
+        self.meeting: EpochMeeting | None = EpochMeeting(group, self.rank, self.world, timeout)
+        """The end-of-epoch meeting (`end_epoch`; it counts `count_forwards`'s batches)."""
+
+    @property
+    def timeout(self) -> timedelta:
+        """How long a rank waits for the others at the end of an epoch before it raises a
+        `DistributedError` naming those that have not come (settable)."""
+        return self.meeting.timeout  # type: ignore[union-attr]
+
+    @timeout.setter
+    def timeout(self, value: timedelta) -> None:
+        self.meeting.timeout = value  # type: ignore[union-attr]
+
+    def count_forwards(self, module: nn.Module) -> None:
+        """Count `module`'s training forwards: the batches the ranks compare at `end_epoch`."""
+        if self.meeting is not None:
+            self.meeting.count_forwards(module)
+
+    def end_epoch(self, phase: str, epoch: int) -> None:
+        """Meet every rank before the epoch's scores are reduced: raise a `DistributedError`
+        on every rank if their batch counts differ in a dendrite epoch (in a neuron epoch
+        DDP's ``join()`` may even them out), or, after `timeout`, naming the ranks that have
+        not come (`perforate.epoch_meeting`)."""
+        if self.meeting is not None:
+            self.meeting.end_epoch(f"epoch {epoch} (a {phase} epoch)", equal=phase != "neuron")
+
+    def explain(self, exc: BaseException) -> None:
+        """Raise `exc` (the backend's error, from a batch) as a `DistributedError` if another
+        rank stopped waiting for this one at the end of the epoch (`EpochMeeting.explain`)."""
+        if self.meeting is not None:
+            self.meeting.explain(exc)
+
+    def _wait(self, work: Any) -> None:
+        """Wait for a batch's collective; on gloo, raise if another rank ends the epoch
+        meanwhile (`EpochMeeting.wait`). NCCL's wait does not block the host."""
+        if self.meeting is not None and self.gather_small:
+            self.meeting.wait(work)
+        else:
+            work.wait()
 
     @property
     def is_main(self) -> bool:
@@ -92,10 +138,10 @@ class DistributedSync:
                 # few numbers, where the latency is the cost, gather and add in rank order
                 # (the same bits on every rank).
                 every = [torch.empty_like(flat) for _ in range(self.world)]
-                dist.all_gather(every, flat, group=self.group)
+                self._wait(dist.all_gather(every, flat, group=self.group, async_op=True))
                 flat = torch.stack(every).sum(0)
             else:
-                dist.all_reduce(flat, group=self.group)
+                self._wait(dist.all_reduce(flat, group=self.group, async_op=True))
             _unflatten_into(group, flat)
 
     def sum_after_backward(self, tensors: Sequence[Tensor], then: AfterSum,
@@ -225,7 +271,7 @@ class DistributedSync:
     def max_rows(self, rows: int) -> int:
         """The largest of the ranks' `rows`."""
         t = torch.tensor([rows], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        self._wait(dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group, async_op=True))
         return int(t.item())
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor,

@@ -37,3 +37,8 @@ class MissingExtraError(PerforateError, ImportError):
 
 class CLIError(PerforateError):
     """A user-facing error of the ``perforate`` command: printed as one line, exit code 2."""
+
+
+class DistributedError(PerforateError, RuntimeError):
+    """The ranks of a distributed run disagree (different numbers of batches in an epoch) or
+    one has not come to the end of an epoch within the timeout (the message names it)."""

@@ -150,19 +150,24 @@ def fit(model: PerforatedModel | nn.Module, train_loader: Iterable[Any], val_loa
             ys: list[Tensor] = []
             shown.start_epoch(tracker.epoch, model.phase, len(train_loader)
                               if hasattr(train_loader, "__len__") else None)
-            for batch in train_loader:
-                x, y = _split(batch)
-                x, y = _to(x, device), _to(y, device)
-                optimizer.zero_grad(set_to_none=True)
-                out = _call(net, x)
-                loss = loss_fn(out, y)
-                loss.backward()
-                optimizer.step()
-                tracker.batch_step()
-                if track_train and not dendrite:
-                    outs.append(out.detach())
-                    ys.append(y)
-                shown.batch()
+            try:
+                for batch in train_loader:
+                    x, y = _split(batch)
+                    x, y = _to(x, device), _to(y, device)
+                    optimizer.zero_grad(set_to_none=True)
+                    out = _call(net, x)
+                    loss = loss_fn(out, y)
+                    loss.backward()
+                    optimizer.step()
+                    tracker.batch_step()
+                    if track_train and not dendrite:
+                        outs.append(out.detach())
+                        ys.append(y)
+                    shown.batch()
+            except RuntimeError as exc:  # a collective failed: did a rank stop waiting?
+                if tracker.sync is not None:
+                    tracker.sync.explain(exc)
+                raise
             if dendrite:
                 decision = tracker.step()
             else:

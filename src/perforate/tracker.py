@@ -44,7 +44,7 @@ from .distributed import (
     rewrap,
     wrap_like,
 )
-from .errors import LoadError, PhaseError
+from .errors import DistributedError, LoadError, PhaseError
 from .model import DENDRITE, NEURON, PerforatedModel
 from .rebuild import rebuild
 from .schedule import CONTINUE, GROW, INSTALL, RESTART, RETRY, STOP, Schedule
@@ -174,6 +174,8 @@ class Tracker:
         self.sync = DistributedSync(group) if wrap is not None else None
         """The collectives of a distributed run (None on one process)."""
         model.set_distributed(self.sync)
+        if self.sync is not None:  # the batches whose number the ranks compare at `step`
+            self.sync.count_forwards(model)
         self._wrapped: nn.Module = model
         self._rewrap()
         self.optimization = Optimization(optimizer_factory, scheduler_factory,
@@ -398,6 +400,11 @@ class Tracker:
                   "test": opt_float("test_score", test_score)}
         extras = self.records.check_extra(extra)
         if self.sync is not None:  # every rank decides on the same (mean) scores
+            try:  # the ranks meet, with as many batches each, within the timeout
+                self.sync.end_epoch(self.perforated.phase, self.schedule.epoch + 1)
+            except DistributedError:
+                self._rewrap(done=True)  # no DDP wrapper may outlive the process group
+                raise
             names = [*scores, *extras]
             means, (seconds,) = self.sync.mean_scores(
                 [*scores.values(), *extras.values()], [seconds])

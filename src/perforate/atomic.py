@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import hashlib
 import os
 import secrets
@@ -216,17 +217,26 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 # ---------------------------------------------------------------------------- directories
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap the names `a` and `b` in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False
-    where the system or file system cannot."""
+@functools.cache
+def _renameat2() -> Any:
+    """libc's ``renameat2`` (Linux, glibc >= 2.28), or None."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (AttributeError, OSError):
-        return False
+        return None
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
                    ctypes.c_uint]
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names `a` and `b` in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False
+    where the system or file system cannot."""
+    fn = _renameat2()
+    if fn is None:
+        return False
     if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()

@@ -246,9 +246,12 @@ def test_a_newer_tracker_in_the_same_process_takes_over(tmp_path, caplog):
     assert read_checkpoint(out)["schedule"]["epoch"] == 2
 
 
-def test_two_writers_of_one_model_directory_never_collide(tmp_path):
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
+def test_two_writers_of_one_model_directory_never_collide(tmp_path, monkeypatch, exchange):
     """Writers replace the directory whole: no error, and a reader meanwhile always loads
-    one of the two models whole."""
+    one of the two models whole (also where the system has no atomic exchange)."""
+    if not exchange:
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     torch.manual_seed(1)
     models = [pf.perforate(make_net(), pf.PerforationConfig.paper(seed=s)) for s in (0, 1)]
     outputs = [m(X).detach() for m in models]

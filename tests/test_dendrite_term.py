@@ -27,7 +27,8 @@ def test_gradients_are_those_of_the_formula(geometry: str, activation: str) -> N
 
     z, pre, cascade, a = leaf(*z_shape), leaf(*pre_shape), leaf(3, 3, 4), leaf(3, 4)
     assert torch.autograd.gradcheck(
-        lambda *t: DendriteTerm.apply(*t, geo, activation)[0], (z, pre, cascade, a))
+        lambda *t: DendriteTerm.apply(*t, geo, activation)[0], (z, pre, cascade, a),
+        check_forward_ad=True)  # its jvp too
     # the same values as the formula written out
     act = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
            "identity": lambda t: t}[activation]
@@ -118,9 +119,9 @@ def _grown(config: pf.PerforationConfig) -> tuple[pf.PerforatedModel, torch.Tens
 
 
 def _higher_order(model: pf.PerforatedModel, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-    """A gradient penalty's parameter gradients and torch.func's grad, jacrev and per-sample
-    gradients (vmap of grad) of the model."""
-    from torch.func import functional_call, grad, jacrev, vmap
+    """A gradient penalty's parameter gradients and torch.func's grad, jacrev, hessian and
+    per-sample gradients (vmap of grad) of the model."""
+    from torch.func import functional_call, grad, hessian, jacrev, vmap
 
     trained = [p for p in model.parameters() if p.requires_grad]
     xg = x.clone().requires_grad_()
@@ -136,6 +137,8 @@ def _higher_order(model: pf.PerforatedModel, x: torch.Tensor) -> dict[str, list[
                     for p, g in zip(trained, penalty, strict=True)],
         "grad": list(grad(loss)(params, x).values()),
         "jacrev": [jacrev(lambda x: functional_call(model, params, (x,)))(x)],
+        "hessian": [hessian(lambda x: functional_call(model, params, (x[None],)).square()
+                            .sum())(x[0])],  # forward mode over reverse mode
         "per-sample": list(vmap(grad(lambda p, x: loss(p, x[None])), (None, 0))(params, x)
                            .values()),
     }

@@ -13,7 +13,7 @@ The in-place backward is for a plain ``backward()``. Where the backward itself i
 differentiated (``create_graph=True``: gradient penalties, Hessian-vector products, and every
 ``torch.func`` transform, which builds its gradients that way), the same formulas run as
 ordinary differentiable torch ops; ``torch.func.vmap`` runs the forward batched
-(``generate_vmap_rule``).
+(``generate_vmap_rule``), and `DendriteTerm.jvp` gives forward mode (``jacfwd``, ``hessian``).
 """
 
 from __future__ import annotations
@@ -105,6 +105,34 @@ class DendriteTerm(torch.autograd.Function):
         ctx.geo, ctx.activation = inputs[4], inputs[5]
         ctx.set_materialize_grads(False)  # h's gradient is None unless h is differentiated
         ctx.save_for_backward(output[1], inputs[2], inputs[3])
+        ctx.save_for_forward(output[1], inputs[2], inputs[3])
+
+    @staticmethod
+    def jvp(ctx: Any, dz: Tensor | None, dpre: Tensor | None,  # type: ignore[override]
+            dcascade: Tensor | None, doutput: Tensor | None, *_: Any
+            ) -> tuple[Tensor, Tensor]:
+        """Forward mode (``torch.func.jacfwd``, ``hessian``): the tangents of the output and
+        of h, ``dh_j = g'(h_j) (du_j + Σ_{i<j} (dC_j[:, i] h_i + C_j[:, i] dh_i))``."""
+        h, cascade, output = ctx.saved_tensors
+        geo, derivative = ctx.geo, DERIVATIVE_FROM_OUTPUT[ctx.activation]
+        dim, d = geo.set_dim, output.shape[0]
+        hs = h.unbind(dim)
+        dhs: list[Tensor] = []
+        for j in range(d):
+            parts = [] if dpre is None else [dpre.select(dim, j)]
+            for i in range(j):
+                parts.append(geo.expand(cascade[j, i]) * dhs[i])
+                if dcascade is not None:
+                    parts.append(geo.expand(dcascade[j, i]) * hs[i])
+            dh = sum(parts[1:], parts[0]) if parts else torch.zeros_like(hs[j])
+            dg = derivative(hs[j])
+            dhs.append(dh if dg is None else dh * dg)
+        parts = [geo.expand(output[j]) * dhs[j] for j in range(d)]
+        if doutput is not None:
+            parts += [geo.expand(doutput[j]) * hs[j] for j in range(d)]
+        if dz is not None:
+            parts.append(dz)
+        return sum(parts[1:], parts[0]), torch.stack(dhs, dim)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor | None,  # type: ignore[override]

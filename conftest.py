@@ -23,6 +23,7 @@ MARKED_FILES: dict[str, tuple[str, ...]] = {
     "slow": ("tests/test_zoo.py", "tests/test_rnn.py", "tests/test_attention.py",
              "tests/test_cli.py", "tests/test_fit.py", "tests/test_resume.py",
              "tests/test_planted.py", "tests/test_packaging.py", "tests/test_torch_floor.py",
+             "tests/test_compile.py",
              "tests/test_run_files.py", "experiments/tests"),
 }
 ROOT = Path(__file__).resolve().parent

@@ -96,3 +96,26 @@ def test_mask_applies_only_to_layers_with_its_positions() -> None:
     layers = model.dendrite_layers()
     assert float(layers["tok"].candidates.sums.count) == 3
     assert float(layers["head"].candidates.sums.count) == 2
+
+
+def test_a_mask_is_seen_only_inside_its_block_and_thread() -> None:
+    """`mask_for` answers from the block of the calling thread; the count of open blocks it
+    checks first (what torch.compile guards on) is back to 0 after a block, even one that
+    raised."""
+    import threading
+
+    from perforate import masking
+
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    seen: list[object] = []
+    with masking.sample_mask(mask):
+        assert masking._open == 1
+        assert masking.mask_for((2, 3)) is not None
+        other = threading.Thread(target=lambda: seen.append(masking.mask_for((2, 3))))
+        other.start()
+        other.join()
+    assert seen == [None]  # another thread's layers do not see this block's mask
+    assert masking._open == 0 and masking.mask_for((2, 3)) is None
+    with pytest.raises(KeyError), masking.sample_mask(mask):
+        raise KeyError("inside")
+    assert masking._open == 0

@@ -13,6 +13,7 @@ a zero error is also a legitimate sample, so masks are always explicit.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,6 +33,11 @@ class _MaskState:
 
 
 _current: ContextVar[_MaskState | None] = ContextVar("perforate_sample_mask", default=None)
+#: How many `sample_mask` blocks are open, in any thread or task. `mask_for` reads the
+#: ContextVar only while one is: ``torch.compile`` cannot trace a ContextVar (a graph break per
+#: layer), but guards on this int.
+_open = 0
+_open_lock = threading.Lock()
 
 
 @contextmanager
@@ -46,12 +52,17 @@ def sample_mask(mask: Tensor) -> Iterator[None]:
         raise TypeError(f"sample_mask() needs a tensor, got {type(mask).__name__}")
     if mask.is_floating_point() or mask.is_complex():
         raise TypeError(f"sample_mask() needs a bool (or integer 0/1) tensor, got {mask.dtype}")
+    global _open
     state = _MaskState(mask.detach().to(torch.bool))
     token = _current.set(state)
+    with _open_lock:
+        _open += 1
     try:
         yield
     finally:
         _current.reset(token)
+        with _open_lock:
+            _open -= 1
     if state.observed and not state.matched:
         raise ValueError(f"sample_mask(): no dendrite-phase layer has sample positions of shape "
                          f"{tuple(mask.shape)} (the mask must have the shape of a layer output "
@@ -60,6 +71,8 @@ def sample_mask(mask: Tensor) -> Iterator[None]:
 
 def mask_for(positions: tuple[int, ...]) -> Tensor | None:
     """The active mask if it fits a layer whose sample positions have shape `positions`."""
+    if not _open:
+        return None
     state = _current.get()
     if state is None:
         return None

@@ -7,7 +7,12 @@ from torch import nn
 import perforate as pf
 from perforate.config import ANCHOR
 from perforate.geometry import ConvGeometry, LinearGeometry
-from perforate.layers.dendrite_term import BACKWARD_FROM_OUTPUT, DendriteTerm, fusable
+from perforate.layers.dendrite_term import (
+    BACKWARD_FROM_OUTPUT,
+    DendriteTerm,
+    DendriteTermEager,
+    fusable,
+)
 
 GEOMETRIES = {
     "linear": (LinearGeometry(nn.Linear(3, 4)), (5, 3, 4), (5, 4)),
@@ -26,9 +31,10 @@ def test_gradients_are_those_of_the_formula(geometry: str, activation: str) -> N
         return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
 
     z, pre, cascade, a = leaf(*z_shape), leaf(*pre_shape), leaf(3, 3, 4), leaf(3, 4)
-    assert torch.autograd.gradcheck(
-        lambda *t: DendriteTerm.apply(*t, geo, activation)[0], (z, pre, cascade, a),
-        check_forward_ad=True)  # its jvp too
+    for form in (DendriteTerm, DendriteTermEager):  # the torch.func form and the eager one
+        assert torch.autograd.gradcheck(
+            lambda *t, form=form: form.apply(*t, geo, activation)[0], (z, pre, cascade, a),
+            check_forward_ad=True)  # its jvp too
     # the same values as the formula written out
     act = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
            "identity": lambda t: t}[activation]
@@ -40,6 +46,8 @@ def test_gradients_are_those_of_the_formula(geometry: str, activation: str) -> N
         hs.append(act(u))
     want = z + sum(geo.expand(a[j]) * hs[j] for j in range(3))
     torch.testing.assert_close(DendriteTerm.apply(z, pre, cascade, a, geo, activation)[0], want)
+    torch.testing.assert_close(DendriteTermEager.apply(z, pre, cascade, a, geo, activation)[0],
+                               want)
 
 
 def test_a_layer_with_trained_sets_uses_it_and_matches_the_autograd_path(
@@ -55,12 +63,11 @@ def test_a_layer_with_trained_sets_uses_it_and_matches_the_autograd_path(
             for p in layer.dendrite_parameters():
                 p.normal_(0, 0.5)
     x = torch.randn(4, 2, 4, 4)
-    calls: list[int] = []
-    real_apply = DendriteTerm.apply
-    monkeypatch.setattr(base.DendriteTerm, "apply",
-                        lambda *a: (calls.append(1), real_apply(*a))[1])
+    calls: list[type] = []
+    real = base.term_function
+    monkeypatch.setattr(base, "term_function", lambda: (calls.append(real()), calls[-1])[1])
     model(x).square().sum().backward()
-    assert len(calls) == 2  # both layers
+    assert calls == [DendriteTermEager] * 2  # both layers, the eager form
     fused = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     monkeypatch.setattr(base, "fusable", lambda *a: False)  # the autograd path
@@ -93,8 +100,9 @@ def test_its_backward_is_differentiable(geometry: str, activation: str) -> None:
         return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
 
     inputs = (leaf(*z_shape), leaf(*pre_shape), leaf(3, 3, 4), leaf(3, 4))
-    assert torch.autograd.gradgradcheck(
-        lambda *t: DendriteTerm.apply(*t, geo, activation)[0], inputs, fast_mode=True)
+    for form in (DendriteTerm, DendriteTermEager):
+        assert torch.autograd.gradgradcheck(
+            lambda *t, form=form: form.apply(*t, geo, activation)[0], inputs, fast_mode=True)
 
 
 def _grown(config: pf.PerforationConfig) -> tuple[pf.PerforatedModel, torch.Tensor]:
@@ -157,12 +165,13 @@ def test_higher_order_gradients_after_a_growth_match_the_autograd_path(
               }[recipe]
     model, x = _grown(config)
     assert all(layer.num_dendrites == 1 for layer in model.dendrite_layers().values())
-    calls: list[int] = []
-    real_apply = DendriteTerm.apply
-    monkeypatch.setattr(base.DendriteTerm, "apply",
-                        lambda *a: (calls.append(1), real_apply(*a))[1])
+    calls: list[type] = []
+    real = base.term_function
+    monkeypatch.setattr(base, "term_function", lambda: (calls.append(real()), calls[-1])[1])
     got = _higher_order(model, x)
-    assert calls  # torch.func.grad differentiates every parameter, frozen sets' too
+    # torch.func.grad differentiates every parameter, frozen sets' too
+    assert DendriteTerm in calls
+    assert (DendriteTermEager in calls) == config.train_dendrites  # the gradient penalty
     monkeypatch.setattr(base, "fusable", lambda *a: False)  # the autograd path
     want = _higher_order(model, x)
     for key, tensors in want.items():

@@ -32,7 +32,7 @@ from ..config import PerforationConfig
 from ..errors import ConfigError, PhaseError
 from ..geometry import Geometry, LinearGeometry, ProjectedLinearGeometry
 from .costs import LayerCosts, layer_costs
-from .dendrite_term import DendriteTerm, fusable
+from .dendrite_term import fusable, term_function
 
 
 def base_view(name: str) -> property:
@@ -203,7 +203,7 @@ class DendriteLayer(nn.Module):
             name = self.config.dendrite_activation
             if pool is None and pre.requires_grad and torch.is_grad_enabled() \
                     and fusable(name, z, pre, cascade, a):  # sets that train: one node
-                return DendriteTerm.apply(z, pre, cascade, a, self.geometry, name)[0]
+                return term_function().apply(z, pre, cascade, a, self.geometry, name)[0]
             hs = self._outputs(pre, cascade)
             for j, h in enumerate(hs):
                 z = torch.addcmul(z, self.geometry.expand(a[j]), h)

@@ -61,8 +61,9 @@ class PerforationConfig:
     """
 
     target_modules: Sequence[Selector] | Selector | None = None
-    """Which layers get dendrites: names, suffixes, regexes or types. None = every Linear,
-    ConvNd, LSTM, GRU, RNN and their cells."""
+    """Which layers get dendrites: names, suffixes, regexes or types. None = every layer a
+    wrapper serves: Linear, ConvNd, ConvTransposeNd, MultiheadAttention, LSTM, GRU, RNN and
+    their cells, Hugging Face's Conv1D (``default_registry``)."""
     exclude_modules: Sequence[Selector] | Selector | None = None
     """Layers to leave alone, same selector forms as `target_modules`."""
     candidates: int = 4

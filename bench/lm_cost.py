@@ -138,11 +138,32 @@ def run_epochs(epochs: dict[tuple[str, str], dict[str, float]], net: str,
             "sets": e["sets"]}
 
 
+def run_seconds(cost: dict[str, dict[str, Any]], epochs: dict[tuple[str, str], dict[str, float]],
+                variant: str, net: str) -> tuple[float, float]:
+    """Modelled CPU seconds of one run (its epochs times their measured costs, and the final
+    full test pass) and its number of epochs."""
+    base = cost[net]["plain"]
+    per0 = base["train"] + base["eval"]
+    if variant in ("plain", "restart"):
+        n = run_epochs(epochs, net, variant)["d0"]
+        return n * per0 + base["test_full"], n
+    e = run_epochs(epochs, net, "pb")
+    grown = cost[net][variant]
+    extra = grown["train"] + grown["eval"] - per0  # one set's extra cost
+    # the paper's arm: every set's dendrite phase taken at its cap
+    phases = e["sets"] * FULL["max_dendrite_epochs"] if "dendrite" in grown else 0
+    seconds = e["d0"] * per0 + e["d1"] * (per0 + e["mean_d"] * extra) \
+        + phases * grown.get("dendrite", 0.0) + base["test_full"]
+    return seconds, e["d0"] + e["d1"] + phases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--windows", type=int, default=256)
     parser.add_argument("--rows", type=Path, help="pilot rows (full schedule) for epoch counts")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--process-seconds", type=float, default=3.0,
+                        help="CPU seconds to start a run's process (imports; measured 2.9)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/lm_cost.json"))
     parser.add_argument("--cost", type=Path, help="reuse the measurements of an earlier --out "
                         "(only extrapolate)")
@@ -173,33 +194,42 @@ def main() -> None:
                   flush=True)
     epochs = epochs_from_rows(args.rows) if args.rows else {}
     total: dict[str, float] = defaultdict(float)
+    n_epochs = n_runs = 0.0
     for variant, grid in arms.items():
         for options in grid:
             net = options["net"]
-            family, _ = parse_net(net)
-            base = cost[net]["plain"]
-            per0 = base["train"] + base["eval"]
-            if variant in ("plain", "restart"):
-                seconds = run_epochs(epochs, net, variant)["d0"] * per0
-            else:
-                e = run_epochs(epochs, net, "pb")
-                grown = cost[net][variant]
-                extra = grown["train"] + grown["eval"] - per0  # one set's extra cost
-                # the paper's arm: every set's dendrite phase taken at its cap
-                phases = e["sets"] * FULL["max_dendrite_epochs"] if "dendrite" in grown else 0
-                seconds = e["d0"] * per0 + e["d1"] * (per0 + e["mean_d"] * extra) \
-                    + phases * grown.get("dendrite", 0.0)
-            total[f"{variant} {family}"] += (seconds + base["test_full"]) * args.seeds
+            seconds, n = run_seconds(cost, epochs, variant, net)
+            total[f"{variant} {parse_net(net)[0]}"] += seconds * args.seeds
+            n_epochs, n_runs = n_epochs + n * args.seeds, n_runs + args.seeds
+    # The model counts the training and evaluation passes only. A run also pays fit's
+    # bookkeeping each epoch (the training outputs kept and scored, the sets concatenated, the
+    # tracker's snapshots: about the same at every width) and starting its process: the
+    # per-epoch part is fitted on the pilot's rows (CPU seconds measured from set-up on).
+    measured = predicted = pilot_epochs = 0.0
+    for path in sorted(args.rows.glob("*/*.json")) if args.rows else []:
+        row = json.loads(path.read_text())
+        seconds, n = run_seconds(cost, epochs, row["variant"], row["options"]["net"])
+        measured, predicted = measured + row["post"]["cpu_seconds"], predicted + seconds
+        pilot_epochs += n
+    per_epoch = max(0.0, (measured - predicted) / pilot_epochs) if pilot_epochs else 0.0
+    extra = n_epochs * per_epoch + n_runs * args.process_seconds
     print("\nestimated CPU-hours for", args.seeds, "seeds (epochs per run:",
           {" ".join(k): v for k, v in epochs.items()} if epochs
           else f"{FULL['max_epochs']} at D = 0", ")")
     for key, seconds in sorted(total.items()):
         print(f"  {key:14s} {seconds / 3600:6.2f}")
-    print(f"  {'total':14s} {sum(total.values()) / 3600:6.2f}")
+    print(f"  {'passes':14s} {sum(total.values()) / 3600:6.2f}  ({n_runs:.0f} runs, "
+          f"{n_epochs:.0f} epochs)")
+    print(f"  {'bookkeeping':14s} {extra / 3600:6.2f}  ({per_epoch:.2f} s per epoch from the "
+          f"pilot: {measured:.0f} s measured / {predicted:.0f} s modelled; "
+          f"{args.process_seconds:.1f} s per process)")
+    print(f"  {'total':14s} {(sum(total.values()) + extra) / 3600:6.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"windows": args.windows, "cost": cost,
                                     "epochs": {" ".join(k): v for k, v in epochs.items()},
                                     "cpu_hours": {k: v / 3600 for k, v in total.items()},
+                                    "bookkeeping_per_epoch": per_epoch,
+                                    "total_cpu_hours": (sum(total.values()) + extra) / 3600,
                                     "threads": 1}, indent=1))
 
 

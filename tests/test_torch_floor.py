@@ -16,10 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from perforate import private_api
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "perforate"
 
-#: API -> (first torch release with it, a string the library's source contains, is it here?)
+#: Public API -> (first torch release with it, a string the library's source contains, is it
+#: here?). The private ones (`PRIVATE`) come from `perforate.private_api`.
 APIS = {
     "Tensor.untyped_storage (serialization: shared-storage aliases)":
         ((2, 0), ".untyped_storage()", lambda: hasattr(torch.Tensor, "untyped_storage")),
@@ -28,14 +31,16 @@ APIS = {
          lambda: "weights_only" in inspect.signature(torch.load).parameters),
     "nn.Module.get_submodule (targeting, wrapping)":
         ((1, 9), ".get_submodule(", lambda: hasattr(nn.Module, "get_submodule")),
-    "torch._C._current_graph_task_id (distributed: statistics summed after the backward)":
-        ((2, 0), "_current_graph_task_id()", lambda: hasattr(torch._C, "_current_graph_task_id")),
-    "autograd engine queue_callback (the same)":
-        ((1, 0), "queue_callback(", lambda: hasattr(
-            torch.autograd.Variable._execution_engine, "queue_callback")),
+    "Tensor.register_post_accumulate_grad_hook (candidate gradients summed as they come)":
+        ((2, 1), ".register_post_accumulate_grad_hook(",
+         lambda: hasattr(torch.Tensor, "register_post_accumulate_grad_hook")),
     "torch.Generator.get_state / set_state (exact resume)":
         ((1, 0), "g.get_state()", lambda: hasattr(torch.Generator, "get_state")),
 }
+
+#: Private torch API -> (first release, the name the library calls it by, is it here?).
+PRIVATE = {name: (api.since, f"private_api.{api.used_as}", api.present)
+           for name, api in private_api.APIS.items() if api.library == "torch"}
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -65,6 +70,17 @@ def test_the_floor_covers_the_apis_the_library_uses():
         assert token in source, f"{name}: no longer used; drop it from APIS"
         assert available(), f"{name}: missing in torch {torch.__version__}"
     newest = max(since for since, _, _ in APIS.values())
+    assert declared_floor() >= newest
+
+
+def test_the_floor_covers_the_private_apis_the_library_uses():
+    """Every private torch name of `perforate.private_api` (which `test_private_api` checks is
+    used and present) came with a torch release not above the floor, except one the library
+    can do without (`fused_kernel_devices`: an optimizer speed-up from torch 2.2)."""
+    optional = {"torch.utils._foreach_utils._get_fused_kernels_supported_devices"}
+    assert {"torch._C._current_graph_task_id", "torch.nn.functional._canonical_mask",
+            "torch.autograd.Variable._execution_engine.queue_callback"} <= set(PRIVATE)
+    newest = max(since for name, (since, _, _) in PRIVATE.items() if name not in optional)
     assert declared_floor() >= newest
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from . import private_api
 from .activations import FUNCTIONS, INPLACE
 from .config import PerforationConfig
 from .errors import NonFiniteError
@@ -190,7 +191,7 @@ class CandidatePool(nn.Module):
         # of its own (no backward reads its old values), so no extra temporary of K layer
         # outputs; not on a view (the op's output reshaped), whose in-place change autograd
         # would undo with a full copy in the backward (CopySlices).
-        own = pre._base is None  # `_is_view()` would break a torch.compile graph
+        own = not private_api.is_view(pre)
         pre = geo.cascade(pre, self.cascade.unbind(1), [geo.unsqueeze_set(h) for h in hs],
                           inplace=own)
         if self._activation_ is not None and (own or hs):

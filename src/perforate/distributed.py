@@ -33,9 +33,9 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.autograd import Variable
 from torch.nn.parallel import DistributedDataParallel
 
+from . import private_api
 from .epoch_meeting import EpochMeeting
 
 Wrap = Callable[[nn.Module], nn.Module]
@@ -158,12 +158,12 @@ class DistributedSync:
         batch's gradients when it returns, as a DDP model's parameters do. Every rank makes
         the same calls in the same order (the backward visits the same layers), so the flat
         sums line up."""
-        task = torch._C._current_graph_task_id()
+        task = private_api.current_graph_task_id()
         if task < 0:
             raise RuntimeError("sum_after_backward must be called from inside a backward")
         if task != self._task:  # this backward's first call (drops a failed backward's)
             self._task, self._pending = task, []
-            Variable._execution_engine.queue_callback(self._after_backward)
+            private_api.queue_engine_callback(self._after_backward)
         self._pending.append((tensors, then, params))
 
     def _after_backward(self) -> None:
@@ -357,8 +357,7 @@ def rewrap(module: nn.Module, wrap: Wrap) -> nn.Module:
     """``wrap(module)`` with the `unused_parameters` left out of DDP, so that no rank waits
     for their gradients ("Expected to have finished reduction") and no
     ``find_unused_parameters`` (an extra graph traversal per step) is needed."""
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-        module, unused_parameters(module))
+    private_api.ddp_ignore(module, unused_parameters(module))
     return wrap(module)
 
 
@@ -366,7 +365,7 @@ def retire(wrapper: nn.Module) -> None:
     """Detach an old DDP wrapper's gradient hooks from the parameters it shares with the
     new one (a reference kept elsewhere would otherwise still reduce into it)."""
     if is_ddp(wrapper):
-        wrapper._remove_autograd_hooks()  # type: ignore[operator]
+        private_api.ddp_remove_hooks(wrapper)  # type: ignore[arg-type]
 
 
 class _GlobalGradLinear(torch.autograd.Function):

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import private_api
 from .errors import ConfigError, DistributedError
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class EpochMeeting:
         self.batches = 0
         """Training forwards of this rank in the running epoch (`count_forwards`)."""
         self._number = 0  # meetings held
-        self.store = dist.distributed_c10d._get_default_store()
+        self.store = private_api.default_store()
         first = dist.get_global_rank(group, 0) if group is not None else 0
         self._prefix = f"perforate/epochs/{next(_meetings)}/{first}x{world}/"
 

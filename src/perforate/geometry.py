@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import private_api
+
 
 class Geometry:
     """Layer-type specific tensor plumbing. Subclasses fill in the abstract pieces."""
@@ -175,7 +177,7 @@ class ProjectedLinearGeometry(LinearGeometry):
 class ConvGeometry(Geometry):
     set_dim = 1
 
-    def __init__(self, layer: nn.modules.conv._ConvNd) -> None:
+    def __init__(self, layer: private_api.ConvNd) -> None:
         super().__init__(layer)
         self.spatial = len(layer.kernel_size)
         self.unbatched_dim = self.spatial + 1
@@ -194,7 +196,7 @@ class ConvGeometry(Geometry):
             # S sets are interleaved per group: [g, S, N/g] instead of [S, g, N/g].
             w = weight.unflatten(1, (g, n // g)).transpose(0, 1).reshape(s * n, *weight.shape[2:])
             b = bias.unflatten(1, (g, n // g)).transpose(0, 1).reshape(s * n)
-        out = self.layer._conv_forward(x, w, b)
+        out = private_api.conv_forward(self.layer, x, w, b)
         if g == 1:
             return out.unflatten(1, (s, n))
         return out.unflatten(1, (g, s, n // g)).transpose(1, 2).flatten(2, 3)

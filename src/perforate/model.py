@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils import _foreach_utils
 
+from . import private_api
 from .candidates import EpochReport
 from .config import PerforationConfig, candidate_optimizer_class
 from .distributed import DistributedSync
@@ -36,7 +36,7 @@ NEURON, DENDRITE = "neuron", "dendrite"
 
 def _tracked_norms(net: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, m in net.named_modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats \
+        if isinstance(m, private_api.NormBase) and m.track_running_stats \
                 and m.running_mean is not None:
             yield name, m
 
@@ -387,7 +387,7 @@ def fast_step(cls: type[torch.optim.Optimizer], params: list[nn.Parameter]) -> d
     MNIST CNN's 4.8 M candidate parameters an Adam step takes 29.0 ms per tensor, 13.0 ms
     multi-tensor and 4.4 ms fused on one CPU thread (``bench/optimizer_step.py``). The fused
     step rounds differently from the loop, within float32 rounding."""
-    supported = getattr(_foreach_utils, "_get_fused_kernels_supported_devices", list)()
+    supported = private_api.fused_kernel_devices()
     devices = {p.device.type for p in params}
     if ("fused" in inspect.signature(cls).parameters and devices <= set(supported)
             and all(p.is_floating_point() for p in params)):

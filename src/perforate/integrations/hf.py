@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from .. import private_api
 from .._extras import require
 from ..errors import ConfigError, LoadError, PhaseError
 from ..model import DENDRITE, NEURON, PerforatedModel
@@ -130,11 +131,11 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
             raise
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
-        if hasattr(trainer, "_load_from_checkpoint"):
-            # resume_from_checkpoint loads the weights through this method before any callback
-            # event, into a model that must already have the checkpoint's dendrites: restore
-            # the perforate state there instead (it holds the same weights, and candidates).
-            trainer._load_from_checkpoint = self._load_from_checkpoint
+        # resume_from_checkpoint loads the weights through the Trainer's
+        # `_load_from_checkpoint` before any callback event, into a model that must already
+        # have the checkpoint's dendrites: restore the perforate state there instead (it
+        # holds the same weights, and candidates).
+        private_api.replace_trainer_checkpoint_loader(trainer, self._restore_for_trainer)
         return self
 
     def restore(self, checkpoint: str | os.PathLike[str]) -> None:
@@ -178,7 +179,7 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
         logger.info("restored %s: epoch %d, %s phase, %d dendrite set(s)", directory,
                     tracker.epoch, tracker.phase, self.model.num_dendrites)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+    def _restore_for_trainer(self, resume_from_checkpoint: str, model: Any = None) -> None:
         """The bound Trainer's ``_load_from_checkpoint``: the perforate state has the
         weights, in the structure they need."""
         self.restore(resume_from_checkpoint)

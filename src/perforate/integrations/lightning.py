@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import private_api
 from .._extras import require
 from ..candidates import CandidatePool
 from ..distributed import retire, rewrap
@@ -234,6 +235,6 @@ def _is_ddp(strategy: Any) -> bool:
 def _wrap_lightning_module(strategy: Any, pl_module: nn.Module) -> nn.Module:
     """A new DDP wrapper of the whole LightningModule (Lightning's settings), with the
     parameters no forward uses left out, installed as the strategy's model."""
-    strategy.model = rewrap(pl_module, strategy._setup_model)
-    strategy._register_ddp_hooks()
+    strategy.model = rewrap(pl_module, private_api.lightning_setup_model(strategy))
+    private_api.lightning_register_ddp_hooks(strategy)
     return strategy.model

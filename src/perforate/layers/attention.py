@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import private_api
 from ..config import PerforationConfig
 from .base import DendriteLayer
 from .composite import CompositeLayer
@@ -52,7 +53,7 @@ class AttentionProjection(nn.Module):
         mha, i, e = self._attention, self.index, self.out_features
         if i == 3:
             return mha.out_proj.weight
-        if mha._qkv_same_embed_dim:
+        if private_api.mha_packed(mha):
             return mha.in_proj_weight[i * e:(i + 1) * e]
         return (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)[i]
 
@@ -165,12 +166,13 @@ class _ProjectedAttention:
                             attn_mask: Tensor | None, average_attn_weights: bool,
                             is_causal: bool) -> tuple[Tensor, Tensor | None]:
         is_batched = query.dim() == 3
-        key_padding_mask = F._canonical_mask(
+        key_padding_mask = private_api.canonical_mask(
             mask=key_padding_mask, mask_name="key_padding_mask",
-            other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
+            other_type=private_api.none_or_dtype(attn_mask), other_name="attn_mask",
             target_type=query.dtype)
-        attn_mask = F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None,
-                                      other_name="", target_type=query.dtype, check_other=False)
+        attn_mask = private_api.canonical_mask(mask=attn_mask, mask_name="attn_mask",
+                                               other_type=None, other_name="",
+                                               target_type=query.dtype, check_other=False)
         if not is_batched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
             if key_padding_mask is not None:
@@ -249,7 +251,7 @@ class MultiheadAttention(_ProjectedAttention, CompositeLayer):
 
 
 for _name in ("embed_dim", "kdim", "vdim", "num_heads", "head_dim", "batch_first", "dropout",
-              "add_zero_attn", "_qkv_same_embed_dim", "in_proj_weight", "in_proj_bias",
+              "add_zero_attn", private_api.MHA_PACKED, "in_proj_weight", "in_proj_bias",
               "q_proj_weight", "k_proj_weight", "v_proj_weight", "bias_k", "bias_v"):
     setattr(MultiheadAttention, _name, _attention_view(_name))
 

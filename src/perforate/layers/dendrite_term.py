@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .. import private_api
 from ..activations import INPLACE_NO_GRAD
 
 if TYPE_CHECKING:
@@ -186,26 +187,12 @@ def _setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> 
     ctx.save_for_backward(output[1], inputs[2], inputs[3])
 
 
-def _is_compiling() -> bool:
-    compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-    if compiling is None:
-        from torch._dynamo import is_compiling as compiling
-    return compiling()
-
-
-def _transforms_active() -> bool:
-    """Whether a ``torch.func`` transform is running (True where torch cannot tell: the
-    transforms need `DendriteTerm`, which works everywhere)."""
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return True if active is None else bool(active())
-
-
 def term_function() -> type[torch.autograd.Function]:
     """The form of the term to apply: `DendriteTermCompiled` while ``torch.compile`` traces,
     `DendriteTerm` under ``torch.func`` transforms, else `DendriteTermEager` (the fastest)."""
-    if _is_compiling():
+    if private_api.is_compiling():
         return DendriteTermCompiled
-    return DendriteTerm if _transforms_active() else DendriteTermEager
+    return DendriteTerm if private_api.functorch_transforms_active() else DendriteTermEager
 
 
 def _backward_fast(need: tuple[bool, ...], grad: Tensor, h: Tensor, cascade: Tensor,

@@ -5,7 +5,8 @@ In eval mode, ``nn.TransformerEncoderLayer.forward`` may run one fused kernel
 ``self_attn.in_proj_weight``, ... directly, and ``nn.TransformerEncoder`` may turn a padded batch
 into a nested tensor for it: both would skip the dendrites. For every such module that contains
 a dendrite wrapper, `disable_fused_transformer` turns that path off through the module's own
-switches, which PyTorch checks whatever the grad mode and which TorchScript keeps:
+switches (`perforate.private_api.FUSED_TRANSFORMER_SWITCHES`), which PyTorch checks whatever
+the grad mode and which TorchScript keeps:
 
 - ``TransformerEncoderLayer.activation_relu_or_gelu = 0`` (the fast path requires relu / gelu;
   the standard path calls ``self.activation`` and does not read the flag);
@@ -23,12 +24,9 @@ from typing import Any
 
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from ..private_api import FUSED_TRANSFORMER_SWITCHES
 
-_SWITCHES: tuple[tuple[type[nn.Module], str, Any], ...] = (
-    (nn.TransformerEncoderLayer, "activation_relu_or_gelu", 0),
-    (nn.TransformerEncoder, "use_nested_tensor", False),
-)
+logger = logging.getLogger(__name__)
 
 
 def disable_fused_transformer(net: nn.Module, wrapper_types: tuple[type[nn.Module], ...]
@@ -37,7 +35,7 @@ def disable_fused_transformer(net: nn.Module, wrapper_types: tuple[type[nn.Modul
     `wrapper_types`; return ``{module name: {attribute: original value}}`` for `restore`."""
     saved: dict[str, dict[str, Any]] = {}
     for name, module in net.named_modules():
-        for cls, attr, off in _SWITCHES:
+        for cls, attr, off in FUSED_TRANSFORMER_SWITCHES:
             if not isinstance(module, cls) or not hasattr(module, attr):
                 continue
             if not any(isinstance(m, wrapper_types) for m in module.modules()):

@@ -211,7 +211,9 @@ def test_conv_dendrites_match_per_set_convolution(groups: int) -> None:
         hs.append(torch.tanh(u))
     expected = base(x) + sum(layer.output_weight[j].view(-1, 1, 1) * hs[j] for j in range(2))
     torch.testing.assert_close(model(x), expected)
-    torch.testing.assert_close(model(x[0]), expected[0], rtol=1e-5, atol=1e-6)  # unbatched
+    # Unbatched: another conv kernel and the CPU tanh form (within 2.4e-7 of torch.tanh,
+    # scaled by the output weights) differ from the reference by up to ~2e-6 on some CPUs.
+    torch.testing.assert_close(model(x[0]), expected[0], rtol=1e-5, atol=1e-5)
 
 
 def test_count_parameters_counts_deployable_weights_only() -> None:

@@ -15,8 +15,8 @@ install reads is reduced across ranks (see ``docs/distributed.md``):
   backwards give the candidates are summed in one more collective, so that the backward
   returns with the global batch's gradients; except where a Linear layer's inputs and output
   gradients are smaller than its candidate weights (K copies of the layer's): there the
-  ranks exchange those instead (sent as soon as that layer's backward has them, received
-  after the sum) and each computes the global batch's weight gradient
+  ranks exchange those instead (one all-gather per such layer, after the sum) and each
+  computes the global batch's weight gradient
   (`DistributedSync.linear`). Gradients that reach the candidates through the
   user's backward itself (dendrite_learning="gd") are summed before the optimizer step;
 - scores given to ``Tracker.step`` are averaged across ranks (one all-reduce per epoch), once
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -78,9 +78,8 @@ class DistributedSync:
         self._task: int | None = None  # the backward whose sums wait in `_pending`
         self._pending: list[tuple[Sequence[Tensor], AfterSum, Sequence[nn.Parameter]]] = []
         self._rows: list[_Rows] | None = None
-        """While `_after_backward` backpropagates: each `linear`'s rows, sent once the
-        continuation's backward that gave them returns and received after the gradient sum
-        (None: a `linear` exchanges at once)."""
+        """While `_after_backward` backpropagates: each `linear`'s rows, exchanged after the
+        gradient sum (None: a `linear` exchanges at once)."""
         self.meeting: EpochMeeting | None = EpochMeeting(group, self.rank, self.world, timeout)
         """The end-of-epoch meeting (`end_epoch`; it counts `count_forwards`'s batches)."""
 
@@ -151,8 +150,8 @@ class DistributedSync:
         in order, backpropagating the ``(root, gradient)`` pair each returns before the next
         is called; then sum across ranks what those backwards added to the gradients of
         `params` (what they held before is kept: gradients accumulate as usual), in one
-        more collective. The rows of a `linear` they pass through are sent as soon as its
-        backward has them, and received after that sum. Call it from
+        more collective; then exchange the rows of each `linear` they passed through (one
+        all-gather each) and add their gradients. Call it from
         inside a backward (an autograd Function's): the candidates of every layer then cost
         two meetings of the ranks per backward, not a few per layer, and hold the global
         batch's gradients when it returns, as a DDP model's parameters do. Every rank makes
@@ -170,8 +169,8 @@ class DistributedSync:
         pending, self._pending, self._task = self._pending, [], None
         self.sum_([t for tensors, _, _ in pending for t in tensors])
         before: dict[int, tuple[nn.Parameter, Tensor | None]] = {}
-        self._rows = []
-        sent: list[_Sent] = []
+        rows: list[_Rows] = []
+        self._rows = rows
         try:
             for _, then, params in pending:
                 # One continuation's backward at a time: its gradient is still in cache when
@@ -184,8 +183,6 @@ class DistributedSync:
                         before[id(p)] = (p, p.grad)
                         p.grad = None
                 torch.autograd.backward(*pair)
-                # Rows this backward gave travel while the next layers' backwards compute.
-                sent += [self._send(r) for r in self._rows[len(sent):]]
         except BaseException:
             for p, old in before.values():  # a failure leaves the gradients as they were
                 p.grad = old
@@ -194,8 +191,8 @@ class DistributedSync:
             self._rows = None
         params = [p for p, _ in before.values()]
         self.sum_(self._grads_to_sum(params))
-        for s in sent:
-            s.rows.accumulate(s.received())
+        for r in rows:
+            r.accumulate(self._exchange(r))
         for p, old in before.values():
             if old is not None and p.grad is not None:
                 p.grad = old.add_(p.grad)
@@ -208,13 +205,13 @@ class DistributedSync:
                 p.grad = torch.zeros_like(p)
         return [p.grad for p in params if p.grad is not None and p.numel()]
 
-    def _send(self, rows: _Rows) -> _Sent:
-        """Start the all-gather of `rows` with every rank's, asynchronously (`_Sent.received`
-        waits for it)."""
+    def _exchange(self, rows: _Rows) -> Tensor:
+        """Every rank's padded `rows`, in rank order ``[world * most, in + out]`` (one
+        all-gather, waited for at once)."""
         mine = rows.padded()
         every = [torch.empty_like(mine) for _ in range(self.world)]
-        return _Sent(rows, every, dist.all_gather(every, mine, group=self.group,
-                                                  async_op=True))
+        self._wait(dist.all_gather(every, mine, group=self.group, async_op=True))
+        return torch.cat(every)
 
     def broadcast_(self, tensors: Sequence[Tensor]) -> None:
         """Copy rank 0's values of `tensors` to every rank (in place)."""
@@ -291,7 +288,7 @@ class DistributedSync:
         different row counts (`most`: the largest, found with a collective if None): the
         exchanged rows are padded with zeros, which add nothing."""
         rows = _Rows(x, grad, self.max_rows(x.shape[0]) if most is None else most)
-        return rows.grads(self._send(rows).received())
+        return rows.grads(self._exchange(rows))
 
     def mean_scores(self, values: Sequence[float | None], main_only: Sequence[float] = (),
                     ) -> tuple[list[float | None], list[float]]:
@@ -388,26 +385,12 @@ class _GlobalGradLinear(torch.autograd.Function):
         grad_x = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None
         x, grad = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
         most = None if ctx.rows is None else ctx.rows()
-        if sync._rows is not None:  # inside `_after_backward`: it sends them (`_send`)
+        if sync._rows is not None:  # inside `_after_backward`: it exchanges them after the sum
             sync._rows.append(_Rows(x, grad, most or sync.max_rows(x.shape[0]),
                                     ctx.weight, ctx.bias))
             return grad_x, None, None, None, None
         gw, gb = sync.linear_grads(x, grad, most)
         return grad_x, gw.to(weight.dtype), gb.to(weight.dtype), None, None
-
-
-class _Sent(NamedTuple):
-    """`_Rows` on their way: the all-gather's buffers (one per rank) and its handle."""
-
-    rows: _Rows
-    every: list[Tensor]
-    work: Any
-
-    def received(self) -> Tensor:
-        """Every rank's padded rows, in rank order ``[world * most, in + out]`` (waits for
-        the all-gather)."""
-        self.work.wait()
-        return torch.cat(self.every)
 
 
 class _Rows:

@@ -71,7 +71,7 @@ def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
             tracker.optimizer.zero_grad(set_to_none=True)
             if world > 1:  # the DDP wrapper in a neuron phase, the model in a dendrite phase
                 assert isinstance(tracker.model, DDP) == (tracker.phase == "neuron")
-                assert tracker.perforated is model
+                assert tracker.perforated is model and tracker.train_module is tracker.model
             loss = nn.functional.mse_loss(tracker.model(xb), yb)
             loss.backward()
             tracker.optimizer.step()
@@ -86,10 +86,10 @@ def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
         decision = tracker.step(val)
         if decision.event in ("install", "grow") and decision.phase == "neuron":
             installed = {k: v.clone() for k, v in model.state_dict().items()}
-    history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.records.history]
+    history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.history]
     assert tracker.model is model  # done: the tracker keeps no DDP wrapper
     return {"history": history, "installed": installed, "final": model.state_dict(),
-            "events": [r["event"] for r in tracker.records.history], "gathers": gathers}
+            "events": [r["event"] for r in tracker.history], "gathers": gathers}
 
 
 class _Killed(Exception):
@@ -137,9 +137,9 @@ def _fit(rank: int, world: int, out: Path, resume: Path | None = None,
                                      "max_dendrite_epochs": 3, "max_epochs": EPOCHS,
                                      "improvement_threshold": 10.0, "plot": False,
                                      "out_dir": out, "checkpoint_every": 1})
-    history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.records.history]
+    history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.history]
     return {"history": history, "final": model.state_dict(),
-            "phases": tracker.records.dendrite_phases, "rng": rng}
+            "phases": tracker.dendrite_phases, "rng": rng}
 
 
 def _worker(rank: int, kind: str, port: int, out: str) -> None:
@@ -378,7 +378,8 @@ def test_candidates_meet_twice_per_backward_and_hold_global_gradients(tmp_path: 
     """The candidate statistics of all layers are summed in one collective at the end of the
     backward, which then trains the candidates and sums their new gradients in one more (a
     layer that exchanges inputs then exchanges its rows in one more, synchronous like the
-    others: no collective is left in flight); a recurrent layer's zero probe included. After the backward every rank holds the global
+    others: no collective is left in flight); a recurrent layer's zero probe included. After
+    the backward every rank holds the global
     batch's gradients, so that clipping or a loss scaler sees what one process would, and
     they accumulate over two backwards as one process's do; the step sums nothing."""
     mp.spawn(_deferred_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
@@ -493,7 +494,7 @@ def test_unused_parameters_are_the_empty_ones_and_a_single_sets_cascade() -> Non
 def test_one_process_trains_the_model_itself() -> None:
     model = pf.perforate(nn.Sequential(nn.Linear(5, 4)), _config("paper"))
     tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, 0.1))
-    assert tracker.model is tracker.perforated is model
+    assert tracker.model is tracker.train_module is tracker.perforated is model
     assert tracker.sync is None and tracker.is_main
     assert tracker.mean_score(0.25) == 0.25
     with pytest.raises(RuntimeError, match="process group"):

@@ -11,12 +11,9 @@ projection P), not biases or activations.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from .base import DendriteLayer
 
 
 @dataclass(frozen=True)
@@ -71,9 +68,10 @@ class LayerCosts:
         return macs * (1 if self.positions is None else self.positions)
 
 
-def layer_costs(layer: DendriteLayer, fan_ins: Tensor, positions: int | None = None, *,
+def layer_costs(layer: Any, fan_ins: Tensor, positions: int | None = None, *,
                 base_macs: int | None = None) -> LayerCosts:
-    """`LayerCosts` of `layer`; `fan_ins` ``[N]``: the inputs a dendrite of each neuron computes
+    """`LayerCosts` of `layer` (a `DendriteLayer`; not imported here, as base imports this
+    module); `fan_ins` ``[N]``: the inputs a dendrite of each neuron computes
     with (its row of V without padding); `base_macs`: the layer's own per position, if not
     ``fan_in * N``."""
     config, geo, n = layer.config, layer.geometry, layer.num_neurons

@@ -260,3 +260,25 @@ def test_running_error_scale_after_the_first_and_second_batch() -> None:
                                    atol=1e-7)
         torch.testing.assert_close(b_grad, b_plain * inv_s[None, :], rtol=1e-4, atol=1e-7)
     assert not torch.allclose(expected[1], var2) and not torch.allclose(expected[1], var1)
+
+
+def test_the_distributed_lines_of_a_pool_live_in_its_distributed_subclass() -> None:
+    """`CandidatePool` has no distributed branch (no ``sync`` check): a distributed run builds
+    a `DistributedCandidatePool` (`PerforatedModel.begin_dendrite_phase`), which has them."""
+    import ast
+    import inspect
+    import textwrap
+
+    from perforate.candidates import CandidatePool
+    from perforate.distributed_pool import DistributedCandidatePool
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(CandidatePool)))
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | \
+        {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert not names & {"sync", "distribute", "_gathers", "pad_rows"}
+    for name in ("observe_later", "params_to_sum", "take_rank0"):
+        assert not hasattr(CandidatePool, name), name
+        assert callable(getattr(DistributedCandidatePool, name)), name
+    assert issubclass(DistributedCandidatePool, CandidatePool)
+    with pytest.raises(RuntimeError, match="observe_later"):
+        DistributedCandidatePool.observe(None, torch.zeros(1), torch.zeros(1))  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -19,12 +18,9 @@ from . import private_api
 from .activations import FUNCTIONS, INPLACE
 from .config import PerforationConfig
 from .errors import NonFiniteError
-from .geometry import Geometry, LinearGeometry
+from .geometry import Geometry
 from .masking import mask_for
 from .stats import CorrelationSums, ObservedBatch, accumulator_dtype
-
-if TYPE_CHECKING:
-    from .distributed import DistributedSync
 
 logger = logging.getLogger(__name__)
 
@@ -138,55 +134,16 @@ class CandidatePool(nn.Module):
         # Batches left out of this epoch's statistics for a non-finite error (loss scaling).
         self.register_buffer("skipped", torch.zeros((), dtype=torch.long, device=dev))
         self._scratch: Tensor | None = None  # see `_scratch_like`; not state
-        self.sync: DistributedSync | None = None
-        """Set in a distributed run: each batch's sums are summed across ranks (not state)."""
-        self._gathers: bool | None = None  # see `forward`; not state
-        self.pad_rows = 0
-        """The most sample positions any rank has had in a batch this phase (a distributed
-        run's `observe` sums them): what each rank sends to a `DistributedSync.linear`."""
 
     @property
     def num_candidates(self) -> int:
         return self.bias.shape[0]
 
-    def distribute(self, sync: DistributedSync) -> None:
-        """Join a distributed run: take rank 0's candidates and reduce every batch's sums
-        across ranks."""
-        self.sync = sync
-        sync.broadcast_([*self.parameters(), *self.buffers()])
-
-    def params_to_sum(self) -> list[nn.Parameter]:
-        """In a distributed run, the parameters whose gradients the optimizer step must sum
-        across ranks: those of dendrite_learning="gd", which the user's backward reaches
-        through the layer output. Cascade-Correlation's are summed at the end of that
-        backward (`observe_later`)."""
-        return self._summed() if self.gd else []
-
-    def _summed(self) -> list[nn.Parameter]:
-        """The parameters whose gradients are summed across ranks: all but the weights and
-        bias of a Linear layer's candidates that exchange inputs instead (decided at the
-        phase's first batch, see `forward`)."""
-        done = {id(self.weight), id(self.bias)} if self._gathers else set()
-        return [p for p in self.parameters() if id(p) not in done]
-
     def forward(self, x: Tensor, hs: list[Tensor]) -> Tensor:
         """Candidate activations, stacked ``[K]``; x and the dendrite outputs hs detached."""
         geo = self.geometry
         weight = self.weight if self.mask is None else self.weight * self.mask
-        sync = self.sync
-        if sync is not None and geo.plain_linear and self._gathers is None:
-            # Once per phase, the same on every rank: whether exchanging this layer's inputs
-            # and output gradients moves less than summing its candidates' weight gradients.
-            rows = sync.max_rows(x.numel() // x.shape[-1]) if x.dim() > 1 else 1
-            self._gathers = sync.gathers(rows, x.shape[-1], self.bias.numel())
-        if self._gathers:  # global-batch weight gradients in the backward
-            def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-                return sync.linear(x, weight, bias,  # type: ignore[union-attr]
-                                   rows=lambda: self.pad_rows or None)
-
-            pre = LinearGeometry.stacked_with(linear, x, weight, self.bias)
-        else:
-            pre = geo.stacked(x, weight, self.bias)
+        pre = self._stacked(x, weight)
         # Cascade inputs E[k, i] * h_i, then the activation: in place where `pre` is a tensor
         # of its own (no backward reads its old values), so no extra temporary of K layer
         # outputs; not on a view (the op's output reshaped), whose in-place change autograd
@@ -198,18 +155,21 @@ class CandidatePool(nn.Module):
             return self._activation_(pre)
         return (self._activation_fn or self.activation)(pre)
 
+    def _stacked(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The K candidates' pre-activation (one call of the layer's op; a distributed pool
+        may exchange a Linear layer's inputs instead, `DistributedCandidatePool`)."""
+        return self.geometry.stacked(x, weight, self.bias)
+
     def attach(self, z: Tensor, c: Tensor) -> Tensor:
         """Return the layer output to use downstream: z itself (plus the candidates' output
         term for dendrite_learning="gd"), routed through `ErrorTap` to observe its error."""
         if self.gd:
             z = z + self.geometry.combine(c, self.output)
             c = c.detach()
-        if self.sync is not None:
-            # Distributed: the candidates' backward waits for the end of the user's backward
-            # (`observe_later`), so ErrorTap gets no edge to their graph (the backward would
-            # otherwise run it with no gradient and free it). A detached leaf stands in, so
-            # that the tap's output needs a gradient even where z does not (a zero probe).
-            return ErrorTap.apply(z, c.detach().requires_grad_(), self, (c,))
+        return self._tap(z, c)
+
+    def _tap(self, z: Tensor, c: Tensor) -> Tensor:
+        """`z` through an `ErrorTap` whose backward trains the candidates (`observe`)."""
         return ErrorTap.apply(z, c, self, ())
 
     @torch.no_grad()
@@ -221,69 +181,28 @@ class CandidatePool(nn.Module):
         Few, fused ops, since this runs per layer per batch. objective="covariance":
         ``-sigma (e - ē) / s`` (eq. 3.4); "correlation": the gradient of ``-P |r|`` with r the
         batch's Pearson correlation of c and e (P positions). One process; a distributed run
-        uses `observe_later`.
+        uses `DistributedCandidatePool.observe_later`.
         """
-        if self.sync is not None:
-            raise RuntimeError("a distributed pool observes with observe_later")
         batch = self._observed(c, e, mask)
         self.skipped += ~batch.finite
         # A skipped batch's gradient is non-finite throughout (not only where e was), so the
         # candidate optimizer (`skip_nonfinite_steps`) or a GradScaler skips its step.
         return self._learn(batch, *batch.sums, factor=torch.where(batch.finite, 1.0, torch.nan))
 
-    @torch.no_grad()
-    def observe_later(self, c: Tensor, e: Tensor, mask: Tensor | None = None) -> None:
-        """`observe` in a distributed run, from inside the user's backward: this rank's sums
-        now; their sum across ranks at the end of the backward, in one collective with every
-        other layer's (`DistributedSync.sum_after_backward`), which then backpropagates the
-        candidates' gradient from ``c`` and sums the gradients it gives them, in one more
-        collective for all layers. The ranks then meet twice per backward, instead of a few
-        times per layer, and the candidates hold the global batch's gradients once the
-        backward returns."""
-        sync = self.sync
-        if sync is None:
-            raise RuntimeError("observe_later is for a distributed run (see distribute)")
-        batch = self._observed(c, e, mask)
-        extra = self._rank_extra(sync, batch, e)
-
-        def then() -> tuple[Tensor, Tensor] | None:
-            grad = self._learn_global(batch, extra)
-            return None if grad is None else (c, grad)
-
-        sync.sum_after_backward([*batch.sums, extra], then, [] if self.gd else self._summed())
-
-    def _rank_extra(self, sync: DistributedSync, batch: ObservedBatch, e: Tensor) -> Tensor:
-        """What a distributed batch sums besides the statistics: each rank's rows (at its
-        rank's index), and whether this rank saw a non-finite error (last)."""
-        dtype = batch.sums[0].dtype
-        extra = torch.zeros(sync.world + 1, dtype=dtype, device=e.device)
-        extra[sync.rank] = e.numel() // self.geometry.num_neurons
-        extra[-1] = ~batch.finite
-        return extra
-
-    @torch.no_grad()
-    def _learn_global(self, batch: ObservedBatch, extra: Tensor) -> Tensor | None:
-        """`_learn` from the global batch's sums. A batch in which any rank saw a
-        non-finite error (a loss scaler's overflow) is skipped on every rank and every
-        rank's candidate gradient made NaN, so that a GradScaler skips the step on all of
-        them alike (one rank stepping alone would leave the others' candidates behind)."""
-        overflow = extra[-1] > 0
-        sums = batch.sums
-        for t in sums:
-            t.mul_(~overflow)
-        self.skipped += overflow
-        if self._gathers:  # a host read, only where the rows are sent
-            self.pad_rows = max(self.pad_rows, int(extra[:-1].max().item()))
-        return self._learn(batch, *sums, factor=torch.where(overflow, torch.nan, 1.0))
-
     def _observed(self, c: Tensor, e: Tensor, mask: Tensor | None) -> ObservedBatch:
         """One batch of this rank, with its ``[count, cand, err]`` sums
         (`CorrelationSums.add`; one dtype, so one collective sums them)."""
         # Numerics first: float32+ statistics, masked positions out, a batch with a non-finite
         # (loss-scaled) error skipped; see `ObservedBatch`. Then the statistics proper.
-        # Each rank's mean loss is world x the global one's share: its errors count 1/world.
-        scale = 1.0 if self.sync is None else 1.0 / self.sync.world
-        return ObservedBatch.of(self.geometry, c, e, mask, self._scratch_like, scale)
+        return ObservedBatch.of(self.geometry, c, e, mask, self._scratch_like,
+                                self._error_scale())
+
+    def _error_scale(self) -> float:
+        """What this process's errors count for (a distributed pool's: 1/world)."""
+        return 1.0
+
+    def _reduce(self, tensors: list[Tensor]) -> None:
+        """Sum `tensors` over the processes that share the batch (here: one, nothing)."""
 
     @torch.no_grad()
     def _learn(self, batch: ObservedBatch, p: Tensor, cand: Tensor, err: Tensor,
@@ -291,7 +210,7 @@ class CandidatePool(nn.Module):
         """Add a batch's (global) sums to the statistics; return the candidate gradient,
         times `factor` (a scalar) if given: applied to its per-neuron scales, not in a pass
         of its own over the K layer outputs."""
-        geo, cfg, sync = self.geometry, self.config, self.sync
+        geo, cfg = self.geometry, self.config
         c = batch.c
         sc, _, sce = cand
         self.sums.add(p, cand, err)
@@ -332,8 +251,7 @@ class CandidatePool(nn.Module):
             # Two-pass variance, from the centred candidate: E[c²] - E[c]² would cancel for
             # a saturated candidate, and this gradient scales with var_c^-1.5.
             sq = geo.sum_sq_stacked(centred_c).float()
-            if sync is not None:
-                sync.sum_([sq])
+            self._reduce([sq])
             var_c = (sq / p).clamp_min(
                 cfg.min_candidate_variance)
             inv_e = torch.where(var_e_b > 0, var_e_b.rsqrt(), 0.0)
@@ -467,7 +385,7 @@ class ErrorTap(torch.autograd.Function):
     gradient, so the user's single ``loss.backward()`` trains the candidates. In a distributed
     run (``held``: ``(candidates' activation,)``, in a tuple so that autograd sees no edge to
     it; ``c`` then a detached stand-in) it returns no gradient to them and hands the error to
-    `CandidatePool.observe_later` instead.
+    `DistributedCandidatePool.observe_later` instead.
     """
 
     @staticmethod
@@ -489,7 +407,7 @@ class ErrorTap(torch.autograd.Function):
                  ) -> tuple[Tensor, Tensor | None, None, None]:
         if ctx.held:
             (held,), ctx.held = ctx.held, ()
-            ctx.pool.observe_later(held, grad, ctx.mask)
+            ctx.pool.observe_later(held, grad, ctx.mask)  # a DistributedCandidatePool
             return grad, None, None, None
         (c,) = ctx.saved_tensors
         return grad, ctx.pool.observe(c, grad, ctx.mask), None, None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 import statistics
@@ -15,9 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from . import private_api
-from .candidates import EpochReport
+from .candidates import CandidatePool, EpochReport
 from .config import PerforationConfig, candidate_optimizer_class
 from .distributed import DistributedSync
+from .distributed_pool import DistributedCandidatePool
 from .errors import PhaseError
 from .layers import CompositeLayer, DendriteLayer, WrapperRegistry, default_registry
 from .layers.composite import top_wrappers
@@ -160,18 +162,22 @@ class PerforatedModel(nn.Module):
             seed = self.config.seed + 1_000_003 * self.num_dendrites + 7_919 * attempt
             generator = torch.Generator().manual_seed(seed)
         params, pools = [], []
+        # A distributed run's pools reduce their statistics and gradients across ranks.
+        pool_type = CandidatePool if self._sync is None else \
+            functools.partial(DistributedCandidatePool, sync=self._sync)
         for layer in self.dendrite_layers().values():
-            pool = layer.begin_candidates(generator)
+            pool = layer.begin_candidates(generator, pool_type)
             params += list(pool.parameters())
             pools.append(pool)
-            if self._sync is not None:  # rank 0's draw everywhere; global-batch statistics
-                pool.distribute(self._sync)
+            if isinstance(pool, DistributedCandidatePool):  # rank 0's draw everywhere
+                pool.take_rank0()
                 if layer.dendrite_projection is not None:
                     self._sync.broadcast_([layer.dendrite_projection.data])
         self._optimizer = self._make_optimizer(params)
         if self._sync is not None:
             self._optimizer.register_step_pre_hook(self._sync.grad_sum_hook(
-                lambda: [p for pool in pools for p in pool.params_to_sum()]))
+                lambda: [p for pool in pools if isinstance(pool, DistributedCandidatePool)
+                         for p in pool.params_to_sum()]))
         skip_nonfinite_steps(self._optimizer)  # a batch left out of the statistics
         self._phase = DENDRITE
         logger.info("dendrite phase %d: %d candidate(s) per layer", self.num_dendrites + 1,

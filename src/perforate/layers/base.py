@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -271,10 +272,13 @@ class DendriteLayer(nn.Module):
         weight.register_post_accumulate_grad_hook(accumulate)
 
     # ------------------------------------------------------------------------ dendrite phase
-    def begin_candidates(self, generator: torch.Generator | None) -> CandidatePool:
-        """Attach a fresh pool of K candidate sets (cascade inputs from all D dendrites);
-        with ``dendrite_input_selection="correlation"`` they see the inputs `input_score`
-        ranks first, and the score starts again for the next neuron phase."""
+    def begin_candidates(self, generator: torch.Generator | None,
+                         pool_type: Callable[..., CandidatePool] = CandidatePool,
+                         ) -> CandidatePool:
+        """Attach a fresh pool of K candidate sets (cascade inputs from all D dendrites), a
+        `pool_type` (a distributed run's: `DistributedCandidatePool`); with
+        ``dendrite_input_selection="correlation"`` they see the inputs `input_score` ranks
+        first, and the score starts again for the next neuron phase."""
         if self.candidates is not None:
             raise PhaseError("candidates are already attached")
         proj = self.dendrite_projection
@@ -283,9 +287,9 @@ class DendriteLayer(nn.Module):
             value = torch.randn(self._rank or 0, fan_in, generator=generator,
                                 dtype=torch.float32) / fan_in ** 0.5
             self._set(proj, value.to(proj))
-        self.candidates = CandidatePool(self.geometry, self.num_dendrites, self.config,
-                                        make_activation(self.config.dendrite_activation),
-                                        generator, input_score=self.input_score)
+        self.candidates = pool_type(self.geometry, self.num_dendrites, self.config,
+                                    make_activation(self.config.dendrite_activation),
+                                    generator, input_score=self.input_score)
         if self.input_score is not None:
             self.input_score.zero_()
         return self.candidates

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -188,10 +189,12 @@ class _Recurrent(DendriteLayer):
         return x, hs
 
     # --------------------------------------------------------------- padding of the inputs
-    def begin_candidates(self, generator: torch.Generator | None) -> CandidatePool:
+    def begin_candidates(self, generator: torch.Generator | None,
+                         pool_type: Callable[..., CandidatePool] = CandidatePool,
+                         ) -> CandidatePool:
         """As `DendriteLayer`, with each layer-direction's candidate weights drawn at its own
         fan-in and zero on the padding columns (which then get no gradient)."""
-        pool = super().begin_candidates(generator)
+        pool = super().begin_candidates(generator, pool_type)
         mask = self.input_mask
         with torch.no_grad():
             pool.weight.mul_(mask * (mask.shape[1] / mask.sum(1, keepdim=True)).sqrt())

@@ -10,10 +10,15 @@ and row format: `perforate_experiments.train.run_one`), changing only the schedu
   patience still applies after that: the cycle ends once N epochs have passed *and*
   ``neuron_patience`` epochs went without a new best): the "judged too early" fix. The
   library has no such option; it is done here by setting ``schedule.neuron_patience`` after
-  every epoch (`fit`'s ``on_epoch_end``), which consumes no randomness, so everything up to
-  the first post-growth cycle is bit-identical to the stored ``pb`` run.
+  every epoch (`fit`'s ``on_epoch_end``), which consumes no randomness, so a run is the
+  ``pb`` run of the same code until its first post-growth cycle would have been judged.
 
-Usage (about 3 CPU-minutes per run at 1 thread)::
+A ``retry`` row also gives the single-try run (identical up to the first cycle that does not
+improve): ``perforate_experiments.report.growth`` derives it (``pb-retry/1try``) and compares
+both arms with it seed by seed. Rows of another commit are not comparable: a 0.01-point change
+of cycle 0 can flip whether the first growth is kept.
+
+Usage (2-7 CPU-minutes per run at 1 thread on a shared 2-core machine)::
 
     nice -n 10 .venv/bin/python scripts/growth_confirm.py --seeds 3,5,8,9 --h 8 \\
         --arms retry,grace15 --out results/growth_confirm
@@ -26,6 +31,7 @@ already on disk.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import re
@@ -37,7 +43,7 @@ from typing import Any
 import torch
 
 import perforate_experiments.train as train
-from perforate.schedule import NEURON
+from perforate.schedule import NEURON, Schedule
 from perforate.tracker import Tracker
 from perforate_experiments.registry import get_experiment
 from perforate_experiments.runner import parse_seeds, write_json_atomic
@@ -63,7 +69,7 @@ def grace_callback(min_epochs: int, patience: int) -> Callable[[Tracker, Any], N
 
 
 def arm_settings(arm: str, patience: int) -> tuple[dict[str, Any], Any]:
-    """(extra tracker kwargs, on_epoch_end) of an arm name (``retry`` or ``grace<N>``)."""
+    """(extra schedule settings, on_epoch_end) of an arm name (``retry`` or ``grace<N>``)."""
     if arm == "retry":
         return {"dendrite_tries": 2}, None
     match = re.fullmatch(r"grace(\d+)", arm)
@@ -80,8 +86,8 @@ def run(arm: str, seed: int, h: int) -> dict[str, Any]:
     original = train.fit
 
     @functools.wraps(original)
-    def patched(*args: Any, tracker_kwargs: dict[str, Any], **kwargs: Any) -> Tracker:
-        return original(*args, tracker_kwargs={**tracker_kwargs, **extra},
+    def patched(*args: Any, schedule: Schedule, **kwargs: Any) -> Tracker:
+        return original(*args, schedule=dataclasses.replace(schedule, **extra),
                         on_epoch_end=callback, **kwargs)
 
     train.fit = patched

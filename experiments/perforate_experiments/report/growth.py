@@ -17,7 +17,8 @@ restart control's cycle 1 improved. Where a variant and the restart control star
 same cycle 0 (same seed, same cycle-0 best), it gives their mean validation difference at
 each epoch after the growth: how long the new set takes to act at all. Variants named
 ``X-retry`` / ``X-graceN`` are compared with ``X`` seed by seed (no-set counts, final test:
-mean difference in points, paired t-test).
+mean difference in points, paired t-test); a retry arm's rows also give its single-try run
+(`single_try`, variant ``X-retry/1try``), the exact baseline of the same code.
 
 Usage: ``python -m perforate_experiments.report.growth results/experiments
 [more dirs] --json results/growth_failures.json``.

@@ -74,8 +74,8 @@ def measure(net: str, config: dict[str, Any] | None, windows: int) -> dict[str, 
     family, width = parse_net(net)
     torch.manual_seed(0)
     model = pf.perforate(build_net(family, width), pf.PerforationConfig(seed=0, **(config or {})))
-    tracker = pf.Tracker(model, lambda p: torch.optim.Adam(p, 2e-3), mode="min",
-                         neuron_patience=1, max_dendrite_epochs=1)
+    tracker = pf.Tracker(model, lambda p: torch.optim.Adam(p, 2e-3),
+                         schedule=pf.Schedule(mode="min", neuron_patience=1, max_dendrite_epochs=1))
     train, evals = batches(windows), batches(max(BATCH_SIZE, windows // 4), seed=1)
     scale_train = FULL["windows"] / windows
     scale_eval = (FULL["n_eval"] + FULL["n_eval_test"]) / (len(evals) * BATCH_SIZE)

@@ -24,8 +24,9 @@ import perforate as pf
 def bench(net: nn.Module, n_in: int, label: str, epochs: int = 200) -> dict:
     model = pf.perforate(net)
     tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, lr=0.01),
-                         neuron_patience=epochs + 1, max_dendrite_epochs=epochs + 1,
-                         dendrite_patience=epochs + 1)
+                         schedule=pf.Schedule(neuron_patience=epochs + 1,
+                                              max_dendrite_epochs=epochs + 1,
+                                              dendrite_patience=epochs + 1))
     neuron = []
     for e in range(epochs):
         t = time.perf_counter()

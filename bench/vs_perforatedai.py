@@ -86,7 +86,7 @@ class Ours:
         self.model.train()
         self.opt = torch.optim.Adadelta(self.model.parameters(), lr=1.0)
         self.controller = self.pf.Tracker(self.model, lambda p: torch.optim.Adadelta(p, lr=1.0),
-                                       neuron_patience=10**6)
+                                          schedule=self.pf.Schedule(neuron_patience=10**6))
 
     def grow(self) -> dict:
         self.d += 1

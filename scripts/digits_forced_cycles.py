@@ -26,8 +26,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     base = demo.demo_setup("digits", quick=False)
-    setup = dataclasses.replace(base, tracker_kwargs={
-        **base.tracker_kwargs, "min_dendrites": args.cycles, "max_dendrites": args.cycles})
+    setup = dataclasses.replace(base, schedule=dataclasses.replace(
+        base.schedule, min_dendrites=args.cycles, max_dendrites=args.cycles))
     data = demo.load_data("digits", quick=False)
     scores: dict[str, dict[int, list[float]]] = {"pb": {}, "restart": {}}
     for seed in parse_seeds(args.seeds):

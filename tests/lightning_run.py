@@ -23,9 +23,9 @@ from perforate.integrations.lightning import PerforateCallback
 torch.set_num_threads(1)
 
 #: neuron, neuron (no better: grow), dendrite x2 (install), neuron, neuron (no better: stop).
-TRACKER_OPTIONS: dict[str, Any] = {
-    "neuron_patience": 1, "dendrite_patience": 2, "max_dendrite_epochs": 2,
-    "improvement_threshold": 10.0, "plot": False}
+SCHEDULE = pf.Schedule(neuron_patience=1, dendrite_patience=2, max_dendrite_epochs=2,
+                       improvement_threshold=10.0)
+TRACKER_OPTIONS: dict[str, Any] = {"schedule": SCHEDULE, "plot": False}
 PHASES = ["neuron", "neuron", "dendrite", "dendrite", "neuron", "neuron"]
 
 
@@ -119,7 +119,8 @@ def fit(ckpt_path: Path | None = None, **trainer_options: Any,
 
 def main(out: Path) -> None:
     module, callback, recorder, trainer = fit(strategy="ddp", devices=2)
-    history = [{k: v for k, v in r.items() if k != "seconds"} for r in callback.tracker.history]
+    history = [{k: v for k, v in r.items() if k != "seconds"}
+               for r in callback.tracker.records.history]
     torch.save({"state": module.state_dict(), "installed": recorder.installed,
                 "history": history, "batches": recorder.batches,
                 "val_batches": recorder.val_batches,

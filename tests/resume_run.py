@@ -80,10 +80,11 @@ def main() -> None:
     else:
         torch.manual_seed(0)
         model = pf.perforate(make_net(), pf.PerforationConfig.paper())
-        tracker = pf.Tracker(model, optimizer_factory, scheduler_factory, neuron_patience=3,
-                             dendrite_patience=2, max_dendrite_epochs=4, min_dendrites=2,
-                             max_dendrites=2, improvement_threshold=2e-3,
-                             out_dir=args.out, checkpoint_every=1, plot=False)
+        tracker = pf.Tracker(model, optimizer_factory, scheduler_factory, out_dir=args.out,
+                             checkpoint_every=1, plot=False,
+                             schedule=pf.Schedule(neuron_patience=3, dendrite_patience=2,
+                                                  max_dendrite_epochs=4, min_dendrites=2,
+                                                  max_dendrites=2, improvement_threshold=2e-3))
     loader = DataLoader(train, batch_size=32, shuffle=True,
                         generator=torch.Generator().manual_seed(7))
     train_loader = KillingLoader(loader, [tracker], args.kill_epoch, args.kill_batch)
@@ -95,8 +96,8 @@ def main() -> None:
     for key, value in sorted(model.state_dict().items()):
         digest.update(key.encode())
         digest.update(value.detach().contiguous().numpy().tobytes())
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.history]
-    archs = [{k: v for k, v in a.items() if k != "seconds"} for a in tracker.architectures]
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.records.history]
+    archs = [{k: v for k, v in a.items() if k != "seconds"} for a in tracker.records.architectures]
     with open(args.result, "w") as f:
         json.dump({"history": strip, "architectures": archs, "best_val": tracker.best_val,
                    "test_at_best_val": tracker.test_at_best_val,

@@ -12,7 +12,6 @@ from torch import nn
 
 import perforate as pf
 from perforate import artifacts
-from perforate import tracker as tracker_module
 from perforate.atomic import atomic_write, atomic_write_text
 from perforate.errors import LoadError
 
@@ -25,10 +24,10 @@ def scripted_run(out_dir, *, add_dendrites=True, plot=True):
     """15 epochs: cycle 0 (4) + dendrite (2) + cycle 1 (4) + dendrite (2) + cycle 2 (3)."""
     torch.manual_seed(0)
     model = pf.perforate(make_net(), pf.PerforationConfig.paper(seed=0))
-    tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, lr=0.1), neuron_patience=2,
-                         dendrite_patience=5, max_dendrite_epochs=2, out_dir=out_dir,
-                         add_dendrites=add_dendrites, plot=plot,
-                         net_factory="test_artifacts:make_net")
+    tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, lr=0.1), out_dir=out_dir, plot=plot,
+                         net_factory="test_artifacts:make_net",
+                         schedule=pf.Schedule(neuron_patience=2, dendrite_patience=5,
+                                              max_dendrite_epochs=2, add_dendrites=add_dendrites))
     scores = iter([0.1, 0.3, 0.2, 0.2, 0.35, 0.5, 0.4, 0.4, 0.5, 0.45, 0.4, 0.3, 0.3])
     decisions = []
     while not tracker.done:
@@ -54,14 +53,15 @@ def png_size(path) -> tuple[int, int]:
 
 def test_artifacts_have_the_right_columns_and_rows(tmp_path):
     tracker, _decisions = scripted_run(tmp_path)
-    assert tracker.done and len(tracker.history) == 15 and len(tracker.architectures) == 3
+    assert tracker.done and len(tracker.records.history) == 15
+    assert len(tracker.records.architectures) == 3
     hist = artifacts.read_csv(tmp_path / "history.csv")
     header = (tmp_path / "history.csv").read_text().splitlines()[0].split(",")
     assert header == [*artifacts.HISTORY_COLUMNS, "val_acc"]
     assert len(hist) == 15
     assert [int(r["epoch"]) for r in hist] == list(range(1, 16))
     assert [r["phase"] for r in hist].count("dendrite") == 4
-    for row, rec in zip(hist, tracker.history, strict=True):
+    for row, rec in zip(hist, tracker.records.history, strict=True):
         assert float(row["val"]) == rec["val"] and float(row["val_acc"]) == rec["val_acc"]
         assert (row["corr"] == "") == (rec["phase"] == "neuron")
     assert [r["event"] for r in hist if r["event"] not in ("", "best")] == \
@@ -83,7 +83,7 @@ def test_artifacts_have_the_right_columns_and_rows(tmp_path):
     assert summary["final"]["cycle"] == 1 and summary["best_val"] == 0.5
     assert summary["error_reduction"]["test"] == pytest.approx(
         ((1 - 0.25) - (1 - 0.45)) / (1 - 0.25))
-    assert summary["settings"]["neuron_patience"] == 2
+    assert summary["settings"]["schedule"]["neuron_patience"] == 2
     assert len(summary["dendrite_phases"]) == 2
     assert set(summary["dendrite_phases"][0]["layers"]["0"]) == \
         {"neurons", "alive", "mean_corr", "median_corr", "min_corr", "max_corr"}
@@ -154,13 +154,13 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         f.write(b"half a checkpoint")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tracker_module.torch, "save", dying_save)
+    monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         tracker.save_checkpoint(tmp_path)
     monkeypatch.undo()
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     resumed = pf.resume(tmp_path, make_net(), lambda p: torch.optim.SGD(p, lr=0.1))
-    assert resumed.epoch == 1 and resumed.history[0]["val"] == 0.5
+    assert resumed.epoch == 1 and resumed.records.history[0]["val"] == 0.5
 
 
 def test_csv_cells():

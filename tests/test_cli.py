@@ -84,9 +84,10 @@ def small_run(out_dir: Path, *, net_factory: str | None = DIGITS, steps: int = 1
     """A digits-MLP tracker through one install (scripted scores), checkpointed."""
     torch.manual_seed(0)
     model = pf.perforate(digits_mlp(), pf.PerforationConfig.paper())
-    tracker = pf.Tracker(model, lambda p: torch.optim.Adam(p, 1e-2), neuron_patience=1,
-                         max_dendrite_epochs=2, max_dendrites=1, out_dir=out_dir, plot=False,
-                         net_factory=net_factory)
+    tracker = pf.Tracker(model, lambda p: torch.optim.Adam(p, 1e-2), out_dir=out_dir, plot=False,
+                         net_factory=net_factory,
+                         schedule=pf.Schedule(neuron_patience=1, max_dendrite_epochs=2,
+                                              max_dendrites=1))
     scores = iter([0.5, 0.4, 0.6, 0.55])
     for _ in range(steps):
         if tracker.done:

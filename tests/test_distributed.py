@@ -57,9 +57,10 @@ def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
     net = nn.Sequential(nn.Linear(features, 12), nn.ReLU(), nn.Linear(12, 2))
     model = pf.perforate(net, _config(kind))
     wrapped = DDP(model) if world > 1 else model
-    tracker = pf.Tracker(wrapped, lambda p: torch.optim.Adam(p, 1e-2), neuron_patience=2,
-                         dendrite_patience=2, max_dendrite_epochs=3, max_epochs=EPOCHS,
-                         improvement_threshold=10.0, plot=False)
+    tracker = pf.Tracker(wrapped, lambda p: torch.optim.Adam(p, 1e-2), plot=False,
+                         schedule=pf.Schedule(neuron_patience=2, dendrite_patience=2,
+                                              max_dendrite_epochs=3, max_epochs=EPOCHS,
+                                              improvement_threshold=10.0))
     x, y, xv, yv = _data(features)
     installed = gathers = None
     while not tracker.done:
@@ -71,7 +72,7 @@ def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
             tracker.optimizer.zero_grad(set_to_none=True)
             if world > 1:  # the DDP wrapper in a neuron phase, the model in a dendrite phase
                 assert isinstance(tracker.model, DDP) == (tracker.phase == "neuron")
-                assert tracker.perforated is model and tracker.train_module is tracker.model
+                assert tracker.perforated is model
             loss = nn.functional.mse_loss(tracker.model(xb), yb)
             loss.backward()
             tracker.optimizer.step()
@@ -86,10 +87,10 @@ def _run(kind: str, rank: int, world: int) -> dict[str, Any]:
         decision = tracker.step(val)
         if decision.event in ("install", "grow") and decision.phase == "neuron":
             installed = {k: v.clone() for k, v in model.state_dict().items()}
-    history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.history]
+    history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.records.history]
     assert tracker.model is model  # done: the tracker keeps no DDP wrapper
     return {"history": history, "installed": installed, "final": model.state_dict(),
-            "events": [r["event"] for r in tracker.history], "gathers": gathers}
+            "events": [r["event"] for r in tracker.records.history], "gathers": gathers}
 
 
 class _Killed(Exception):
@@ -133,13 +134,13 @@ def _fit(rank: int, world: int, out: Path, resume: Path | None = None,
     tracker = pf.fit(DDP(model) if world > 1 and tracker is None else model, *loaders,
                      nn.functional.mse_loss, factory, progress=False, tracker=tracker,
                      on_epoch_end=None if kill_at is None else _kill_at(kill_at, rng),
-                     tracker_kwargs={"neuron_patience": 2, "dendrite_patience": 2,
-                                     "max_dendrite_epochs": 3, "max_epochs": EPOCHS,
-                                     "improvement_threshold": 10.0, "plot": False,
-                                     "out_dir": out, "checkpoint_every": 1})
-    history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.history]
+                     schedule=pf.Schedule(neuron_patience=2, dendrite_patience=2,
+                                          max_dendrite_epochs=3, max_epochs=EPOCHS,
+                                          improvement_threshold=10.0),
+                     tracker_kwargs={"plot": False, "out_dir": out, "checkpoint_every": 1})
+    history = [{k: v for k, v in r.items() if k != "seconds"} for r in tracker.records.history]
     return {"history": history, "final": model.state_dict(),
-            "phases": tracker.dendrite_phases, "rng": rng}
+            "phases": tracker.records.dendrite_phases, "rng": rng}
 
 
 def _worker(rank: int, kind: str, port: int, out: str) -> None:
@@ -494,7 +495,7 @@ def test_unused_parameters_are_the_empty_ones_and_a_single_sets_cascade() -> Non
 def test_one_process_trains_the_model_itself() -> None:
     model = pf.perforate(nn.Sequential(nn.Linear(5, 4)), _config("paper"))
     tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, 0.1))
-    assert tracker.model is tracker.train_module is tracker.perforated is model
+    assert tracker.model is tracker.perforated is model
     assert tracker.sync is None and tracker.is_main
     assert tracker.mean_score(0.25) == 0.25
     with pytest.raises(RuntimeError, match="process group"):
@@ -592,8 +593,9 @@ def _disagree(rank: int, case: str, result: dict[str, Any]) -> None:
     torch.manual_seed(0)
     model = pf.perforate(nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 2)),
                          _config("paper"))
-    tracker = pf.Tracker(DDP(model), lambda p: torch.optim.Adam(p, 1e-2), neuron_patience=1,
-                         improvement_threshold=10.0, max_epochs=6, plot=False)
+    tracker = pf.Tracker(DDP(model), lambda p: torch.optim.Adam(p, 1e-2), plot=False,
+                         schedule=pf.Schedule(neuron_patience=1, improvement_threshold=10.0,
+                                              max_epochs=6))
     tracker.sync.timeout = datetime.timedelta(seconds=TIMEOUT)
     x, y, _, _ = _data()
     while not tracker.done:
@@ -632,7 +634,8 @@ def _disagree_fit(rank: int, result: dict[str, Any]) -> None:
                DataLoader(TensorDataset(xv.chunk(WORLD)[rank], yv.chunk(WORLD)[rank]), 16)]
     result["at_step"] = time.time()  # at the start: rank 1's step follows within a second
     pf.fit(DDP(model), *loaders, nn.functional.mse_loss, lambda p: torch.optim.Adam(p, 1e-2),
-           progress=False, tracker_kwargs={"max_epochs": 4, "plot": False})
+           progress=False, schedule=pf.Schedule(max_epochs=4),
+           tracker_kwargs={"plot": False})
 
 
 def _disagree_worker(rank: int, port: int, out: str, case: str) -> None:

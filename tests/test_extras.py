@@ -46,9 +46,9 @@ def test_tracker_plot_true_without_matplotlib_fails_at_construction(monkeypatch,
 def test_tracker_default_plot_skips_training_png_without_matplotlib(monkeypatch, tmp_path,
                                                                     caplog):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    tracker = pf.Tracker(tiny_model(), adam, out_dir=tmp_path, neuron_patience=1,
-                         max_dendrites=0)
-    assert tracker.plot is False
+    tracker = pf.Tracker(tiny_model(), adam, out_dir=tmp_path,
+                         schedule=pf.Schedule(neuron_patience=1, max_dendrites=0))
+    assert tracker.files.plot is False
     assert "pip install 'perforate[train]'" in caplog.text
     tracker.step(0.5)
     tracker.step(0.4)
@@ -58,7 +58,7 @@ def test_tracker_default_plot_skips_training_png_without_matplotlib(monkeypatch,
 
 def test_tracker_default_plot_is_on_with_matplotlib(tmp_path):
     pytest.importorskip("matplotlib")
-    assert pf.Tracker(tiny_model(), adam, out_dir=tmp_path).plot is True
+    assert pf.Tracker(tiny_model(), adam, out_dir=tmp_path).files.plot is True
 
 
 def test_demo_without_scikit_learn_fails_before_training(monkeypatch, tmp_path):

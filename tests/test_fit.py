@@ -34,6 +34,11 @@ KW = dict(neuron_patience=2, dendrite_patience=2, max_dendrite_epochs=3, max_den
           improvement_threshold=1e-3)
 
 
+def schedule_with(**settings) -> pf.Schedule:
+    """The tests' schedule, `settings` changed."""
+    return pf.Schedule(**{**KW, **settings})
+
+
 def adam(params):
     return torch.optim.Adam(params, lr=1e-2)
 
@@ -42,10 +47,10 @@ def test_fit_runs_the_cycle(capsys):
     train, val, test = loaders()
     m = model()
     loss_fn = nn.CrossEntropyLoss()
-    tracker = pf.fit(m, train, val, loss_fn, adam, test_loader=test, tracker_kwargs=KW,
+    tracker = pf.fit(m, train, val, loss_fn, adam, test_loader=test, schedule=schedule_with(),
                      progress=False)
     assert tracker.done and m.phase == "neuron"
-    h = tracker.history
+    h = tracker.records.history
     phases = [r["phase"] for r in h]
     assert "dendrite" in phases and phases[0] == "neuron" and phases[-1] == "neuron"
     # scores are accuracies over whole sets (80 samples each), not averages of batch scores
@@ -54,7 +59,7 @@ def test_fit_runs_the_cycle(capsys):
             assert r[key] * 80 == pytest.approx(round(r[key] * 80), abs=1e-9), (r, key)
     # dendrite epochs are not evaluated: flat at the restored best
     first_dendrite = phases.index("dendrite")
-    best0 = tracker.architectures[0]
+    best0 = tracker.records.architectures[0]
     assert all(r["val"] == best0["best_val"] and r["test"] == best0["test_at_best_val"]
                for r in h if r["phase"] == "dendrite" and r["cycle"] == 0)
     assert h[first_dendrite]["corr"] > 0
@@ -74,14 +79,14 @@ def test_fit_decision_metric_records_the_metric_as_extras():
     loss_fn = nn.CrossEntropyLoss()
     tracker = pf.fit(m, train, val, loss_fn, adam, test_loader=test,
                      decision_metric=metrics.neg_loss(loss_fn),
-                     tracker_kwargs={**KW, "max_dendrites": 0}, progress=False)
-    assert tracker.extra_names == ["train_accuracy", "val_accuracy", "test_accuracy"]
-    row = tracker.history[-1]
+                     schedule=schedule_with(max_dendrites=0), progress=False)
+    assert tracker.records.extra_names == ["train_accuracy", "val_accuracy", "test_accuracy"]
+    row = tracker.records.history[-1]
     assert row["val"] < 0 and 0 <= row["val_accuracy"] <= 1
     o, t = pf.predict(m, val)
     assert -float(loss_fn(o, t)) == pytest.approx(tracker.best_val, abs=1e-6)
-    arch = tracker.architectures[0]
-    best_row = tracker.history[arch["best_epoch"] - 1]
+    arch = tracker.records.architectures[0]
+    best_row = tracker.records.history[arch["best_epoch"] - 1]
     assert best_row["val"] == arch["best_val"]
     assert arch["test_accuracy_at_best_val"] == best_row["test_accuracy"]
     assert tracker.error_reduction("test_accuracy") == 0.0  # one architecture only
@@ -92,8 +97,8 @@ def test_fit_progress_goes_to_stderr_as_plain_lines_in_a_pipe_and_changes_nothin
     for progress in (True, False):
         train, val, _ = loaders()
         t = pf.fit(model(), train, val, nn.CrossEntropyLoss(), adam,
-                   tracker_kwargs={**KW, "max_dendrite_epochs": 1}, progress=progress)
-        runs.append([{k: v for k, v in r.items() if k != "seconds"} for r in t.history])
+                   schedule=schedule_with(max_dendrite_epochs=1), progress=progress)
+        runs.append([{k: v for k, v in r.items() if k != "seconds"} for r in t.records.history])
         captured = capsys.readouterr()
         assert captured.out == ""
         if progress:  # capsys's stderr is not a terminal: plain lines, no cursor control
@@ -118,7 +123,7 @@ def test_fit_progress_bars_on_a_terminal(monkeypatch):
     monkeypatch.setattr(sys, "stderr", err)
     train, val, _ = loaders()
     pf.fit(model(), train, val, nn.CrossEntropyLoss(), adam,
-           tracker_kwargs={**KW, "max_dendrite_epochs": 1})
+           schedule=schedule_with(max_dendrite_epochs=1))
     text = err.getvalue()
     assert "\r" in text and "batch" in text and "dendrites=1" in text
 
@@ -131,6 +136,10 @@ def test_fit_argument_errors():
     other = pf.Tracker(model(), adam)
     with pytest.raises(ValueError, match=r"tracker\.perforated"):
         pf.fit(m, train, val, nn.CrossEntropyLoss(), tracker=other, progress=False)
+    with pytest.raises(TypeError, match=r"fit\(tracker_kwargs=\{'max_epochs': 3\}\) is now "
+                       r"fit\(schedule=pf\.Schedule\(max_epochs=3\)\)"):
+        pf.fit(m, train, val, nn.CrossEntropyLoss(), adam, progress=False,
+               tracker_kwargs={"max_epochs": 3, "plot": False})
     bad = DataLoader(TensorDataset(torch.randn(8, 6)), batch_size=4)
     with pytest.raises(TypeError, match=r"\(inputs, targets\)"):
         pf.fit(m, bad, val, nn.CrossEntropyLoss(), adam, progress=False)
@@ -139,7 +148,7 @@ def test_fit_argument_errors():
 def test_fit_continues_a_tracker_and_on_epoch_end():
     train, val, _ = loaders()
     m = model()
-    tracker = pf.Tracker(m, adam, **{**KW, "max_epochs": 3})
+    tracker = pf.Tracker(m, adam, schedule=schedule_with(max_epochs=3))
     seen = []
     pf.fit(m, train, val, nn.CrossEntropyLoss(), tracker=tracker, progress=False,
            on_epoch_end=lambda t, d: seen.append((t.epoch, d.event)))
@@ -211,7 +220,7 @@ def test_fit_steps_a_one_cycle_scheduler_per_batch_like_a_plain_loop():
     tracker = pf.fit(m, train, val, loss_fn, factory, progress=False,
                      scheduler_factory=lambda o: torch.optim.lr_scheduler.OneCycleLR(
                          o, max_lr=0.1, total_steps=total),
-                     scheduler_interval="batch", tracker_kwargs={**KW, "max_epochs": 60})
+                     scheduler_interval="batch", schedule=schedule_with(max_epochs=60))
     p = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total)
@@ -226,7 +235,7 @@ def test_fit_steps_a_one_cycle_scheduler_per_batch_like_a_plain_loop():
         lrs = [lr for i, lr in seen if i == k]
         assert len(lrs) % 5 == 0 and lrs == plain[:len(lrs)]
     # the history's lr (at the epoch's end) is the plain loop's after that epoch's batches
-    first = [r for r in tracker.history if r["cycle"] == 0 and r["phase"] == "neuron"]
+    first = [r for r in tracker.records.history if r["cycle"] == 0 and r["phase"] == "neuron"]
     assert [r["lr"] for r in first] == [plain[5 * e] for e in range(1, len(first) + 1)]
 
 def test_fit_scores_a_regression_with_the_loss_not_accuracy(caplog):
@@ -240,9 +249,9 @@ def test_fit_scores_a_regression_with_the_loss_not_accuracy(caplog):
     scores = []
     with caplog.at_level("INFO", logger="perforate.fit"):
         pf.fit(m, train, val, loss_fn, adam, progress=False,
-               tracker_kwargs={**KW, "max_dendrites": 0, "max_epochs": 3},
+               schedule=schedule_with(max_dendrites=0, max_epochs=3),
                on_epoch_end=lambda t, d: scores.append(
-                   (t.history[-1]["val"], -float(loss_fn(*pf.predict(m, val))), d.event)))
+                   (t.records.history[-1]["val"], -float(loss_fn(*pf.predict(m, val))), d.event)))
     assert "floating-point targets: scoring with -loss_fn" in caplog.text
     assert len(scores) == 3
     for val_score, expected, event in scores:
@@ -251,7 +260,7 @@ def test_fit_scores_a_regression_with_the_loss_not_accuracy(caplog):
             assert val_score == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="regression"):
         pf.fit(model(), train, val, loss_fn, adam, metric=metrics.accuracy, progress=False,
-               tracker_kwargs={**KW, "max_epochs": 1})
+               schedule=schedule_with(max_epochs=1))
 
 
 def test_fit_scores_class_indices_with_accuracy(caplog):
@@ -260,9 +269,9 @@ def test_fit_scores_class_indices_with_accuracy(caplog):
     scores = []
     with caplog.at_level("INFO", logger="perforate.fit"):
         pf.fit(m, train, val, nn.CrossEntropyLoss(), adam, progress=False,
-               tracker_kwargs={**KW, "max_dendrites": 0, "max_epochs": 2},
+               schedule=schedule_with(max_dendrites=0, max_epochs=2),
                on_epoch_end=lambda t, d: scores.append(
-                   (t.history[-1]["val"], metrics.accuracy(*pf.predict(m, val)), d.event)))
+                   (t.records.history[-1]["val"], metrics.accuracy(*pf.predict(m, val)), d.event)))
     assert "integer class targets: scoring with accuracy" in caplog.text
     assert scores[0][2] == "continue" and scores[0][0] == scores[0][1]
 
@@ -285,9 +294,9 @@ def test_fit_records_the_validation_score_right_after_each_install(output_init):
                      pf.PerforationConfig.paper(seed=0, output_init=output_init))
     loss_fn = nn.CrossEntropyLoss()
     tracker = pf.fit(m, train, val, loss_fn, adam, metric=pf.metrics.neg_loss(loss_fn),
-                     progress=False, tracker_kwargs={**KW, "improvement_threshold": 0.0})
-    phase = tracker.dendrite_phases[0]
-    best0 = tracker.architectures[0]["best_val"]  # the restored weights' score
+                     progress=False, schedule=schedule_with(improvement_threshold=0.0))
+    phase = tracker.records.dendrite_phases[0]
+    best0 = tracker.records.architectures[0]["best_val"]  # the restored weights' score
     if output_init == "zero":
         assert phase["val_at_install"] == pytest.approx(best0, abs=1e-6)  # a = 0: unchanged
     else:

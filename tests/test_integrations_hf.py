@@ -133,24 +133,28 @@ def test_trainer_runs_a_dendrite_cycle(tmp_path: Any) -> None:
     net = tiny_bert()
     pmodel = pf.perforate(net, pf.PerforationConfig.paper(candidates=2, seed=0))
     trainer = make_trainer(tmp_path, net, compute_metrics=Scripted([0.5, 0.4, 0.7, 0.6]))
-    callback = PerforateTrainerCallback(
-        pmodel, trainer, monitor="score", neuron_patience=1, dendrite_patience=1,
-        max_dendrite_epochs=2, max_dendrites=1, out_dir=tmp_path / "run", plot=False)
+    callback = PerforateTrainerCallback(pmodel, trainer, monitor="score", out_dir=tmp_path / "run",
+                                        plot=False,
+                                        schedule=pf.Schedule(neuron_patience=1,
+                                                             dendrite_patience=1,
+                                                             max_dendrite_epochs=2,
+                                                             max_dendrites=1))
     assert callback in trainer.callback_handler.callbacks and callback.mode == "max"
     probe = Probe(callback, trainer)
     trainer.add_callback(probe)
     trainer.train()
 
     tracker = callback.tracker
-    assert tracker.done and "max_dendrites" in tracker.stop_reason
-    phases = [r["phase"] for r in tracker.history]
+    assert tracker.done and "max_dendrites" in tracker.schedule.stop_reason
+    phases = [r["phase"] for r in tracker.records.history]
     d_epochs = phases.count("dendrite")
     assert phases == ["neuron"] * 2 + ["dendrite"] * d_epochs + ["neuron"] * 2
     assert 1 <= d_epochs <= 2
-    assert [r["val"] for r in tracker.history if r["phase"] == "neuron"] == [0.5, 0.4, 0.7, 0.6]
+    assert [r["val"] for r in tracker.records.history
+            if r["phase"] == "neuron"] == [0.5, 0.4, 0.7, 0.6]
     # training stopped when the tracker was done, long before num_train_epochs (20)
     assert trainer.state.global_step == len(phases) * 4
-    assert pmodel.num_dendrites == 1 and len(tracker.dendrite_phases) == 1
+    assert pmodel.num_dendrites == 1 and len(tracker.records.dendrite_phases) == 1
     assert tracker.final_architecture["dendrites"] == 1
     assert (tmp_path / "run" / "history.csv").is_file()
 
@@ -182,7 +186,7 @@ def test_trainer_runs_a_dendrite_cycle(tmp_path: Any) -> None:
 def test_a_run_cut_short_warns_and_evaluations_outside_training_are_ignored(tmp_path, caplog):
     net = tiny_bert()
     pmodel = pf.perforate(net)
-    callback = PerforateTrainerCallback(pmodel, neuron_patience=5, plot=False)
+    callback = PerforateTrainerCallback(pmodel, plot=False, schedule=pf.Schedule(neuron_patience=5))
     trainer = make_trainer(tmp_path, net, callbacks=[callback], eval_strategy="steps",
                            eval_steps=2, max_steps=6, eval_on_start=True)
     callback.bind(trainer)
@@ -191,12 +195,12 @@ def test_a_run_cut_short_warns_and_evaluations_outside_training_are_ignored(tmp_
     trainer.train()
     tracker = callback.tracker
     # one tracker epoch per evaluation with training before it (not the one at the start)
-    assert [r["epoch"] for r in tracker.history] == [1, 2, 3]
-    assert [r["val"] for r in tracker.history] == [pytest.approx(v) for v in [
+    assert [r["epoch"] for r in tracker.records.history] == [1, 2, 3]
+    assert [r["val"] for r in tracker.records.history] == [pytest.approx(v) for v in [
         h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h][1:]]
     assert not tracker.done and "before the perforated cycle was done" in caplog.text
     trainer.evaluate()
-    assert len(tracker.history) == 3
+    assert len(tracker.records.history) == 3
     with pytest.raises(PhaseError, match=r"one trainer.train\(\) call"):
         trainer.train()
 
@@ -240,6 +244,11 @@ def test_wrong_model_options_and_unbound_use_are_refused(tmp_path):
     trainer = make_trainer(tmp_path, net)
     with pytest.raises(ValueError, match="mode"):
         PerforateTrainerCallback(pmodel, trainer, mode="up")
+    with pytest.raises(TypeError, match=r"PerforateTrainerCallback\(max_dendrites=1\) is now "
+                       r"PerforateTrainerCallback\(schedule=pf\.Schedule\(max_dendrites=1\)"):
+        PerforateTrainerCallback(pmodel, trainer, max_dendrites=1)
+    callback = PerforateTrainerCallback(pmodel, schedule=pf.Schedule(neuron_patience=4))
+    assert (callback.schedule.mode, callback.schedule.neuron_patience) == ("min", 4)  # eval_loss
     assert not any(isinstance(c, PerforateTrainerCallback)
                    for c in trainer.callback_handler.callbacks)
     other = make_trainer(tmp_path, tiny_bert())
@@ -280,8 +289,8 @@ def test_default_config_grows_without_a_dendrite_phase(tmp_path):
     net = tiny_bert()
     pmodel = pf.perforate(net)  # the default: a new set is added at once and trained
     trainer = make_trainer(tmp_path, net, compute_metrics=Scripted([0.5, 0.4, 0.7, 0.6]))
-    callback = PerforateTrainerCallback(pmodel, trainer, monitor="eval_score",
-                                        neuron_patience=1, max_dendrites=1, plot=False)
+    callback = PerforateTrainerCallback(pmodel, trainer, monitor="eval_score", plot=False,
+                                        schedule=pf.Schedule(neuron_patience=1, max_dendrites=1))
     probe = Probe(callback, trainer)
     trainer.add_callback(probe)
     trainer.train()
@@ -301,9 +310,11 @@ def test_a_grad_scaler_steps_each_new_optimizer(tmp_path):
     trainer = make_trainer(tmp_path, net, compute_metrics=Scripted([0.5, 0.4, 0.7, 0.6]),
                            gradient_accumulation_steps=2)
     trainer.add_callback(CpuGradScaler(trainer))  # runs before the perforate callback
-    callback = PerforateTrainerCallback(pmodel, trainer, monitor="score", neuron_patience=1,
-                                        dendrite_patience=1, max_dendrite_epochs=2,
-                                        max_dendrites=1, plot=False)
+    callback = PerforateTrainerCallback(pmodel, trainer, monitor="score", plot=False,
+                                        schedule=pf.Schedule(neuron_patience=1,
+                                                             dendrite_patience=1,
+                                                             max_dendrite_epochs=2,
+                                                             max_dendrites=1))
     probe = Probe(callback, trainer)
     trainer.add_callback(probe)
     trainer.train()
@@ -311,7 +322,7 @@ def test_a_grad_scaler_steps_each_new_optimizer(tmp_path):
     assert trainer.optimizer.scaler is trainer.accelerator.scaler
     phases = [s["phase"] for s in probe.steps]
     assert phases[:4] == ["neuron"] * 4 and "dendrite" in phases and phases[-1] == "neuron"
-    assert len(probe.steps) == 2 * len(callback.tracker.history)  # 4 batches, 2 per step
+    assert len(probe.steps) == 2 * len(callback.tracker.records.history)  # 4 batches, 2 per step
     assert all(s["is_tracker_optimizer"] and s["moved"] for s in probe.steps)
 
 
@@ -325,7 +336,7 @@ class ByNeuronEpoch:
         self.callback: PerforateTrainerCallback | None = None
 
     def __call__(self, _: Any) -> dict[str, float]:
-        done = sum(r["phase"] == "neuron" for r in self.callback.tracker.history)
+        done = sum(r["phase"] == "neuron" for r in self.callback.tracker.records.history)
         return {"score": self.scores[done]}
 
 
@@ -338,9 +349,11 @@ def checkpointed_run(out: Any, resume: str | None = None,
     metric = ByNeuronEpoch([0.5, 0.4, 0.7, 0.8, 0.6])
     trainer = make_trainer(out, net, compute_metrics=metric, save_strategy="epoch",
                            logging_strategy="steps", logging_steps=1)
-    callback = PerforateTrainerCallback(pmodel, trainer, monitor="score", neuron_patience=1,
-                                        dendrite_patience=1, max_dendrite_epochs=2,
-                                        max_dendrites=1, plot=False)
+    callback = PerforateTrainerCallback(pmodel, trainer, monitor="score", plot=False,
+                                        schedule=pf.Schedule(neuron_patience=1,
+                                                             dendrite_patience=1,
+                                                             max_dendrite_epochs=2,
+                                                             max_dendrites=1))
     metric.callback = callback
     trainer.train(resume_from_checkpoint=resume)
     return callback
@@ -372,7 +385,7 @@ def test_a_resumed_trainer_run_equals_the_uninterrupted_one(uninterrupted, tmp_p
     out, full = uninterrupted
     tracker = full.tracker
     assert tracker.done and full.model.num_dendrites == 1
-    assert [r["phase"] for r in tracker.history] == ["neuron"] * 2 + ["dendrite"] * 2 + [
+    assert [r["phase"] for r in tracker.records.history] == ["neuron"] * 2 + ["dendrite"] * 2 + [
         "neuron"] * 3
     saved = checkpoints(out)
     assert [m["epoch"] for m in saved.values()] == [1, 2, 3, 4, 5, 6, 7]  # one per epoch
@@ -393,10 +406,11 @@ def test_a_resumed_trainer_run_equals_the_uninterrupted_one(uninterrupted, tmp_p
         assert mine.keys() == theirs.keys()
         assert all(torch.equal(mine[k], theirs[k]) for k in mine), checkpoint
         assert resumed.model.num_dendrites == 1 and resumed.tracker.done
-        assert without_times(resumed.tracker.history) == without_times(tracker.history)
-        assert without_times(resumed.tracker.architectures) == without_times(
-            tracker.architectures)
-        assert resumed.tracker.stop_reason == tracker.stop_reason
+        assert without_times(resumed.tracker.records.history) == without_times(
+            tracker.records.history)
+        assert without_times(resumed.tracker.records.architectures) == without_times(
+            tracker.records.architectures)
+        assert resumed.tracker.schedule.stop_reason == tracker.schedule.stop_reason
         assert resumed.trainer.state.global_step == full.trainer.state.global_step == 28
     assert "cannot resume" not in caplog.text and "options differ" not in caplog.text
 
@@ -436,7 +450,7 @@ def test_resuming_what_the_callback_cannot_continue_is_refused(uninterrupted, tm
     trainer = make_trainer(tmp_path / "d", net)
     callback = PerforateTrainerCallback(pmodel, trainer, plot=False)
     callback.restore(list(saved)[1])
-    assert len(callback.tracker.history) == 2
+    assert len(callback.tracker.records.history) == 2
     with pytest.raises(PhaseError, match="starts at step 0"):
         trainer.train()
     assert trainer.state.global_step == 0

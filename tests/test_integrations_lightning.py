@@ -5,6 +5,7 @@ clear errors (lightning missing, bad arguments, an unlogged metric)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import subprocess
@@ -20,7 +21,7 @@ pytest.importorskip("lightning")
 import lightning.pytorch as L
 
 import perforate as pf
-from lightning_run import PHASES, TRACKER_OPTIONS, Regressor, fit, loaders
+from lightning_run import PHASES, SCHEDULE, TRACKER_OPTIONS, Regressor, fit, loaders
 from perforate.errors import MissingExtraError
 from perforate.integrations.lightning import PerforateCallback
 
@@ -40,14 +41,15 @@ def per_epoch(batches: list[dict]) -> list[dict]:
 
 
 def history(callback: PerforateCallback) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in callback.tracker.history]
+    return [{k: v for k, v in r.items() if k != "seconds"}
+            for r in callback.tracker.records.history]
 
 
 def test_the_cycle_runs_in_the_trainer_with_the_trackers_optimizers() -> None:
     module, callback, recorder, trainer = fit()
     tracker = callback.tracker
-    assert [r["phase"] for r in tracker.history] == PHASES
-    assert [r["event"] for r in tracker.history] == ["best", "grow", "", "install", "best",
+    assert [r["phase"] for r in tracker.records.history] == PHASES
+    assert [r["event"] for r in tracker.records.history] == ["best", "grow", "", "install", "best",
                                                      "stop"]
     assert tracker.done and trainer.current_epoch == len(PHASES) < trainer.max_epochs
     epochs = per_epoch(recorder.batches)
@@ -59,13 +61,13 @@ def test_the_cycle_runs_in_the_trainer_with_the_trackers_optimizers() -> None:
     # no validation in a dendrite epoch (4 batches of 8 in the others); restored at the end
     assert [recorder.val_batches.get(e, 0) for e in range(len(PHASES))] == [4, 4, 0, 0, 4, 4]
     assert trainer.limit_val_batches == 1.0
-    lrs = [r["lr"] for r in tracker.history]  # stepped by Lightning, fresh after each cycle
+    lrs = [r["lr"] for r in tracker.records.history]  # stepped by Lightning, fresh after each cycle
     assert lrs == pytest.approx([5e-3, 2.5e-3, 1e-2, 1e-2, 5e-3, 2.5e-3])
-    assert all(r["corr"] > 0 for r in tracker.history if r["phase"] == "dendrite")
+    assert all(r["corr"] > 0 for r in tracker.records.history if r["phase"] == "dendrite")
     installed = recorder.installed  # the set's weights came from the trained candidates
     assert installed is not None and installed["net.net.0.dendrite_weight"].shape == (1, 12, 5)
     assert installed["net.net.0.dendrite_weight"].abs().sum() > 0
-    assert len(tracker.dendrite_phases) == 1
+    assert len(tracker.records.dendrite_phases) == 1
     # the set did not improve by the threshold: the final model is cycle 0's, without it
     assert module.net.num_dendrites == tracker.final_architecture["dendrites"] == 0
     assert callback.model is None and tracker.perforated is module.net
@@ -142,6 +144,18 @@ def test_arguments_are_checked() -> None:
     assert PerforateCallback(model=net).model is net
 
 
+def test_schedule_settings_are_given_as_a_schedule() -> None:
+    with pytest.raises(TypeError, match=r"PerforateCallback\(neuron_patience=5\) is now "
+                       r"PerforateCallback\(schedule=pf\.Schedule\(neuron_patience=5\)\)"):
+        PerforateCallback(monitor="val_loss", neuron_patience=5)
+    callback = PerforateCallback(monitor="val_loss", mode="min",
+                                 schedule=pf.Schedule(neuron_patience=5, max_dendrites=2))
+    assert (callback.schedule.mode, callback.schedule.neuron_patience,
+            callback.schedule.max_dendrites) == ("min", 5, 2)
+    with pytest.raises(ValueError, match="differs from mode"):
+        PerforateCallback(mode="max", schedule=pf.Schedule(mode="min"))
+
+
 class Plain(Regressor):
     """No PerforatedModel inside."""
 
@@ -195,7 +209,8 @@ def test_a_perforated_model_can_be_named(tmp_path: Path) -> None:
 
     module = Twin()
     callback = PerforateCallback(monitor="val_loss", mode="min", model=module.net,
-                                 **{**TRACKER_OPTIONS, "max_epochs": 2})
+                                 **{**TRACKER_OPTIONS, "schedule": dataclasses.replace(
+                                     SCHEDULE, max_epochs=2)})
     trainer = L.Trainer(accelerator="cpu", max_epochs=5, enable_progress_bar=False,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         callbacks=[callback])

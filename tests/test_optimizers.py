@@ -59,7 +59,8 @@ def test_a_factory_taking_a_list_of_params_still_works():
         return torch.optim.SGD(params, lr=0.1)
 
     model = tiny_model()
-    tracker = pf.Tracker(model, factory, neuron_patience=1, max_dendrite_epochs=1)
+    tracker = pf.Tracker(model, factory,
+                         schedule=pf.Schedule(neuron_patience=1, max_dendrite_epochs=1))
     params = seen[0]
     assert isinstance(params, list) and isinstance(params, TrainableParameters)
     assert list(params) == [p for p in model.parameters() if p.requires_grad]
@@ -79,7 +80,8 @@ def test_param_groups_leave_biases_and_dendrite_output_weights_undecayed():
     def factory(params):  # the README's example: no weight decay on biases nor dendrites
         return torch.optim.AdamW(pf.param_groups(params, weight_decay=0.1), lr=1e-2)
 
-    tracker = pf.Tracker(model, factory, neuron_patience=1, max_dendrite_epochs=1)
+    tracker = pf.Tracker(model, factory,
+                         schedule=pf.Schedule(neuron_patience=1, max_dendrite_epochs=1))
     grow_one_set(tracker)
     decay, rest = tracker.optimizer.param_groups
     net = model.net
@@ -120,8 +122,8 @@ def test_fit_and_resume_take_a_param_groups_factory(tmp_path):
 
     model = pf.perforate(make_net(), pf.PerforationConfig.paper(seed=0))
     tracker = pf.fit(model, loader, loader, nn.CrossEntropyLoss(), factory, progress=False,
-                     tracker_kwargs={"max_epochs": 2, "out_dir": tmp_path, "plot": False,
-                                     "checkpoint_every": 1})
+                     schedule=pf.Schedule(max_epochs=2),
+                     tracker_kwargs={"out_dir": tmp_path, "plot": False, "checkpoint_every": 1})
     assert [g["weight_decay"] for g in tracker.optimizer.param_groups] == [0.01, 0.0]
     resumed = pf.resume(tmp_path, make_net(), factory)
     assert [g["weight_decay"] for g in resumed.optimizer.param_groups] == [0.01, 0.0]
@@ -150,8 +152,8 @@ def test_a_per_batch_scheduler_is_stepped_per_batch_and_saved(tmp_path):
     def one_cycle(opt):
         return OneCycleLR(opt, max_lr=0.1, total_steps=20)
 
-    kw = dict(scheduler_interval="batch", neuron_patience=5, out_dir=tmp_path, plot=False,
-              checkpoint_every=1)
+    kw = dict(scheduler_interval="batch", schedule=pf.Schedule(neuron_patience=5),
+              out_dir=tmp_path, plot=False, checkpoint_every=1)
     tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), one_cycle,
                          **kw)
     lrs = []
@@ -161,10 +163,10 @@ def test_a_per_batch_scheduler_is_stepped_per_batch_and_saved(tmp_path):
     tracker.step(0.5)  # the epoch's step leaves a per-batch scheduler alone
     assert lrs == plain_one_cycle_lrs(3, 20)
     assert tracker.scheduler.last_epoch == 3
-    assert tracker.history[0]["lr"] == plain_one_cycle_lrs(4, 20)[3]
+    assert tracker.records.history[0]["lr"] == plain_one_cycle_lrs(4, 20)[3]
     resumed = pf.resume(tmp_path, make_net(), lambda p: torch.optim.SGD(p, lr=0.1,
                                                                         momentum=0.9), one_cycle)
-    assert resumed.scheduler_interval == "batch"
+    assert resumed.optimization.interval == "batch"
     assert resumed.scheduler.last_epoch == 3
     assert resumed.optimizer.param_groups[0]["lr"] == tracker.optimizer.param_groups[0]["lr"]
 
@@ -174,7 +176,7 @@ def test_batch_step_is_a_no_op_for_an_epoch_scheduler_and_in_a_dendrite_phase():
     model = tiny_model()
     tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, lr=1.0),
                          lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5),
-                         neuron_patience=1)
+                         schedule=pf.Schedule(neuron_patience=1))
     tracker.batch_step()
     tracker.batch_step()
     assert tracker.optimizer.param_groups[0]["lr"] == 1.0
@@ -208,5 +210,5 @@ def test_a_checkpoint_without_scheduler_interval_resumes_per_epoch(tmp_path):
     write_checkpoint(tmp_path, state, {})
     resumed = pf.resume(tmp_path, make_net(), lambda p: torch.optim.SGD(p, lr=1.0),
                         lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5))
-    assert resumed.scheduler_interval == "epoch"
+    assert resumed.optimization.interval == "epoch"
     assert resumed.optimizer.param_groups[0]["lr"] == 0.5

@@ -30,10 +30,10 @@ def test_panel_1_scores_per_epoch_with_dendrite_phases_and_installs(run):
     assert ax1.get_title() == "scripted"
     lines = {line.get_label(): line for line in ax1.lines}
     for key in ("train", "val", "test"):
-        assert list(lines[key].get_xdata()) == [r["epoch"] for r in tracker.history]
-        assert list(lines[key].get_ydata()) == [r[key] for r in tracker.history]
+        assert list(lines[key].get_xdata()) == [r["epoch"] for r in tracker.records.history]
+        assert list(lines[key].get_ydata()) == [r[key] for r in tracker.records.history]
     extra = {line.get_label(): line for line in twin.lines}
-    assert list(extra["val_acc"].get_ydata()) == [r["val_acc"] for r in tracker.history]
+    assert list(extra["val_acc"].get_ydata()) == [r["val_acc"] for r in tracker.records.history]
     # dendrite epochs 5-6 and 11-12 shaded, the installs (after epochs 6 and 12) marked
     assert [x_extent(p) for p in ax1.patches] == [(4.5, 6.5), (10.5, 12.5)]
     installs = [line for line in ax1.lines if line.get_label().startswith("_")]
@@ -54,13 +54,13 @@ def test_panel_2_correlation_per_layer_per_set(run):
             line = lines[f"{layer} {stat}"]
             assert list(line.get_xdata()) == [1, 2]
             assert list(line.get_ydata()) == [p["layers"][layer][key]
-                                              for p in tracker.dendrite_phases]
+                                              for p in tracker.records.dendrite_phases]
 
 
 def test_panel_3_parameters_per_architecture_kept_one_in_red(run):
     tracker, fig = run
     bars = fig.axes[2].patches
-    assert [b.get_height() for b in bars] == [a["params"] for a in tracker.architectures]
+    assert [b.get_height() for b in bars] == [a["params"] for a in tracker.records.architectures]
     red = mcolors.to_rgba("tab:red")
     assert [b.get_facecolor() == red for b in bars] == [False, True, False]
 
@@ -71,7 +71,7 @@ def test_no_extras_no_twin_axis_and_the_png(tmp_path):
     fig = training_figure(tracker)
     try:
         assert len(fig.axes) == 3 and len(fig.axes[0].patches) == 0  # no dendrite phase
-        restarts = [r["epoch"] + 0.5 for r in tracker.history if r["event"] == "restart"]
+        restarts = [r["epoch"] + 0.5 for r in tracker.records.history if r["event"] == "restart"]
         assert restarts and [t.get_position()[0] for t in fig.axes[0].texts] == restarts
         assert fig.axes[1].texts[0].get_text() == "no dendrite phase"
     finally:

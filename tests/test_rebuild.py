@@ -52,7 +52,8 @@ def test_rebuild_names_what_does_not_fit():
 def test_a_checkpoint_rebuilds_through_the_same_function(tmp_path):
     torch.manual_seed(0)
     model = pf.perforate(mlp(), pf.PerforationConfig.paper(seed=0))
-    tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, lr=0.1), neuron_patience=1)
+    tracker = pf.Tracker(model, lambda p: torch.optim.SGD(p, lr=0.1),
+                         schedule=pf.Schedule(neuron_patience=1))
     tracker.step(0.5)
     tracker.save_checkpoint(tmp_path)
     structure, weights = deployable_weights(read_checkpoint(tmp_path))

@@ -94,3 +94,79 @@ def test_external_sigkill_at_any_instant_then_resume_matches(uninterrupted, tmp_
     assert not (tmp_path / "x.json").exists()
     run_script(out, tmp_path / "resumed.json", "--resume")
     assert_same(json.loads((tmp_path / "resumed.json").read_text()), uninterrupted)
+
+
+# ---------------------------------------------------------------- a run saved by perforate 0.1.0
+FIXTURE = Path(__file__).parent / "fixtures" / "run_v0.1.0"
+
+
+def _fixture_helpers():
+    """net, data and epoch of tests/fixtures/make_run_fixture.py (the run that made it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_run_fixture", FIXTURE.parent / "make_run_fixture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_run_saved_by_0_1_0_resumes_and_finishes(tmp_path):
+    import shutil
+
+    import torch
+
+    import perforate as pf
+
+    helpers = _fixture_helpers()
+    out = tmp_path / "run"
+    shutil.copytree(FIXTURE, out)
+    flat = pf.tracker.read_checkpoint(out)["settings"]
+    assert flat["neuron_patience"] == 1 and "schedule" not in flat  # the old layout
+    tracker = pf.resume(out, helpers.net(), lambda p: torch.optim.SGD(p, lr=0.1))
+    s = tracker.schedule  # the flat settings, read into the Schedule
+    assert (s.neuron_patience, s.dendrite_patience, s.max_dendrite_epochs, s.max_dendrites,
+            s.improvement_threshold) == (1, 1, 2, 2, 0.05)
+    assert (tracker.epoch, s.cycle, tracker.perforated.num_dendrites, tracker.done) == \
+        (3, 1, 1, False)
+    assert tracker.files.out_dir == out and tracker.files.plot is False
+    x, y = helpers.data()
+    for _ in range(100):
+        if tracker.done:
+            break
+        tracker.step(helpers.epoch(tracker, x, y))
+    assert tracker.done and tracker.schedule.stop_reason
+    assert [r["epoch"] for r in tracker.records.history] == list(range(1, tracker.epoch + 1))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["schedule"]["neuron_patience"] == 1  # saved in the new layout
+    assert "neuron_patience" not in summary["settings"]
+    saved = pf.tracker.read_checkpoint(out)
+    assert saved["settings"]["schedule"]["max_dendrites"] == 2 and saved["schedule"]["done"]
+    final = pf.load(out / "model", helpers.net())
+    with torch.no_grad():
+        assert torch.equal(final(x), tracker.perforated(x))
+    old = pf.load(FIXTURE / "model", helpers.net())  # the model dir saved by 0.1.0 mid-run
+    assert old.num_dendrites == 1
+
+
+def test_resume_with_a_schedule_overrides_the_saved_settings(tmp_path):
+    import shutil
+
+    import torch
+
+    import perforate as pf
+
+    helpers = _fixture_helpers()
+    shutil.copytree(FIXTURE, tmp_path / "run")
+    tracker = pf.resume(tmp_path / "run", helpers.net(), lambda p: torch.optim.SGD(p, lr=0.1),
+                        schedule=pf.Schedule(neuron_patience=4, max_dendrites=1))
+    s = tracker.schedule
+    # the given schedule's settings replace the saved ones (dendrite_patience: the default 3,
+    # not the saved 1); the run's state is the checkpoint's
+    assert (s.neuron_patience, s.max_dendrites, s.dendrite_patience) == (4, 1, 3)
+    saved = pf.tracker.read_checkpoint(tmp_path / "run")["schedule"]
+    assert (tracker.epoch, s.cycle, s.cycle_results[0].best) == \
+        (3, 1, saved["cycle_results"][0]["best"])
+    with pytest.raises(TypeError, match=r"schedule=pf\.Schedule\(max_epochs=9\)"):
+        pf.resume(tmp_path / "run", helpers.net(), lambda p: torch.optim.SGD(p, lr=0.1),
+                  max_epochs=9)

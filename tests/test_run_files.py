@@ -40,8 +40,10 @@ def sgd(params):
 def start(out: Path, **kwargs) -> pf.Tracker:
     torch.manual_seed(0)
     model = pf.perforate(make_net(), pf.PerforationConfig.paper(seed=0))
-    return pf.Tracker(model, sgd, neuron_patience=2, dendrite_patience=5, max_dendrite_epochs=2,
-                      out_dir=out, plot=False, net_factory="test_run_files:make_net", **kwargs)
+    return pf.Tracker(model, sgd, out_dir=out, plot=False, net_factory="test_run_files:make_net",
+                      **kwargs,
+                      schedule=pf.Schedule(neuron_patience=2, dendrite_patience=5,
+                                           max_dendrite_epochs=2))
 
 
 def run(tracker: pf.Tracker, until: int | None = None) -> pf.Tracker:
@@ -62,7 +64,7 @@ def run(tracker: pf.Tracker, until: int | None = None) -> pf.Tracker:
 
 def outcome(tracker: pf.Tracker) -> dict:
     return {"history": [{k: v for k, v in r.items() if k != "seconds"}
-                        for r in tracker.history],
+                        for r in tracker.records.history],
             "state": {k: v.clone() for k, v in tracker.perforated.state_dict().items()},
             "dendrites": tracker.perforated.num_dendrites}
 
@@ -171,7 +173,7 @@ def test_a_copied_or_moved_run_resumes_where_it_is(full, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(first, copy)
     resumed = pf.resume(copy, make_net(), sgd)
-    assert resumed.out_dir == copy
+    assert resumed.files.out_dir == copy
     run(resumed)
     assert_same(outcome(resumed), full)
     assert json.loads((copy / "checkpoint" / "checkpoint.json").read_text())["done"]
@@ -195,7 +197,7 @@ def test_an_older_checkpoint_with_an_absolute_out_dir_resumes_where_it_is(tmp_pa
     torch.save(state, path)
     (out / "checkpoint" / "checkpoint.json").unlink()  # older versions' files: no checksums
     tracker = run(pf.resume(out, make_net(), sgd))
-    assert tracker.out_dir == out and not (tmp_path / "gone").exists()
+    assert tracker.files.out_dir == out and not (tmp_path / "gone").exists()
     assert (out / "model" / "model.safetensors").is_file()
 
 

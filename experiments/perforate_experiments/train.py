@@ -20,6 +20,7 @@ from perforate.config import PerforationConfig
 from perforate.fit import fit, predict
 from perforate.metrics import metric_name
 from perforate.model import perforate
+from perforate.schedule import SETTINGS, Schedule
 
 from .base import PLAIN_VARIANTS, WIDTH_CONTROLS, Experiment, Setup
 
@@ -114,7 +115,9 @@ def run_one(experiment: Experiment, variant: str, seed: int, *, quick: bool = Fa
     tracker = fit(model, setup.train, setup.val, setup.loss_fn, setup.optimizer_factory,
                   test_loader=setup.test, metric=setup.metric,
                   decision_metric=setup.decision_metric,
-                  scheduler_factory=setup.scheduler_factory, tracker_kwargs=tracker_kwargs,
+                  scheduler_factory=setup.scheduler_factory,
+                  schedule=Schedule(**{k: v for k, v in tracker_kwargs.items() if k in SETTINGS}),
+                  tracker_kwargs={k: v for k, v in tracker_kwargs.items() if k not in SETTINGS},
                   progress=False)
     wall = time.perf_counter() - start
     summary = tracker.summary()
@@ -144,7 +147,7 @@ def run_one(experiment: Experiment, variant: str, seed: int, *, quick: bool = Fa
         "epochs": summary["epochs"], "stop_reason": summary["stop_reason"],
         "dendrite_phases": summary["dendrite_phases"],
         "history": [{k: r.get(k) for k in ("epoch", "phase", "dendrites", "val", "test",
-                                           "seconds")} for r in tracker.history],
+                                           "seconds")} for r in tracker.records.history],
         "config": config.to_dict(), "tracker": tracker_kwargs, "protocol": setup.protocol,
         "git_commit": git_commit(), "hardware": hardware(), "wall_seconds": wall,
         **({"post": post} if post is not None else {}),

@@ -122,8 +122,8 @@ def test_lm_is_unchanged_by_perforate_and_grows_through_the_tracker(make) -> Non
     with torch.no_grad():
         assert torch.allclose(model(later)[:, 0], plain[:, 0], atol=1e-6)
     params = model.count_parameters()
-    tracker = pf.Tracker(model, lambda p: torch.optim.Adam(p, 1e-3), mode="min",
-                         neuron_patience=1)
+    tracker = pf.Tracker(model, lambda p: torch.optim.Adam(p, 1e-3),
+                         schedule=pf.Schedule(mode="min", neuron_patience=1))
     for score in (3.0, 3.5):  # bpb: lower is better; it got worse, so grow
         model.train()
         tracker.optimizer.zero_grad()

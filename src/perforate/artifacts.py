@@ -78,9 +78,9 @@ def write_run_artifacts(tracker: Any, out_dir: str | Path, *, plot: bool = True)
     """Write history, architectures, summary (and the plot) of `tracker` into `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    extras = list(tracker.extra_names)
-    write_csv(out / HISTORY_FILE, tracker.history, [*HISTORY_COLUMNS, *extras])
-    write_csv(out / ARCHITECTURES_FILE, tracker.architectures,
+    extras = list(tracker.records.extra_names)
+    write_csv(out / HISTORY_FILE, tracker.records.history, [*HISTORY_COLUMNS, *extras])
+    write_csv(out / ARCHITECTURES_FILE, tracker.records.architectures,
               [*ARCHITECTURE_COLUMNS, *(f"{e}_at_best_val" for e in extras)])
     summary = tracker.summary()
     settings = summary.get("settings")

@@ -10,6 +10,7 @@ ties on 360 samples end runs early); accuracy is reported at the epoch of the be
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from .demo_data import load_digits_split, load_fashion_mnist
 from .fit import fit
 from .metrics import accuracy, neg_loss
 from .model import perforate
+from .schedule import Schedule
 from .tracker import Tracker
 
 DATASETS = ("digits", "fashion-mnist")
@@ -59,32 +61,32 @@ class DemoSetup:
     description: str
     batch_size: int
     lr: float
-    tracker_kwargs: dict[str, Any]
+    schedule: Schedule
     threads: int | None
 
 
 def demo_setup(dataset: str, *, quick: bool) -> DemoSetup:
     """The demo's settings for `dataset` ("digits" or "fashion-mnist")."""
     if dataset == "digits":
-        kwargs = (dict(neuron_patience=8, max_dendrite_epochs=8, min_dendrites=2,
-                       max_dendrites=2) if quick else
-                  dict(neuron_patience=25, max_dendrite_epochs=25, min_dendrites=2,
-                       max_dendrites=3))
+        schedule = (Schedule(neuron_patience=8, max_dendrite_epochs=8, min_dendrites=2,
+                             max_dendrites=2, dendrite_patience=3) if quick else
+                    Schedule(neuron_patience=25, max_dendrite_epochs=25, min_dendrites=2,
+                             max_dendrites=3, dendrite_patience=3))
         # A 64-32-10 MLP is far too small for intra-op threads: one thread is fastest and
         # does not suffer when the cores are shared.
         return DemoSetup("digits", "perforate.demo:digits_mlp", digits_mlp,
                          "digits 8x8 (1,000 train / 360 val / 437 test), 64-32-10 MLP",
                          batch_size=32, lr=1e-3,
-                         tracker_kwargs={**kwargs, "dendrite_patience": 3}, threads=1)
+                         schedule=schedule, threads=1)
     if dataset == "fashion-mnist":
-        kwargs = (dict(neuron_patience=2, max_dendrite_epochs=2, min_dendrites=2,
-                       max_dendrites=2) if quick else
-                  dict(neuron_patience=5, max_dendrite_epochs=10, min_dendrites=2,
-                       max_dendrites=3))
+        schedule = (Schedule(neuron_patience=2, max_dendrite_epochs=2, min_dendrites=2,
+                             max_dendrites=2, dendrite_patience=3) if quick else
+                    Schedule(neuron_patience=5, max_dendrite_epochs=10, min_dendrites=2,
+                             max_dendrites=3, dendrite_patience=3))
         return DemoSetup("fashion-mnist", "perforate.demo:fashion_cnn", fashion_cnn,
                          "Fashion-MNIST subset, CNN conv 8 / conv 16 / fc 32",
                          batch_size=64, lr=1e-3,
-                         tracker_kwargs={**kwargs, "dendrite_patience": 3}, threads=None)
+                         schedule=schedule, threads=None)
     raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
 
 
@@ -114,8 +116,8 @@ def run_variant(setup: DemoSetup, data: tuple[TensorDataset, ...], *, seed: int,
     lr = setup.lr
     return fit(model, loader, val_loader, loss_fn, lambda p: torch.optim.Adam(p, lr=lr),
                test_loader=test_loader, metric=accuracy, decision_metric=neg_loss(loss_fn),
-               tracker_kwargs={**setup.tracker_kwargs, "add_dendrites": add_dendrites,
-                               "out_dir": out_dir, "net_factory": setup.net_factory},
+               schedule=dataclasses.replace(setup.schedule, add_dendrites=add_dendrites),
+               tracker_kwargs={"out_dir": out_dir, "net_factory": setup.net_factory},
                progress=progress)
 
 
@@ -199,7 +201,7 @@ def format_report(setup: DemoSetup, runs: dict[str, Tracker], *, seed: int, quic
             f"{'best val loss':>13} {'val acc':>8} {'test acc':>8}  ")
     lines += [head, "-" * len(head)]
     for label, tracker in runs.items():
-        for a in tracker.architectures:
+        for a in tracker.records.architectures:
             mark = "<- final" if a["kept"] else ""
             lines.append(
                 f"{label:<16} {a['cycle']:>5} {a['dendrites']:>9} {a['params']:>7,} "
@@ -208,13 +210,13 @@ def format_report(setup: DemoSetup, runs: dict[str, Tracker], *, seed: int, quic
                 f"{100 * a['test_accuracy_at_best_val']:>7.2f}%  {mark}")
     lines.append("")
     for label, tracker in runs.items():
-        first, final = tracker.architectures[0], tracker.final_architecture
+        first, final = tracker.records.architectures[0], tracker.final_architecture
         red = tracker.error_reduction("test_accuracy")
         lines.append(
             f"{label:<16} test error {100 * (1 - first['test_accuracy_at_best_val']):.2f}% -> "
             f"{100 * (1 - final['test_accuracy_at_best_val']):.2f}% "
             f"(error reduction {100 * red:+.1f}%), final model {final['dendrites']} dendrite "
-            f"set(s), {final['params']:,} parameters; stop: {tracker.stop_reason}")
+            f"set(s), {final['params']:,} parameters; stop: {tracker.schedule.stop_reason}")
     if len(runs) == 2:
         pb, ctl = runs["PB"], runs["restart control"]
         diff = (pb.final_architecture["test_accuracy_at_best_val"]

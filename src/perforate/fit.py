@@ -18,6 +18,7 @@ from .errors import NonFiniteError
 from .metrics import Metric, metric_name, task_metric
 from .model import DENDRITE, PerforatedModel
 from .progress import make_progress
+from .schedule import SETTINGS, Schedule, reject_moved_settings
 from .tracker import Decision, OptimizerFactory, SchedulerFactory, Tracker
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def fit(model: PerforatedModel | nn.Module, train_loader: Iterable[Any], val_loa
         test_loader: Iterable[Any] | None = None, metric: Metric | None = None,
         decision_metric: Metric | None = None,
         scheduler_factory: SchedulerFactory | None = None,
-        scheduler_interval: str | None = None,
+        scheduler_interval: str | None = None, schedule: Schedule | None = None,
         tracker_kwargs: Mapping[str, Any] | None = None, tracker: Tracker | None = None,
         progress: bool = True, track_train: bool = True,
         on_epoch_end: Callable[[Tracker, Decision], None] | None = None) -> Tracker:
@@ -103,11 +104,13 @@ def fit(model: PerforatedModel | nn.Module, train_loader: Iterable[Any], val_loa
     also carries their names (``params.named``; see `perforate.param_groups`).
     `scheduler_interval`: "epoch" (the default) or "batch" (the scheduler is stepped after
     every neuron-phase optimizer step: OneCycleLR, warm-up); it is rebuilt fresh each neuron
-    cycle. `tracker`: continue a resumed run (then `optimizer_factory`, `scheduler_factory`,
-    `scheduler_interval` and `tracker_kwargs` are not used). `on_epoch_end(tracker, decision)`
-    runs after each step. `progress`: tqdm bars on a terminal; in a pipe or a log file (or
-    without tqdm) plain lines at phase switches and every few seconds (`perforate.progress`);
-    ``False``: nothing.
+    cycle. `schedule`: when to grow (``pf.Schedule(neuron_patience=..., ...)``); `tracker_kwargs`:
+    `Tracker`'s other keyword arguments (``out_dir``, ``checkpoint_every``, ...). `tracker`:
+    continue a resumed run (then `optimizer_factory`, `scheduler_factory`,
+    `scheduler_interval`, `schedule` and `tracker_kwargs` are not used).
+    `on_epoch_end(tracker, decision)` runs after each step. `progress`: tqdm bars on a
+    terminal; in a pipe or a log file (or without tqdm) plain lines at phase switches and
+    every few seconds (`perforate.progress`); ``False``: nothing.
 
     Under torchrun, pass the `DistributedDataParallel`-wrapped model and loaders with a
     `DistributedSampler`: training runs through ``tracker.model``, each sampler gets
@@ -123,7 +126,13 @@ def fit(model: PerforatedModel | nn.Module, train_loader: Iterable[Any], val_loa
                 raise ValueError("fit(): scheduler_interval and tracker_kwargs"
                                  "['scheduler_interval'] differ")
             kwargs["scheduler_interval"] = scheduler_interval
-        tracker = Tracker(model, optimizer_factory, scheduler_factory, **kwargs)
+        moved = {k: kwargs.pop(k) for k in SETTINGS if k in kwargs}
+        reject_moved_settings("fit", moved, via="tracker_kwargs")
+        if "schedule" in kwargs and schedule is not None:
+            raise ValueError("fit(): schedule given twice (schedule= and tracker_kwargs)")
+        schedule = kwargs.pop("schedule", schedule)
+        tracker = Tracker(model, optimizer_factory, scheduler_factory, schedule=schedule,
+                          **kwargs)
     elif tracker.perforated is not getattr(model, "module", model):
         raise ValueError("fit(): tracker.perforated is not the model given (after pf.resume, "
                          "pass tracker.perforated)")
@@ -194,8 +203,9 @@ def fit(model: PerforatedModel | nn.Module, train_loader: Iterable[Any], val_loa
                         extra[f"{name}_{extra_name}"] = metric(o, t)
                 decision = tracker.step(scores["val"], test_score=scores["test"],
                                         train_score=scores["train"], extra=extra or None)
-            if tracker.dendrite_phases and tracker.dendrite_phases[-1].get("end_epoch") == \
-                    decision.epoch and not tracker.done and metric is not None:
+            phases = tracker.records.dendrite_phases
+            if phases and phases[-1].get("end_epoch") == decision.epoch and not tracker.done \
+                    and metric is not None:
                 # a set was just installed: its validation score before any training shows
                 # what the install itself did (unchanged with a = 0; moved by least squares).
                 # The checkpoint is already written: this pass must not consume the run's
@@ -203,10 +213,10 @@ def fit(model: PerforatedModel | nn.Module, train_loader: Iterable[Any], val_loa
                 cuda = [device] if device.type == "cuda" else []
                 with torch.random.fork_rng(devices=cuda):
                     outputs, targets = predict(model, val_loader, device)
-                tracker.dendrite_phases[-1]["val_at_install"] = tracker.mean_score(
+                phases[-1]["val_at_install"] = tracker.mean_score(
                     (decision_metric or metric)(outputs, targets))
             shown.end_epoch(decision.epoch, decision.phase, decision.dendrites,
-                            tracker.history[-1]["val"])
+                            tracker.records.history[-1]["val"])
             if on_epoch_end is not None:
                 on_epoch_end(tracker, decision)
     finally:

@@ -78,7 +78,8 @@ def training_figure(tracker: Any, *, title: str | None = None) -> Any:
     """The matplotlib figure of `plot_training` (the caller closes it): axes 0-2 are the
     panels, a fourth (a twin of panel 1) holds extra scores if there are any."""
     plt = _matplotlib()
-    history, archs, phases = tracker.history, tracker.architectures, tracker.dendrite_phases
+    records = tracker.records
+    history, archs, phases = records.history, records.architectures, records.dendrite_phases
     fig, axes = plt.subplots(3, 1, figsize=(9, 11), gridspec_kw={"height_ratios": [3, 2, 2]})
     ax1, ax2, ax3 = axes
 
@@ -89,7 +90,7 @@ def training_figure(tracker: Any, *, title: str | None = None) -> Any:
         xs, ys = _series(history, key)
         if xs:
             ax1.plot(xs, ys, color=_COLORS[key], lw=1.2, label=key)
-    extras = list(tracker.extra_names)
+    extras = list(tracker.records.extra_names)
     ax1b = None
     if extras:
         ax1b = ax1.twinx()

@@ -276,6 +276,15 @@ class Schedule:
         if self.phase != phase:
             raise RuntimeError(f"expected a {self.phase}-phase epoch, got a {phase}-phase one")
 
+    # ------------------------------------------------------------------------ settings
+    def settings(self) -> dict[str, Any]:
+        """The constructor's arguments (`SETTINGS`), as a `Tracker` saves them."""
+        return {name: getattr(self, name) for name in SETTINGS}
+
+    def fresh(self) -> Schedule:
+        """A new schedule with these settings and no run state (a tracker's own copy)."""
+        return Schedule(**self.settings())
+
     # ------------------------------------------------------------------------ state dict
     def state_dict(self) -> dict[str, Any]:
         """Plain values (ints, floats, strings, lists, dicts) only."""
@@ -294,6 +303,37 @@ class Schedule:
                 value = [CycleResult(**r) for r in value]
             setattr(self, name, value)
         self.validate()
+
+
+SETTINGS = tuple(f.name for f in dataclasses.fields(Schedule) if f.init)
+"""The schedule's settings (its constructor's arguments), in order."""
+
+
+def reject_moved_settings(where: str, kwargs: dict[str, Any], *, via: str | None = None) -> None:
+    """Raise TypeError for keyword arguments `where` (e.g. "Tracker") does not take: a schedule
+    setting with the migration hint (they are given once, in `Schedule`), else as Python
+    would for an unexpected keyword. `via`: the dict argument they came in (e.g.
+    "tracker_kwargs")."""
+    for name, value in kwargs.items():
+        if name in SETTINGS:
+            old = f"{via}={{{name!r}: {value!r}}}" if via else f"{name}={value!r}"
+            raise TypeError(f"{where}({old}) is now {where}(schedule=pf.Schedule("
+                            f"{name}={value!r})): the schedule's settings live in pf.Schedule "
+                            f"(CHANGELOG.md, Migration)")
+    if kwargs:
+        raise TypeError(f"{where}() got an unexpected keyword argument {next(iter(kwargs))!r}")
+
+
+def monitored(schedule: Schedule | None, mode: str) -> Schedule:
+    """A callback's schedule: `schedule`'s settings (default ``Schedule()``) with `mode`, the
+    monitored metric's direction. A `schedule` with another non-default mode is a conflict."""
+    schedule = schedule if schedule is not None else Schedule()
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a pf.Schedule, got {type(schedule).__name__}")
+    if schedule.mode not in ("max", mode):
+        raise ValueError(f"schedule.mode ({schedule.mode!r}) differs from mode ({mode!r}), "
+                         "the monitored metric's direction: give it once, as mode")
+    return Schedule(**{**schedule.settings(), "mode": mode})
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:

@@ -141,7 +141,7 @@ def _cost(tracker: Any, cpu_start: float) -> dict[str, Any]:
     machine) and the mean wall seconds of its neuron and dendrite epochs."""
     out: dict[str, Any] = {"cpu_seconds": time.process_time() - cpu_start}
     for phase in ("neuron", "dendrite"):
-        secs = [r["seconds"] for r in tracker.history
+        secs = [r["seconds"] for r in tracker.records.history
                 if r.get("phase") == phase and isinstance(r.get("seconds"), (int, float))]
         out[f"{phase}_epochs"] = len(secs)
         out[f"seconds_per_{phase}_epoch"] = sum(secs) / len(secs) if secs else None

@@ -127,7 +127,7 @@ def timing_report(n_single: int, max_dendrites: int) -> Callable[..., dict[str, 
         for name, v in inference.items():
             logger.info("%s: %.0f inputs/s one at a time, %.0f inputs/s in batches of %d",
                         name, v["single_per_s"], v["batched_per_s"], BATCH_SIZE)
-        cycles = cycle_times(tracker.history)
+        cycles = cycle_times(tracker.records.history)
         return {"cycles": cycles, "train_seconds": sum(c["seconds"] for c in cycles),
                 "neuron_seconds_per_epoch": _mean_rate(cycles, "neuron"),
                 "dendrite_seconds_per_epoch": _mean_rate(cycles, "dendrite"),

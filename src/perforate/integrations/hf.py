@@ -43,6 +43,7 @@ from .. import private_api
 from .._extras import require
 from ..errors import ConfigError, LoadError, PhaseError
 from ..model import DENDRITE, NEURON, PerforatedModel
+from ..schedule import SETTINGS, Schedule, monitored, reject_moved_settings
 from ..tracker import Decision, Tracker, read_checkpoint
 
 transformers = require("transformers", "hf", "perforate.integrations.hf")
@@ -69,14 +70,16 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
         trainer: the Trainer to bind to now (or call `bind` later).
         monitor: the evaluation metric that is the validation score (``"eval_"`` is
             prepended when missing, as for ``metric_for_best_model``).
-        mode: "max" or "min"; default: "min" for a metric ending in "loss", else "max".
-        **tracker_options: passed to `perforate.Tracker` (``neuron_patience``,
-            ``max_dendrites``, ``out_dir``, ...), except the scheduler options.
+        mode: "max" or "min"; default: "min" for a metric ending in "loss", else "max". It is
+            the schedule's mode.
+        schedule: when to grow (``pf.Schedule(neuron_patience=5, ...)``; its mode is `mode`).
+        **tracker_options: passed to `perforate.Tracker` (``out_dir``, ``checkpoint_every``,
+            ...), except the scheduler options.
     """
 
     def __init__(self, model: PerforatedModel, trainer: transformers.Trainer | None = None, *,
                  monitor: str = "eval_loss", mode: str | None = None,
-                 **tracker_options: Any) -> None:
+                 schedule: Schedule | None = None, **tracker_options: Any) -> None:
         if not isinstance(model, PerforatedModel):
             raise TypeError(f"PerforateTrainerCallback needs a PerforatedModel "
                             f"(pf.perforate(net)), got {type(model).__name__}")
@@ -90,6 +93,10 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
         self.monitor = monitor if monitor.startswith("eval_") else f"eval_{monitor}"
         self.mode = mode if mode is not None else (
             "min" if self.monitor.endswith("loss") else "max")
+        reject_moved_settings("PerforateTrainerCallback",
+                              {k: v for k, v in tracker_options.items() if k in SETTINGS})
+        self.schedule = monitored(schedule, self.mode)
+        """The schedule's settings the tracker starts from."""
         self.tracker_options = tracker_options
         self.trainer: transformers.Trainer | None = None
         """The bound Trainer (None before `bind`)."""
@@ -124,7 +131,7 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
                               "overriding create_optimizer / create_scheduler")
         self.trainer = trainer
         try:
-            self._tracker = Tracker(self.model, self._build_optimizer, mode=self.mode,
+            self._tracker = Tracker(self.model, self._build_optimizer, schedule=self.schedule,
                                     **self.tracker_options)
         except Exception:
             self.trainer = None  # unbound, as before: bad tracker options leave no trace

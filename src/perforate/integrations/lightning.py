@@ -8,7 +8,8 @@
             return torch.optim.Adam(self.parameters(), 1e-3)
         ...  # training_step, validation_step logging "val_acc"
 
-    trainer = L.Trainer(callbacks=[PerforateCallback(monitor="val_acc", neuron_patience=5)])
+    trainer = L.Trainer(callbacks=[PerforateCallback(
+        monitor="val_acc", schedule=pf.Schedule(neuron_patience=5))])
     trainer.fit(Net(), train_loader, val_loader)
 
 The callback builds a `perforate.Tracker` at the start of fitting and steps it after every
@@ -35,6 +36,7 @@ from .._extras import require
 from ..candidates import CandidatePool
 from ..distributed import retire, rewrap
 from ..model import DENDRITE, PerforatedModel
+from ..schedule import SETTINGS, Schedule, monitored, reject_moved_settings
 from ..tracker import Tracker
 
 L = require("lightning.pytorch", "lightning", "perforate.integrations.lightning")
@@ -52,11 +54,12 @@ class PerforateCallback(L.Callback):
 
     Args:
         monitor: the logged metric (``trainer.callback_metrics``) that decides, e.g. "val_acc".
-        mode: "max" or "min" (whether a higher `monitor` is better).
+        mode: "max" or "min" (whether a higher `monitor` is better); the schedule's mode.
         model: the `PerforatedModel` to drive; default: the one among the LightningModule's
             submodules (there must be exactly one).
-        **tracker_options: more `perforate.Tracker` arguments (``neuron_patience``,
-            ``max_dendrites``, ``out_dir``, ...). The optimizer comes from
+        schedule: when to grow (``pf.Schedule(neuron_patience=5, ...)``; its mode is `mode`).
+        **tracker_options: more `perforate.Tracker` arguments (``out_dir``,
+            ``checkpoint_every``, ...). The optimizer comes from
             ``configure_optimizers`` and the scheduler from Lightning, so
             ``optimizer_factory``, ``scheduler_factory``, ``scheduler_interval`` and ``wrap``
             are not accepted.
@@ -67,10 +70,15 @@ class PerforateCallback(L.Callback):
     """
 
     def __init__(self, monitor: str = "val_acc", mode: str = "max", *,
-                 model: PerforatedModel | None = None, **tracker_options: Any) -> None:
+                 model: PerforatedModel | None = None, schedule: Schedule | None = None,
+                 **tracker_options: Any) -> None:
         super().__init__()
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        reject_moved_settings("PerforateCallback",
+                              {k: v for k, v in tracker_options.items() if k in SETTINGS})
+        self.schedule = monitored(schedule, mode)
+        """The schedule's settings each fit's tracker starts from."""
         own = sorted(set(tracker_options) & set(_OWN_ARGS))
         if own:
             raise TypeError(f"PerforateCallback sets {', '.join(own)} itself: the optimizer "
@@ -106,7 +114,7 @@ class PerforateCallback(L.Callback):
                             f"not {type(strategy).__name__}")
         self._val_batches = trainer.limit_val_batches
         self.tracker = Tracker(model, lambda params: self._lightning_optimizer(trainer, params),
-                               mode=self.mode, wrap=wrap, **self.tracker_options)
+                               schedule=self.schedule, wrap=wrap, **self.tracker_options)
         if self._pending_state is not None:
             self.tracker.load_state_dict(self._pending_state)
             self._pending_state = None

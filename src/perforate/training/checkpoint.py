@@ -71,8 +71,8 @@ def write_checkpoint(directory: str | Path, state: Mapping[str, Any],
     ``.pt`` is written under a temp name; ``checkpoint.json`` gets the new summary and accepts
     the old ``.pt``'s checksum and the new one's (``"pending"``); the new ``.pt`` is renamed
     in; then ``checkpoint.json`` records its checksum alone. (Killed before the rename, the
-    summary is one save ahead of the ``.pt``, which a resumed run writes again.) A full disk raises an `OSError` saying the
-    previous checkpoint is intact."""
+    summary is one save ahead of the ``.pt``, which a resumed run writes again.) A full disk
+    raises an `OSError` saying the previous checkpoint is intact."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     pt, js = out / CHECKPOINT_FILE, out / CHECKPOINT_META

@@ -327,6 +327,7 @@ def test_experiment_and_report_come_from_the_harness_when_installed(capsys):
     code, _, err = run_main(capsys, "report", "/nonexistent/results")
     assert_one_line_error(code, err, "results directory /nonexistent/results does not exist")
 
+
 # ------------------------------------------- inspect: one source for costs, both presets
 class _Recurrent(nn.Module):
     def __init__(self) -> None:

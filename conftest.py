@@ -47,10 +47,22 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _one_thread():
-    """One torch thread: small models run faster and timings vary less on shared cores."""
+    """One torch thread: small models run faster and timings vary less on shared cores.
+
+    Session-scoped, so that module- and session-scoped fixtures (set up before any
+    function-scoped one) run with it too: the thread count changes how CPU kernels split
+    their sums, and a fixture's run compared bitwise with a test's run (an uninterrupted
+    run and its resumed copy) must use the same count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_again():
+    """A test that changes the thread count does not change it for the next ones."""
+    yield
+    torch.set_num_threads(1)

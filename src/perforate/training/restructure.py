@@ -5,13 +5,14 @@ set's installation, a retry (back to the best cycle) and the final revert."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..model import DENDRITE
 from ..schedule import GROW, INSTALL, RESTART, RETRY, STOP, ScheduleDecision
 
-if TYPE_CHECKING:
-    from .tracker import Tracker
+#: The `perforate.training.tracker.Tracker` these functions act on (not imported: the tracker
+#: imports this module).
+Tracker = Any
 
 logger = logging.getLogger("perforate.tracker")
 

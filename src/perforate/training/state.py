@@ -11,15 +11,16 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import LoadError
 from ..model import NEURON
 from ..schedule import SETTINGS, Schedule
 from .checkpoint import FORMAT, FORMAT_VERSION
 
-if TYPE_CHECKING:
-    from .tracker import Tracker
+#: The `perforate.training.tracker.Tracker` these functions act on (not imported: the tracker
+#: imports this module).
+Tracker = Any
 
 logger = logging.getLogger(__name__)
 

@@ -170,6 +170,7 @@ def test_a_layer_used_twice_stays_shared() -> None:
     assert _rel_err(exported(x), model(x).detach()) <= 1e-6
 
 
+@pytest.mark.integrations  # ONNX (the onnx extra), 15 s: not in make test-fast
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # from torch.onnx's internals
 def test_export_to_onnx_equals_the_model(tmp_path: Path) -> None:
     pytest.importorskip("onnx")

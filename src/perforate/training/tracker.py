@@ -364,7 +364,8 @@ class Tracker:
 
     def save_model(self, directory: str | Path) -> Path:
         """``model.save_pretrained(directory)`` plus ``perforate_net.json`` naming the
-        network factory (so ``perforate export`` can rebuild it), published whole
+        network factory (``perforate export --trust-factory`` rebuilds the network with it;
+        docs/loading.md), published whole
         (`perforate.storage.save_pretrained`). Neuron phase only."""
         return self.files.save_model(self.perforated, directory)
 

@@ -145,6 +145,15 @@ def _register(tmp: Path) -> None:
         _ACTIVE.add(str(tmp))
 
 
+def _new_temp(path: Path, suffix: str) -> Path:
+    """A registered temp name beside `path` (its parent made; dead writers' temps swept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(path)
+    tmp = _temp_path(path, suffix)
+    _register(tmp)
+    return tmp
+
+
 def _unregister(tmp: Path) -> None:
     with _ACTIVE_LOCK:
         _ACTIVE.discard(str(tmp))
@@ -166,10 +175,7 @@ def write_file(path: str | Path, write: Callable[[IO[bytes]], None] | None = Non
     """Write `path` atomically and return its `FileRecord`: ``write(f)`` writes to a file
     object, or ``write_path(p)`` to a temp path (for writers that take a path only)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(path)
-    tmp = _temp_path(path, ".tmp")
-    _register(tmp)
+    tmp = _new_temp(path, ".tmp")
     writer: _Writer | None = None
     try:
         fd = _create(tmp)
@@ -283,10 +289,7 @@ def publish_dir(target: str | Path, fill: Callable[[Path], None], *,
     aside first). A reader that opened the old directory keeps reading it whole; one that
     opens `target` afterwards reads the new one whole."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(target)
-    tmp = _temp_path(target, ".tmpdir")
-    _register(tmp)
+    tmp = _new_temp(target, ".tmpdir")
     old: Path | None = None
     try:
         os.mkdir(tmp)  # 0o777 less the umask

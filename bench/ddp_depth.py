@@ -28,14 +28,15 @@ from ddp_scaling import PINNING, free_port, join_group, slowest
 from torch import nn
 
 import perforate as pf
-from perforate.distributed import DistributedSync
+from perforate.engine.allocator import keep_cpu_memory
+from perforate.parallel.distributed import DistributedSync
 
 WORLD = 2
 
 
 def _worker(rank: int, port: int, args: argparse.Namespace, synced: bool, out: str) -> None:
     torch.set_num_threads(1)
-    pf.keep_cpu_memory()
+    keep_cpu_memory()
     join_group(rank, WORLD, port, args.pin)
     torch.manual_seed(0)
     blocks: list[nn.Module] = []

@@ -3,7 +3,7 @@ CPU processes (gloo), and what the dendrite phase's all-reduces cost at each wor
 
 Strong scaling: the global epoch (``--samples``, global batch ``--batch``) is split across
 the ranks. Rows per world size: the neuron epoch (DDP), the dendrite epoch with the candidate
-reductions of `perforate.distributed`, and the same dendrite epoch without them (each rank
+reductions of `perforate.parallel.distributed`, and the same dendrite epoch without them (each rank
 alone: the reductions' cost is the difference; at one rank, in a process group of one, what
 the synced path computes besides, with nobody to wait for). One thread per rank; an epoch's
 time is the slowest rank's, the best of ``--repeats`` run in alternation. The reductions'
@@ -39,7 +39,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import perforate as pf
-from perforate.distributed import DistributedSync, rewrap
+from perforate.engine.allocator import keep_cpu_memory
+from perforate.parallel.distributed import DistributedSync, rewrap
 
 
 def _epoch(module: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -110,7 +111,7 @@ def join_group(rank: int, world: int, port: int, pinning: str) -> None:
 def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
     torch.set_num_threads(1)
     if args.keep_memory:
-        pf.keep_cpu_memory()
+        keep_cpu_memory()
     join_group(rank, world, port, args.pin)
     x, y, _ = load_data(args.samples)
     x, y = x.chunk(world)[rank], y.chunk(world)[rank]
@@ -168,7 +169,7 @@ def main() -> None:
     parser.add_argument("--pin", choices=PINNING, default="compute",
                         help="which threads to pin to one core per rank (see PINNING)")
     parser.add_argument("--keep-memory", action="store_true",
-                        help="pf.keep_cpu_memory() in every rank (glibc keeps freed memory)")
+                        help="keep_cpu_memory() in every rank (glibc keeps freed memory)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

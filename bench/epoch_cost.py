@@ -12,8 +12,9 @@ backward, and K candidate forwards + backwards).
     python bench/epoch_cost.py [--samples 4096] [--batch 64] [--repeats 3] [--device cpu]
                                [--keep-memory]
 
-``--keep-memory`` calls `perforate.keep_cpu_memory` first (glibc keeps freed memory instead of
-faulting in fresh pages for every large temporary; see `perforate.allocator`).
+``--keep-memory`` calls `perforate.engine.allocator.keep_cpu_memory` first (glibc keeps
+freed memory instead of
+faulting in fresh pages for every large temporary; see `perforate.engine.allocator`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import nn
 
 import perforate as pf
 from perforate.config import ANCHOR
+from perforate.engine.allocator import keep_cpu_memory
 
 __all__ = ["MnistNet", "load_data", "model_with", "run_epoch", "time_phase"]
 
@@ -120,11 +122,11 @@ def main() -> None:
     parser.add_argument("--compare-optimizers", action="store_true",
                         help="also time K=4 with foreach and fused Adam for the candidates")
     parser.add_argument("--keep-memory", action="store_true",
-                        help="pf.keep_cpu_memory() first (glibc keeps freed memory)")
+                        help="keep_cpu_memory() first (glibc keeps freed memory)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
                                               "epoch_cost.json"))
     args = parser.parse_args()
-    kept = pf.keep_cpu_memory() if args.keep_memory else False
+    kept = keep_cpu_memory() if args.keep_memory else False
     device = torch.device(args.device)
     x, y, source = load_data(args.samples)
     x, y = x.to(device), y.to(device)

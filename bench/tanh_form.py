@@ -1,5 +1,5 @@
 """CPU tanh: PyTorch's kernel against the form the dendrites use, ``2 sigmoid(2x) - 1``
-(`perforate.activations.tanh_of_half_`), float32, one thread, median of timed blocks.
+(`perforate.engine.activations.tanh_of_half_`), float32, one thread, median of timed blocks.
 
 Prints a table and writes ``bench/results/tanh_form.json``.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.benchmark import Timer
 
-from perforate.activations import tanh_of_half_
+from perforate.engine.activations import tanh_of_half_
 
 SHAPES = ((256, 4096), (64, 128, 14, 14))
 

@@ -43,8 +43,8 @@ from typing import Any
 import torch
 
 import perforate_experiments.train as train
-from perforate.schedule import NEURON, Schedule
-from perforate.tracker import Tracker
+from perforate.training.schedule import NEURON, Schedule
+from perforate.training.tracker import Tracker
 from perforate_experiments.registry import get_experiment
 from perforate_experiments.runner import parse_seeds, write_json_atomic
 

@@ -4,7 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from perforate.activations import ACTIVATIONS, FUNCTIONS, INPLACE, make_activation, tanh, tanh_
+from perforate.engine.activations import (
+    ACTIVATIONS,
+    FUNCTIONS,
+    INPLACE,
+    make_activation,
+    tanh,
+    tanh_,
+)
 
 SPECIAL = [0.0, 1e-8, -1e-8, 1e-3, 0.5, -0.5, 9.0, 20.0, -20.0, 100.0, -100.0,
            float("inf"), float("-inf")]

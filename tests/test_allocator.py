@@ -1,4 +1,5 @@
-"""`perforate.keep_cpu_memory`: the glibc calls it makes, and where it does nothing."""
+"""`perforate.engine.allocator.keep_cpu_memory`: the glibc calls it makes, and where it does
+nothing."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import sys
 
 import pytest
 
-import perforate as pf
-from perforate import allocator
+from perforate.engine import allocator
 
 
 class _FakeLibc:
@@ -25,24 +25,25 @@ def test_it_asks_glibc_for_no_mmap_blocks_and_no_trimming(monkeypatch: pytest.Mo
                                                           ) -> None:
     libc = _FakeLibc(1)
     monkeypatch.setattr(allocator, "_glibc", lambda: libc)
-    assert pf.keep_cpu_memory() is True
+    assert allocator.keep_cpu_memory() is True
     assert libc.calls == [(-4, 0), (-1, 2**31 - 1)]  # M_MMAP_MAX = 0, M_TRIM_THRESHOLD
     refused = _FakeLibc(0)
     monkeypatch.setattr(allocator, "_glibc", lambda: refused)
-    assert pf.keep_cpu_memory() is False
+    assert allocator.keep_cpu_memory() is False
 
 
 def test_it_changes_nothing_where_the_c_library_is_not_glibc(monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     assert allocator._glibc() is None
-    assert pf.keep_cpu_memory() is False
+    assert allocator.keep_cpu_memory() is False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc")
 def test_it_applies_on_this_linux_in_a_fresh_process() -> None:
     out = subprocess.run([sys.executable, "-c",
-                          "import perforate as pf, torch; print(pf.keep_cpu_memory()); "
+                          "import torch; from perforate.engine.allocator import keep_cpu_memory; "
+                          "print(keep_cpu_memory()); "
                           "[torch.ones(4_000_000).sum() for _ in range(3)]"],
                          capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["True"]

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import perforate as pf
-from perforate import artifacts
-from perforate.atomic import atomic_write, atomic_write_text
 from perforate.errors import LoadError
+from perforate.io.atomic import atomic_write, atomic_write_text
+from perforate.training import artifacts
 
 
 def make_net() -> nn.Module:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import perforate as pf
-from perforate.layers import MultiheadAttention
+from perforate.engine.layers import MultiheadAttention
 
 
 def _perforated(**kw: object) -> tuple[nn.MultiheadAttention, pf.PerforatedModel]:

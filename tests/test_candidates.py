@@ -269,8 +269,8 @@ def test_the_distributed_lines_of_a_pool_live_in_its_distributed_subclass() -> N
     import inspect
     import textwrap
 
-    from perforate.candidates import CandidatePool
-    from perforate.distributed_pool import DistributedCandidatePool
+    from perforate.engine.candidates import CandidatePool
+    from perforate.parallel.distributed_pool import DistributedCandidatePool
 
     tree = ast.parse(textwrap.dedent(inspect.getsource(CandidatePool)))
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | \

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import perforate as pf
-from perforate import artifacts
-from perforate.cli import main
+from perforate.cli.main import main
 from perforate.demo import digits_mlp, fashion_cnn
+from perforate.training import artifacts
 from perforate.training.checkpoint import write_checkpoint
 
 DIGITS = "perforate.demo:digits_mlp"
@@ -266,7 +266,7 @@ def test_demo_quick_end_to_end(tmp_path):
 
 
 def test_inspect_attention_projections_with_input_shape():
-    from perforate.cli import inspect_model
+    from perforate.cli.main import inspect_model
 
     net = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1,
                                 enable_nested_tensor=False)
@@ -279,7 +279,7 @@ def test_inspect_attention_projections_with_input_shape():
 
 
 def test_inspect_counts_the_inputs_a_dendrite_sees(capsys):
-    from perforate.cli import inspect_model
+    from perforate.cli.main import inspect_model
 
     def net() -> nn.Module:
         return nn.Sequential(nn.Linear(30, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -430,7 +430,7 @@ def test_inspect_under_the_default_has_no_candidate_pool(capsys, factory):
     grown, _ = _measured(factory, shape, pf.PerforationConfig())
     assert grown == sum(e[4] for e in expected.values())  # a real growth adds what it says
     assert rows["total"][1] == f"{grown:,}"
-    from perforate.cli import inspect_model
+    from perforate.cli.main import inspect_model
 
     info = inspect_model(globals()[factory](), pf.PerforationConfig(), shape)
     assert info["candidates"] == 0 and not info["trains_candidates"]
@@ -451,7 +451,7 @@ def test_inspect_under_paper_prints_the_candidate_pool(capsys, factory):
 
 
 def test_layer_costs_answer_the_set_after_the_first():
-    from perforate.layers.costs import LayerCosts
+    from perforate.engine.layers.costs import LayerCosts
 
     model = pf.perforate(_Recurrent(), pf.PerforationConfig())
     lstm = model.dendrite_layers()["lstm"]

@@ -170,7 +170,7 @@ def test_valid_candidate_optimizer_kwargs_pass() -> None:
 
 def test_dendrite_inputs_above_a_layers_fan_in_is_named_in_one_warning(caplog) -> None:
     net = nn.Sequential(nn.Linear(20, 6), nn.ReLU(), nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2))
-    with caplog.at_level("WARNING", logger="perforate.model"):
+    with caplog.at_level("WARNING", logger="perforate.engine.model"):
         model = pf.perforate(net, pf.PerforationConfig(dendrite_inputs=8))
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["dendrite_inputs=8 is more than the fan-in of 2 layer(s): '2' (6), "

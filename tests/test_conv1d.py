@@ -12,7 +12,7 @@ from torch import nn
 
 import perforate as pf
 import zoo
-from perforate.layers import Linear, TransposedLinear, default_registry
+from perforate.engine.layers import Linear, TransposedLinear, default_registry
 
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
@@ -117,7 +117,7 @@ def test_conv1d_is_served_by_name_and_perforate_does_not_import_transformers() -
 def test_a_registry_without_conv1d_warns_that_gpt2_is_left_out(
         caplog: pytest.LogCaptureFixture) -> None:
     registry = pf.WrapperRegistry({nn.Linear: Linear})
-    with caplog.at_level(logging.WARNING, logger="perforate.targeting"):
+    with caplog.at_level(logging.WARNING, logger="perforate.engine.targeting"):
         model = pf.perforate(TinyGPT2(), pf.PerforationConfig.paper(), registry=registry)
     assert list(model.dendrite_layers()) == ["gpt.lm_head"]
     (record,) = caplog.records
@@ -127,7 +127,7 @@ def test_a_registry_without_conv1d_warns_that_gpt2_is_left_out(
     assert "registry.register(" in record.message and "exclude_modules" in record.message
     assert "Embedding" not in record.message.split(":")[1].split(".")[0]  # lookups not listed
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="perforate.targeting"):  # excluded: silent
+    with caplog.at_level(logging.WARNING, logger="perforate.engine.targeting"):  # excluded: silent
         pf.perforate(TinyGPT2(), pf.PerforationConfig.paper(exclude_modules=[Conv1D]),
                      registry=registry)
     assert not caplog.records
@@ -149,7 +149,7 @@ def test_conv1d_registered_with_the_linear_wrapper_is_refused(n_embd: int) -> No
 
 
 def test_inspect_counts_a_conv1d_as_a_linear_layer() -> None:
-    from perforate.cli import inspect_model
+    from perforate.cli.main import inspect_model
 
     net = nn.Sequential(Conv1D(6, 4), nn.Tanh(), nn.Linear(6, 2))
     (conv, _) = inspect_model(net, pf.PerforationConfig.paper(candidates=3), (5, 4))["layers"]

@@ -6,8 +6,8 @@ from torch import nn
 
 import perforate as pf
 from perforate.config import ANCHOR
-from perforate.geometry import ConvGeometry, LinearGeometry
-from perforate.layers.dendrite_term import (
+from perforate.engine.geometry import ConvGeometry, LinearGeometry
+from perforate.engine.layers.dendrite_term import (
     BACKWARD_FROM_OUTPUT,
     DendriteTerm,
     DendriteTermEager,
@@ -53,7 +53,7 @@ def test_gradients_are_those_of_the_formula(geometry: str, activation: str) -> N
 
 def test_a_layer_with_trained_sets_uses_it_and_matches_the_autograd_path(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import perforate.layers.base as base
+    import perforate.engine.layers.base as base
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(2, 5, 3), nn.ReLU(), nn.Flatten(), nn.Linear(20, 3))
@@ -158,7 +158,7 @@ def test_higher_order_gradients_after_a_growth_match_the_autograd_path(
         recipe: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Gradient penalties and torch.func transforms through installed dendrites give the
     autograd path's values (sets that train go through `DendriteTerm`)."""
-    import perforate.layers.base as base
+    import perforate.engine.layers.base as base
 
     config = {"default": pf.PerforationConfig(seed=0),
               "paper": pf.PerforationConfig.paper(seed=0),

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import perforate as pf
-from perforate.distributed import check_not_sharded
+from perforate.parallel.distributed import check_not_sharded
 
 WORLD, LOCAL_BATCH, BATCHES, EPOCHS = 2, 8, 3, 9
 
@@ -167,7 +167,7 @@ def _worker(rank: int, kind: str, port: int, out: str) -> None:
 
 def _linear_worker(rank: int, port: int, out: str) -> None:
     """`DistributedSync.linear` with 3 rows on rank 0 and 5 on rank 1, two backwards each."""
-    from perforate.distributed import DistributedSync
+    from perforate.parallel.distributed import DistributedSync
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -210,7 +210,7 @@ def test_linear_gives_the_global_batchs_gradients_on_every_rank(tmp_path: Path) 
 
 
 def test_gathers_when_the_exchange_is_smaller_than_the_weights() -> None:
-    from perforate.distributed import DistributedSync
+    from perforate.parallel.distributed import DistributedSync
 
     sync = object.__new__(DistributedSync)
     sync.world = 2
@@ -226,7 +226,7 @@ def _overflow_worker(rank: int, port: int, out: str, kind: str) -> None:
     """A dendrite phase under a GradScaler where rank 0's loss overflows at batch 1."""
     import datetime
 
-    from perforate.distributed import DistributedSync
+    from perforate.parallel.distributed import DistributedSync
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -324,7 +324,7 @@ def _deferred_run(sync: Any, rank: int, world: int) -> dict[str, Any]:
     for name, fn in real.items():
         setattr(dist, name, lambda *a, name=name, fn=fn, **k: (
             calls.append(name + (" async" if k.get("async_op") else "")), fn(*a, **k))[1])
-    from perforate.distributed import DistributedSync
+    from perforate.parallel.distributed import DistributedSync
 
     wait = DistributedSync._wait  # a collective waited for at once (a sum, polling)
     DistributedSync._wait = lambda self, work: (calls.append("wait"), wait(self, work))[1]
@@ -363,7 +363,7 @@ def _deferred_run(sync: Any, rank: int, world: int) -> dict[str, Any]:
 
 
 def _deferred_worker(rank: int, port: int, out: str) -> None:
-    from perforate.distributed import DistributedSync
+    from perforate.parallel.distributed import DistributedSync
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -479,7 +479,7 @@ def test_fsdp_is_refused_clearly() -> None:
 
 
 def test_unused_parameters_are_the_empty_ones_and_a_single_sets_cascade() -> None:
-    from perforate.distributed import unused_parameters
+    from perforate.parallel.distributed import unused_parameters
 
     model = pf.perforate(nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)),
                          _config("default"))
@@ -506,7 +506,7 @@ def test_one_process_trains_the_model_itself() -> None:
 def test_candidate_gradients_are_summed_after_a_steps_closure(how: str) -> None:
     """Lightning (and LBFGS) compute the gradients inside ``step(closure)``, after the step's
     pre-hooks: the sum must follow the closure's backward."""
-    from perforate.distributed import DistributedSync
+    from perforate.parallel.distributed import DistributedSync
 
     sync = object.__new__(DistributedSync)  # no process group: record what would be summed
     summed: list[torch.Tensor | None] = []
@@ -535,7 +535,7 @@ def test_candidate_gradients_are_summed_after_a_steps_closure(how: str) -> None:
 def _one_rank_sync(factor: float) -> Any:
     """A `DistributedSync` without a process group whose sums multiply by `factor` (as
     `factor` ranks holding the same values would)."""
-    from perforate.distributed import DistributedSync
+    from perforate.parallel.distributed import DistributedSync
 
     sync = object.__new__(DistributedSync)
     sync.world, sync.rank, sync.group, sync.gather_small = 1, 0, None, True
@@ -622,7 +622,7 @@ def _disagree(rank: int, case: str, result: dict[str, Any]) -> None:
 def _disagree_fit(rank: int, result: dict[str, Any]) -> None:
     """`pf.fit` where rank 0's train loader has one batch more than rank 1's; the wait is
     set by the environment."""
-    from perforate.epoch_meeting import TIMEOUT_ENV
+    from perforate.parallel.epoch_meeting import TIMEOUT_ENV
 
     os.environ[TIMEOUT_ENV] = f"{TIMEOUT:g}"
     torch.manual_seed(0)
@@ -735,7 +735,7 @@ def test_a_stalled_rank_is_named_within_the_timeout(tmp_path: Path) -> None:
 
 
 def test_the_timeout_is_set_by_an_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from perforate.epoch_meeting import DEFAULT_TIMEOUT, TIMEOUT_ENV, default_timeout
+    from perforate.parallel.epoch_meeting import DEFAULT_TIMEOUT, TIMEOUT_ENV, default_timeout
 
     monkeypatch.delenv(TIMEOUT_ENV, raising=False)
     assert default_timeout() == DEFAULT_TIMEOUT == datetime.timedelta(minutes=10)

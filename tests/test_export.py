@@ -11,7 +11,7 @@ from torch import nn
 
 import perforate as pf
 from conftest import SmallCNN, grow
-from perforate.layers import DendriteLayer
+from perforate.engine.layers import DendriteLayer
 
 
 def _with_dendrites(net: nn.Module, data, sets: int = 2) -> pf.PerforatedModel:

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import perforate as pf
 from perforate import metrics
+from perforate.training.fit import predict
 
 
 def loaders(n: int = 240):
@@ -68,7 +69,7 @@ def test_fit_runs_the_cycle(capsys):
     assert m.num_dendrites == final["dendrites"]
     # hand-computed accuracies of the final model's predictions are the recorded ones
     for loader, key in ((val, "best_val"), (test, "test_at_best_val")):
-        o, t = pf.predict(m, loader)
+        o, t = predict(m, loader)
         assert (o.argmax(1) == t).sum().item() / len(t) == final[key]
     assert capsys.readouterr().err == ""
 
@@ -83,7 +84,7 @@ def test_fit_decision_metric_records_the_metric_as_extras():
     assert tracker.records.extra_names == ["train_accuracy", "val_accuracy", "test_accuracy"]
     row = tracker.records.history[-1]
     assert row["val"] < 0 and 0 <= row["val_accuracy"] <= 1
-    o, t = pf.predict(m, val)
+    o, t = predict(m, val)
     assert -float(loss_fn(o, t)) == pytest.approx(tracker.best_val, abs=1e-6)
     arch = tracker.records.architectures[0]
     best_row = tracker.records.history[arch["best_epoch"] - 1]
@@ -247,11 +248,11 @@ def test_fit_scores_a_regression_with_the_loss_not_accuracy(caplog):
     m = model()
     loss_fn = nn.MSELoss()
     scores = []
-    with caplog.at_level("INFO", logger="perforate.fit"):
+    with caplog.at_level("INFO", logger="perforate.training.fit"):
         pf.fit(m, train, val, loss_fn, adam, progress=False,
                schedule=schedule_with(max_dendrites=0, max_epochs=3),
                on_epoch_end=lambda t, d: scores.append(
-                   (t.records.history[-1]["val"], -float(loss_fn(*pf.predict(m, val))), d.event)))
+                   (t.records.history[-1]["val"], -float(loss_fn(*predict(m, val))), d.event)))
     assert "floating-point targets: scoring with -loss_fn" in caplog.text
     assert len(scores) == 3
     for val_score, expected, event in scores:
@@ -267,11 +268,11 @@ def test_fit_scores_class_indices_with_accuracy(caplog):
     train, val, _ = loaders()
     m = model()
     scores = []
-    with caplog.at_level("INFO", logger="perforate.fit"):
+    with caplog.at_level("INFO", logger="perforate.training.fit"):
         pf.fit(m, train, val, nn.CrossEntropyLoss(), adam, progress=False,
                schedule=schedule_with(max_dendrites=0, max_epochs=2),
                on_epoch_end=lambda t, d: scores.append(
-                   (t.records.history[-1]["val"], metrics.accuracy(*pf.predict(m, val)), d.event)))
+                   (t.records.history[-1]["val"], metrics.accuracy(*predict(m, val)), d.event)))
     assert "integer class targets: scoring with accuracy" in caplog.text
     assert scores[0][2] == "continue" and scores[0][0] == scores[0][1]
 

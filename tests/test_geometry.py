@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from perforate.geometry import ConvGeometry, ConvTransposeGeometry, LinearGeometry
+from perforate.engine.geometry import ConvGeometry, ConvTransposeGeometry, LinearGeometry
 
 CASES = [
     (LinearGeometry, nn.Linear(5, 3), (7, 2, 3), (0,)),  # [B, S, N]

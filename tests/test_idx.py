@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from perforate.idx import IDXFormatError, find_idx, parse_idx, read_idx, write_idx
+from perforate.demo.idx import IDXFormatError, find_idx, parse_idx, read_idx, write_idx
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import perforate as pf
 from conftest import train_candidates
-from perforate.geometry import LinearGeometry
+from perforate.engine.geometry import LinearGeometry
 
 
 def _pool(**config):

@@ -104,7 +104,7 @@ def test_a_mask_is_seen_only_inside_its_block_and_thread() -> None:
     raised."""
     import threading
 
-    from perforate import masking
+    from perforate.engine import masking
 
     mask = torch.ones(2, 3, dtype=torch.bool)
     seen: list[object] = []

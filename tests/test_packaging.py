@@ -60,8 +60,8 @@ def test_no_import_cycles_between_modules():
     for node in sorted(graph):
         if node not in seen:
             visit(node, [node])
-    assert graph["perforate.model"] >= {"perforate.storage", "perforate.targeting"}
-    assert "perforate.serialization" not in graph["perforate.model"]
+    assert graph["perforate.engine.model"] >= {"perforate.io.storage", "perforate.engine.targeting"}
+    assert "perforate.io.serialization" not in graph["perforate.engine.model"]
 
 
 def test_version_has_one_home():

@@ -6,7 +6,7 @@ import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import pytest
 
-from perforate.plotting import plot_training, training_figure
+from perforate.training.plotting import plot_training, training_figure
 from test_artifacts import png_size, scripted_run
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from perforate.progress import BarProgress, LineProgress, Silent, make_progress
+from perforate.training.progress import BarProgress, LineProgress, Silent, make_progress
 
 
 class FakeTTY(io.StringIO):

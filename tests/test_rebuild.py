@@ -1,4 +1,4 @@
-"""One way to rebuild a model from saved state: `perforate.rebuild.rebuild`, behind pf.load,
+"""One way to rebuild a model from saved state: `perforate.io.rebuild.rebuild`, behind pf.load,
 pf.resume and ``perforate export``."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from torch import nn
 
 import perforate as pf
 from conftest import grow, mlp
-from perforate.rebuild import rebuild
+from perforate.io.rebuild import rebuild
 from perforate.training.checkpoint import deployable_weights, read_checkpoint
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from perforate.training.checkpoint import read_checkpoint
+
 SCRIPT = Path(__file__).with_name("resume_run.py")
 
 
@@ -121,7 +123,7 @@ def test_a_run_saved_by_0_1_0_resumes_and_finishes(tmp_path):
     helpers = _fixture_helpers()
     out = tmp_path / "run"
     shutil.copytree(FIXTURE, out)
-    flat = pf.tracker.read_checkpoint(out)["settings"]
+    flat = read_checkpoint(out)["settings"]
     assert flat["neuron_patience"] == 1 and "schedule" not in flat  # the old layout
     tracker = pf.resume(out, helpers.net(), lambda p: torch.optim.SGD(p, lr=0.1))
     s = tracker.schedule  # the flat settings, read into the Schedule
@@ -140,7 +142,7 @@ def test_a_run_saved_by_0_1_0_resumes_and_finishes(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["schedule"]["neuron_patience"] == 1  # saved in the new layout
     assert "neuron_patience" not in summary["settings"]
-    saved = pf.tracker.read_checkpoint(out)
+    saved = read_checkpoint(out)
     assert saved["settings"]["schedule"]["max_dendrites"] == 2 and saved["schedule"]["done"]
     final = pf.load(out / "model", helpers.net())
     with torch.no_grad():
@@ -164,7 +166,7 @@ def test_resume_with_a_schedule_overrides_the_saved_settings(tmp_path):
     # the given schedule's settings replace the saved ones (dendrite_patience: the default 3,
     # not the saved 1); the run's state is the checkpoint's
     assert (s.neuron_patience, s.max_dendrites, s.dendrite_patience) == (4, 1, 3)
-    saved = pf.tracker.read_checkpoint(tmp_path / "run")["schedule"]
+    saved = read_checkpoint(tmp_path / "run")["schedule"]
     assert (tracker.epoch, s.cycle, s.cycle_results[0].best) == \
         (3, 1, saved["cycle_results"][0]["best"])
     with pytest.raises(TypeError, match=r"schedule=pf\.Schedule\(max_epochs=9\)"):

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import perforate as pf
-from perforate.layers import RNN, DendriteLayer, RNNCell
+from perforate.engine.layers import RNN, DendriteLayer, RNNCell
 
 IN, H = 5, 4  # input and hidden sizes of every test layer
 
@@ -539,12 +539,12 @@ def test_a_subclass_with_its_own_forward_is_refused() -> None:
 def test_the_first_growth_says_what_recurrent_dendrites_cost(caplog) -> None:
     """Leaving the fused kernel is said once, at the growth from D = 0, naming the layers."""
     model = pf.perforate(nn.ModuleDict({"rnn": nn.LSTM(3, 4), "head": nn.Linear(4, 2)}))
-    with caplog.at_level(logging.WARNING, logger="perforate.model"):
+    with caplog.at_level(logging.WARNING, logger="perforate.engine.model"):
         model.grow()
     notes = [r.getMessage() for r in caplog.records if "fused kernel" in r.getMessage()]
     assert len(notes) == 1 and notes[0].startswith("'rnn':")
     assert "exclude_modules=['rnn']" in notes[0]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="perforate.model"):
+    with caplog.at_level(logging.WARNING, logger="perforate.engine.model"):
         model.grow()
     assert not [r for r in caplog.records if "fused kernel" in r.getMessage()]

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import perforate as pf
-from perforate import atomic
-from perforate.storage import read_net_factory
+from perforate.io import atomic
+from perforate.io.storage import read_net_factory
 from perforate.training.checkpoint import read_checkpoint, write_checkpoint
 
 #: Validation scores by epoch: cycle 0 (4) + dendrite (2) + cycle 1 (4) + dendrite (2) + 3.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from perforate.schedule import CONTINUE, GROW, INSTALL, RESTART, STOP, Schedule
+from perforate.training.schedule import CONTINUE, GROW, INSTALL, RESTART, STOP, Schedule
 
 
 def run(schedule: Schedule, script: list[tuple[str, float]]) -> list[tuple[int, str, bool]]:
@@ -144,7 +144,7 @@ def test_non_finite_score_rejected():
 
 
 def test_a_set_that_did_not_improve_is_retried_until_the_tries_run_out():
-    from perforate.schedule import RETRY
+    from perforate.training.schedule import RETRY
 
     s = Schedule(neuron_patience=1, dendrite_patience=1, max_dendrite_epochs=1,
                  dendrite_tries=2, max_dendrites=2)
@@ -164,7 +164,7 @@ def test_a_set_that_did_not_improve_is_retried_until_the_tries_run_out():
 
 
 def test_the_restart_control_retries_too():
-    from perforate.schedule import RETRY
+    from perforate.training.schedule import RETRY
 
     s = Schedule(neuron_patience=1, add_dendrites=False, dendrite_tries=2)
     got = run(s, neuron(0.5, 0.4, 0.45, 0.4, 0.48, 0.4))

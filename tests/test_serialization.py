@@ -13,8 +13,8 @@ from torch import nn
 
 import perforate as pf
 from conftest import grow, mlp
-from perforate.integrity import fingerprint, record_of
-from perforate.storage import FINGERPRINT_KEY
+from perforate.io.integrity import fingerprint, record_of
+from perforate.io.storage import FINGERPRINT_KEY
 
 
 def forge_config(directory: Path, meta: dict) -> None:

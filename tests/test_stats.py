@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import perforate as pf
-from perforate.geometry import ConvGeometry
-from perforate.stats import ObservedBatch
+from perforate.engine.geometry import ConvGeometry
+from perforate.engine.stats import ObservedBatch
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*GradScaler.*:UserWarning")
 
@@ -252,7 +252,7 @@ def test_a_nan_batch_in_a_dendrite_epoch_is_left_out_of_statistics_and_steps(
     """The candidates' statistics, weights and best correlations are those of the same epoch
     without that batch (fused optimizers skip the step on the device; others on the host)."""
     without, want, _ = _dendrite_epoch(optimizer, kwargs, None)
-    with caplog.at_level("WARNING", logger="perforate.candidates"):
+    with caplog.at_level("WARNING", logger="perforate.engine.candidates"):
         got, reports, opt = _dendrite_epoch(optimizer, kwargs, True)
     for name, tensors in without.items():
         for a, b in zip(got[name], tensors, strict=True):

@@ -8,8 +8,8 @@ from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 import perforate as pf
 from conftest import SmallCNN, mlp
-from perforate.layers import default_registry
-from perforate.targeting import select_targets
+from perforate.engine.layers import default_registry
+from perforate.engine.targeting import select_targets
 
 
 def targets(net: nn.Module, **kw: object) -> list[str]:
@@ -81,7 +81,7 @@ class DoubledLinear(nn.Linear):
 def test_subclasses_and_parametrised_layers(caplog: pytest.LogCaptureFixture) -> None:
     net = nn.Sequential(MyLinear(3, 4), weight_norm(nn.Linear(4, 4)), DoubledLinear(4, 4),
                         spectral_norm(nn.Conv1d(4, 2, 1)), nn.ConvTranspose1d(2, 2, 3))
-    with caplog.at_level(logging.INFO, logger="perforate.targeting"):
+    with caplog.at_level(logging.INFO, logger="perforate.engine.targeting"):
         assert targets(net) == ["0", "1", "3", "4"]
     assert "not wrapping '2': DoubledLinear overrides Linear.forward" in caplog.text
     assert targets(net, target_modules=[nn.Linear]) == ["0", "1"]  # by type: skipped
@@ -140,7 +140,7 @@ def test_weights_no_wrapper_serves_are_listed_once_in_a_warning(
         caplog: pytest.LogCaptureFixture) -> None:
     net = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 4), Matmul(4, 4), nn.LayerNorm(4),
                         Matmul(4, 4), DoubledLinear(4, 4))
-    with caplog.at_level(logging.WARNING, logger="perforate.targeting"):
+    with caplog.at_level(logging.WARNING, logger="perforate.engine.targeting"):
         assert targets(net) == ["1"]
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert record.message.startswith("3 module(s) with weights get no dendrites, as no "
@@ -148,13 +148,13 @@ def test_weights_no_wrapper_serves_are_listed_once_in_a_warning(
                                      "(overrides forward) x1 (weight). To give them dendrites")
     assert "Embedding" not in record.message.split(". ")[0]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="perforate.targeting"):
+    with caplog.at_level(logging.WARNING, logger="perforate.engine.targeting"):
         # excluded (by type or name: no error though nothing wrappable matches), or outside
         # the targets: not listed
         assert targets(net, exclude_modules=[Matmul, "5"]) == ["1"]
         assert targets(net, target_modules=["1"]) == ["1"]
     assert not caplog.records
-    with caplog.at_level(logging.WARNING, logger="perforate.targeting"):
+    with caplog.at_level(logging.WARNING, logger="perforate.engine.targeting"):
         assert targets(net, target_modules=[nn.Linear]) == ["1"]  # selects DoubledLinear too
     assert "1 module(s)" in caplog.text and "DoubledLinear (overrides forward) x1" in caplog.text
     with pytest.raises(pf.TargetError, match="contain no wrappable"):  # no weights: an error

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from perforate.config import PerforationConfig
-from perforate.fit import fit, predict
+from perforate.engine.model import perforate
 from perforate.metrics import metric_name
-from perforate.model import perforate
-from perforate.schedule import SETTINGS, Schedule
+from perforate.training.fit import fit, predict
+from perforate.training.schedule import SETTINGS, Schedule
 
 from .base import PLAIN_VARIANTS, WIDTH_CONTROLS, Experiment, Setup
 

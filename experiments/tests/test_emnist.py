@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from perforate.idx import write_idx
+from perforate.demo.idx import write_idx
 from perforate_experiments.data.emnist import (
     EMNIST_BALANCED_CLASSES,
     EMNIST_IDX_FILES,

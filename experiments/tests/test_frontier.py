@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perforate.idx import write_idx
+from perforate.demo.idx import write_idx
 from perforate_experiments import runner
 from perforate_experiments.registry import get_experiment
 from perforate_experiments.report import build_report

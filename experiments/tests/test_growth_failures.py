@@ -192,7 +192,7 @@ def test_grace_callback_judges_a_post_growth_cycle_late(
         cycle1: list[float], min_epochs: int | None, ends_at: int) -> None:
     from types import SimpleNamespace
 
-    from perforate.schedule import GROW, STOP, Schedule
+    from perforate.training.schedule import GROW, STOP, Schedule
 
     schedule = Schedule(neuron_patience=2, max_dendrites=3, max_epochs=100)
     tracker = SimpleNamespace(schedule=schedule)

@@ -1,12 +1,20 @@
 """Perforated Backpropagation: Cascade-Correlation dendrites for any PyTorch model.
 
     import perforate as pf
-    model = pf.perforate(net, pf.PerforationConfig())
+    model = pf.perforate(net)
+
+The package's folders are its layers: ``engine`` (dendrite layers, candidate statistics, how
+they go into a model), ``training`` (the cycle controller and its run files), ``io`` (saving,
+loading, export), ``parallel`` (DDP), ``integrations`` (Lightning, Hugging Face) and ``cli``.
 """
 
+from . import metrics
 from ._version import __version__
-from .candidates import EpochReport
 from .config import PerforationConfig
+from .engine import layers
+from .engine.candidates import EpochReport
+from .engine.layers import DendriteLayer, WrapperRegistry, default_registry
+from .engine.model import PerforatedModel, perforate
 from .errors import (
     ConfigError,
     DistributedError,
@@ -17,25 +25,18 @@ from .errors import (
     RunLockedError,
     TargetError,
 )
-from .export import export
-from .layers import DendriteLayer, WrapperRegistry, default_registry
-from .model import PerforatedModel, perforate
-from .serialization import load
+from .io.export import export
+from .io.serialization import load
+from .training import param_groups
+from .training.fit import fit
+from .training.resume import resume
+from .training.schedule import Schedule
+from .training.tracker import Decision, Tracker
 
 __all__ = [
-    "ConfigError", "DendriteLayer", "DistributedError", "EpochReport", "LoadError",
-    "NonFiniteError",
-    "PerforateError", "PerforatedModel", "PerforationConfig", "PhaseError", "RunLockedError",
-    "TargetError",
-    "WrapperRegistry", "__version__", "default_registry", "export", "load", "perforate",
+    "ConfigError", "Decision", "DendriteLayer", "DistributedError", "EpochReport", "LoadError",
+    "NonFiniteError", "PerforateError", "PerforatedModel", "PerforationConfig", "PhaseError",
+    "RunLockedError", "Schedule", "TargetError", "Tracker", "WrapperRegistry", "__version__",
+    "default_registry", "export", "fit", "layers", "load", "metrics", "param_groups", "perforate",
+    "resume",
 ]
-
-from . import metrics
-from .allocator import keep_cpu_memory
-from .fit import fit, predict
-from .schedule import Schedule
-from .tracker import Decision, Tracker, resume
-from .training import param_groups
-
-__all__ += ["Decision", "Schedule", "Tracker", "fit", "keep_cpu_memory", "metrics",
-            "param_groups", "predict", "resume"]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activations import ACTIVATIONS
+from .engine.activations import ACTIVATIONS
 from .errors import ConfigError
 
 #: A target selector: an exact qualified name, a name suffix, a regex, or a module type.
@@ -69,7 +69,7 @@ class PerforationConfig:
     candidates: int = 4
     """K: candidate dendrite sets trained per layer in each dendrite phase."""
     dendrite_activation: str = "sigmoid"
-    """g: the dendrite non-linearity (one of `perforate.activations.ACTIVATIONS`)."""
+    """g: the dendrite non-linearity (one of `perforate.engine.activations.ACTIVATIONS`)."""
     dendrite_learning: str = "none"
     """How candidates learn in the dendrite phase: "cc" (Cascade-Correlation, the paper), "gd"
     (trained on the task loss), or "none" (no dendrite phase: a candidate is installed as
@@ -272,7 +272,7 @@ def candidate_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
 def _check_optimizer_kwargs(name: str, lr: float, kwargs: dict[str, Any]) -> None:
     """Build the candidate optimizer on a dummy parameter, so that a bad keyword fails when
     the config is made, not at the first growth. ``fused=True`` is left out of the trial: it
-    depends on the device of the parameters (`perforate.model.fast_step`)."""
+    depends on the device of the parameters (`perforate.engine.model.fast_step`)."""
     cls = candidate_optimizer_class(name)
     taken = [k for k in kwargs if k in ("params", "lr")]
     if taken:

@@ -1,4 +1,4 @@
-"""Scores for `perforate.fit`: ``metric(outputs, targets) -> float``, higher is better.
+"""Scores for `perforate.training.fit`: ``metric(outputs, targets) -> float``, higher is better.
 
 Each is computed once over a whole data set (outputs and targets concatenated), so values are
 exact, not averages of per-batch values. ``neg_loss(loss_fn)`` makes a continuous score from a

@@ -184,7 +184,7 @@ FUSED_TRANSFORMER_SWITCHES: tuple[tuple[type[nn.Module], str, Any], ...] = (
 """``(module type, attribute, value that turns the fused path off)``: the internal switches
 of ``torch._transformer_encoder_layer_fwd`` (torch 1.12) and of the nested-tensor path (torch
 1.13), public names but not documented API; without them the fused inference path of a
-Transformer would skip its dendrites (`perforate.layers.fastpath`)."""
+Transformer would skip its dendrites (`perforate.engine.layers.fastpath`)."""
 _private("TransformerEncoderLayer.activation_relu_or_gelu / TransformerEncoder."
          "use_nested_tensor", "torch", (1, 13),
          lambda: hasattr(nn.TransformerEncoderLayer(4, 1, 8), "activation_relu_or_gelu")
@@ -208,7 +208,8 @@ def fused_kernel_devices() -> list[str]:
           _has("torch.distributed.distributed_c10d", "_get_default_store"))
 def default_store() -> Any:
     """``distributed_c10d._get_default_store()`` (torch 1.8): the default group's key-value
-    store; without it the ranks' end-of-epoch meeting (`perforate.epoch_meeting`) cannot run."""
+    store; without it the ranks' end-of-epoch meeting (`perforate.parallel.epoch_meeting`)
+    cannot run."""
     return dist.distributed_c10d._get_default_store()
 
 

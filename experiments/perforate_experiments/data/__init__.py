@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perforate.idx import read_idx, write_idx
+from perforate.demo.idx import read_idx, write_idx
 
 from .emnist import EMNIST_BALANCED_CLASSES, load_emnist_balanced
 from .fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from perforate.idx import find_idx, read_idx
+from perforate.demo.idx import find_idx, read_idx
 
 from .. import require
 from .fashion_mnist import to_normalized_tensor

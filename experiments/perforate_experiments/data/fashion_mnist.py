@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from perforate.demo_data import (  # the library's demo reads the same files
+from perforate.demo.data import (  # the library's demo reads the same files
     DEBIAN_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_FILES,

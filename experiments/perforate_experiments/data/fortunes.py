@@ -129,7 +129,7 @@ class RandomWindows:
     in batches of `batch_size`: ``(x [B, context], y [B, context])``, y the next bytes.
 
     The starts come from a generator of its own seeded with `seed` (the same windows for every
-    arm of a seed); it is `generator`, which `perforate.fit` saves in checkpoints.
+    arm of a seed); it is `generator`, which `perforate.training.fit` saves in checkpoints.
     """
 
     def __init__(self, data: Tensor, *, context: int, windows: int, batch_size: int,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from perforate.atomic import atomic_write
+from perforate.io.atomic import atomic_write
 
 from .markdown import plural
 from .rows import CONTROL, PB, PLAIN_VARIANTS, Row, variant_sort_key

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from perforate.atomic import atomic_write_text
+from perforate.io.atomic import atomic_write_text
 
 from ..base import WIDTH_CONTROLS
 from .figures import plot_error_reduction_boxes, plot_first_vs_final, plot_params_vs_score

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from perforate.export import export
+from perforate.io.export import export
 
 from ..base import Experiment, Setup, paper_fields
 from .physionet import BATCH_SIZE, physionet_setup

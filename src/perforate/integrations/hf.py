@@ -41,10 +41,11 @@ import torch
 
 from .. import private_api
 from .._extras import require
+from ..engine.model import DENDRITE, NEURON, PerforatedModel
 from ..errors import ConfigError, LoadError, PhaseError
-from ..model import DENDRITE, NEURON, PerforatedModel
-from ..schedule import SETTINGS, Schedule, monitored, reject_moved_settings
-from ..tracker import Decision, Tracker, read_checkpoint
+from ..training.checkpoint import read_checkpoint
+from ..training.schedule import SETTINGS, Schedule, monitored, reject_moved_settings
+from ..training.tracker import Decision, Tracker
 
 transformers = require("transformers", "hf", "perforate.integrations.hf")
 require("accelerate", "hf", "perforate.integrations.hf (the Trainer)")

@@ -33,11 +33,11 @@ from torch import nn
 
 from .. import private_api
 from .._extras import require
-from ..candidates import CandidatePool
-from ..distributed import retire, rewrap
-from ..model import DENDRITE, PerforatedModel
-from ..schedule import SETTINGS, Schedule, monitored, reject_moved_settings
-from ..tracker import Tracker
+from ..engine.candidates import CandidatePool
+from ..engine.model import DENDRITE, PerforatedModel
+from ..parallel.distributed import retire, rewrap
+from ..training.schedule import SETTINGS, Schedule, monitored, reject_moved_settings
+from ..training.tracker import Tracker
 
 L = require("lightning.pytorch", "lightning", "perforate.integrations.lightning")
 

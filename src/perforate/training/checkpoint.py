@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import artifacts
-from ..atomic import write_file
 from ..config import PerforationConfig
 from ..errors import LoadError
-from ..integrity import FILES_KEY, check, load_json, read_files
+from ..io.atomic import write_file
+from ..io.integrity import FILES_KEY, check, load_json, read_files
+from . import artifacts
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from ..atomic import pid_alive
 from ..errors import RunLockedError
+from ..io.atomic import pid_alive
 
 try:
     import fcntl

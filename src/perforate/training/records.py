@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from .. import artifacts
 from ..errors import NonFiniteError
 from ..metrics import error_reduction
+from . import artifacts
 
 Scores = dict[str, float | None]
 

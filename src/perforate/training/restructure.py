@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..model import DENDRITE
-from ..schedule import GROW, INSTALL, RESTART, RETRY, STOP, ScheduleDecision
+from ..engine.model import DENDRITE
+from .schedule import GROW, INSTALL, RESTART, RETRY, STOP, ScheduleDecision
 
 #: The `perforate.training.tracker.Tracker` these functions act on (not imported: the tracker
 #: imports this module).
 Tracker = Any
 
-logger = logging.getLogger("perforate.tracker")
+logger = logging.getLogger("perforate.training.tracker")
 
 
 def restructure(t: Tracker, decision: ScheduleDecision) -> None:

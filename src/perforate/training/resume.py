@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from ..errors import LoadError
-from ..rebuild import rebuild
-from ..schedule import Schedule
-from ..storage import model_is_whole
+from ..io.rebuild import rebuild
+from ..io.storage import model_is_whole
 from .checkpoint import checkpoint_file, read_checkpoint, run_settings, saved_config
 from .optimizers import OptimizerFactory, SchedulerFactory
 from .run_files import MODEL_DIR
+from .schedule import Schedule
 from .state import split_settings
 from .tracker import Tracker
 

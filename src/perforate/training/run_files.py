@@ -15,14 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import artifacts
 from .._extras import available, require
-from ..storage import NET_FILE, save_pretrained
+from ..io.storage import NET_FILE, save_pretrained
+from . import artifacts
 from .checkpoint import write_checkpoint
 from .lock import RunLock
 
 if TYPE_CHECKING:
-    from ..model import PerforatedModel
+    from ..engine.model import PerforatedModel
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class RunFiles:
 
     def save_model(self, model: PerforatedModel, directory: str | Path) -> Path:
         """``model.save_pretrained(directory)`` plus ``perforate_net.json`` naming the network
-        factory, published whole (`perforate.storage.save_pretrained`)."""
+        factory, published whole (`perforate.io.storage.save_pretrained`)."""
         net = json.dumps({"net_factory": self.net_factory}, indent=2) + "\n"
         return save_pretrained(model, directory, extra_files={NET_FILE: net.encode("utf-8")})
 

@@ -13,10 +13,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ..engine.model import NEURON
 from ..errors import LoadError
-from ..model import NEURON
-from ..schedule import SETTINGS, Schedule
 from .checkpoint import FORMAT, FORMAT_VERSION
+from .schedule import SETTINGS, Schedule
 
 #: The `perforate.training.tracker.Tracker` these functions act on (not imported: the tracker
 #: imports this module).

@@ -30,7 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..distributed import (
+from ..engine.model import DENDRITE, NEURON, PerforatedModel
+from ..errors import DistributedError, PhaseError
+from ..parallel.distributed import (
     DistributedSync,
     Wrap,
     check_not_sharded,
@@ -39,15 +41,13 @@ from ..distributed import (
     rewrap,
     wrap_like,
 )
-from ..errors import DistributedError, PhaseError
-from ..model import DENDRITE, NEURON, PerforatedModel
-from ..schedule import CONTINUE, STOP, Schedule, reject_moved_settings
 from .finite import check_parameters, check_score
 from .optimizers import Optimization, OptimizerFactory, SchedulerFactory
 from .records import RunRecords, opt_float
 from .restructure import restructure
 from .rng import TrackedGenerators
 from .run_files import RunFiles
+from .schedule import CONTINUE, STOP, Schedule, reject_moved_settings
 from .snapshots import WeightSnapshots
 from .state import load_tracker_state, tracker_state
 
@@ -123,7 +123,7 @@ class Tracker:
         if model.phase != NEURON:
             raise PhaseError("Tracker needs a model in the neuron phase")
         self.schedule = (schedule or Schedule()).fresh()
-        """When to grow, and the run's state (`perforate.schedule`)."""
+        """When to grow, and the run's state (`perforate.training.schedule`)."""
         self.perforated = model
         """The `PerforatedModel` (never wrapped): evaluate, save, export it; train `model`."""
         self.wrap = wrap
@@ -366,7 +366,7 @@ class Tracker:
         """``model.save_pretrained(directory)`` plus ``perforate_net.json`` naming the
         network factory (``perforate export --trust-factory`` rebuilds the network with it;
         docs/loading.md), published whole
-        (`perforate.storage.save_pretrained`). Neuron phase only."""
+        (`perforate.io.storage.save_pretrained`). Neuron phase only."""
         return self.files.save_model(self.perforated, directory)
 
     # ------------------------------------------------------------------------ state dict

@@ -1,0 +1,2 @@
+"""Files: saving and loading perforated models, atomic writes, integrity checks, rebuild
+and export."""

@@ -1,0 +1,1 @@
+"""Distributed training: DDP support, the distributed candidate pool, the ranks' epoch meeting."""

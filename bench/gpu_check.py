@@ -20,7 +20,8 @@ from epoch_cost import MnistNet
 
 def build(device: str, dendrites: int) -> pf.PerforatedModel:
     torch.manual_seed(0)
-    model = pf.perforate(MnistNet(), pf.PerforationConfig(seed=0, candidates=4))
+    model = pf.perforate(MnistNet(), pf.PerforationConfig(seed=0,
+                                                          cascade=pf.CascadeCorrelation(candidates=4)))
     for layer in model.dendrite_layers().values():
         layer.resize(dendrites)
         with torch.no_grad():

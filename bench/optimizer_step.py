@@ -38,9 +38,9 @@ def main() -> None:
     rows = []
     for name, kwargs in KINDS.items():
         torch.manual_seed(0)
-        model = pf.perforate(MnistNet(), pf.PerforationConfig.paper(
-            seed=0, candidates=args.candidates, candidate_optimizer=args.optimizer,
-            candidate_optimizer_kwargs=kwargs))
+        cascade = pf.CascadeCorrelation(candidates=args.candidates, optimizer=args.optimizer,
+                                        optimizer_kwargs=kwargs)
+        model = pf.perforate(MnistNet(), pf.PerforationConfig.paper(seed=0, cascade=cascade))
         model.begin_dendrite_phase()
         opt = model.candidate_optimizer()
         params = [p for g in opt.param_groups for p in g["params"]]

@@ -79,7 +79,7 @@ def time_kind(kind: str, args: argparse.Namespace, device: torch.device) -> list
 
     def wrapped(dendrites: int) -> pf.PerforatedModel:
         model = pf.perforate(nn.Sequential(make_layer(kind, args)),
-                             pf.PerforationConfig(candidates=args.candidates, seed=0))
+                             pf.PerforationConfig.paper(candidates=args.candidates, seed=0))
         layer = model.dendrite_layers()["0"]
         layer.resize(dendrites)
         with torch.no_grad():

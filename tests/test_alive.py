@@ -161,15 +161,16 @@ def test_a_layer_no_error_reached_without_end_epoch_is_dead_not_an_error() -> No
     assert torch.equal(model.net.head.dendrite_alive, torch.ones(1, 3))
 
 
-@pytest.mark.parametrize("learning", ["none", "gd"])
+@pytest.mark.parametrize("learning", ["none", "task_loss"])
 def test_alive_without_correlation_training(learning: str) -> None:
-    """"none": nothing is judged (every dendrite alive); "gd": alive where it correlated."""
+    """"none": nothing is judged (every dendrite alive); "task_loss": alive where it
+    correlated."""
     torch.manual_seed(0)
     if learning == "none":
-        model = pf.perforate(TwoHeads("linear"), pf.PerforationConfig.anchor(seed=0))
+        model = pf.perforate(TwoHeads("linear"), pf.PerforationConfig(seed=0))
         model.grow()
     else:
-        model = pf.perforate(TwoHeads("linear"), _paper(dendrite_learning="gd"))
+        model = pf.perforate(TwoHeads("linear"), _paper(dendrite_phase="task_loss"))
         _cycle(model)
     expected = 1.0 if learning == "none" else 0.0
     assert torch.equal(model.net.aux.dendrite_alive, torch.full((1, 2), expected))

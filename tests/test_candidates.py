@@ -143,8 +143,8 @@ def test_constant_candidate_never_wins() -> None:
 
 
 def test_running_centering_uses_previous_batches_means() -> None:
-    cfg = pf.PerforationConfig.paper(candidates=1, centering="running", normalize_error=False,
-                               running_momentum=0.5)
+    cfg = pf.PerforationConfig.paper(cascade=pf.CascadeCorrelation(
+        candidates=1, centering="running", normalize_error=False, running_momentum=0.5))
     model = pf.perforate(nn.Sequential(nn.Linear(3, 1)), cfg)
     model.begin_dendrite_phase()
     pool = model.dendrite_layers()["0"].candidates
@@ -167,7 +167,7 @@ def test_running_centering_uses_previous_batches_means() -> None:
 
 
 def test_gd_variant_trains_candidates_on_the_loss() -> None:
-    cfg = pf.PerforationConfig.paper(candidates=2, dendrite_learning="gd", seed=0)
+    cfg = pf.PerforationConfig.paper(candidates=2, dendrite_phase="task_loss", seed=0)
     model = pf.perforate(SmallCNN(), cfg)
     x, y = torch.randn(6, 2, 8, 8), torch.randint(0, 3, (6,))
     before = model(x).detach()
@@ -230,7 +230,8 @@ def _error_scale_run(normalize: bool, batches):
     """One wrapped Linear(4, 3); loss = sum(z * g), so each neuron's error is exactly g."""
     torch.manual_seed(0)
     model = pf.perforate(nn.Sequential(nn.Linear(4, 3)),
-                         pf.PerforationConfig.paper(seed=0, normalize_error=normalize))
+                         pf.PerforationConfig.paper(seed=0,
+                                                    cascade=pf.CascadeCorrelation(normalize_error=normalize)))
     model.begin_dendrite_phase()
     pool = model.net[0].candidates
     out = []
@@ -247,7 +248,7 @@ def test_running_error_scale_after_the_first_and_second_batch() -> None:
                for scale in (1.0, 3.0)]
     normalized = _error_scale_run(True, batches)
     plain = _error_scale_run(False, batches)
-    m = pf.PerforationConfig.paper().running_momentum
+    m = pf.PerforationConfig.paper().cascade.running_momentum
     var1 = batches[0][1].var(0, unbiased=False)
     var2 = batches[1][1].var(0, unbiased=False)
     expected = [var1, m * var1 + (1 - m) * var2]  # the first batch initialises the EMA

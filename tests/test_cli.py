@@ -52,7 +52,7 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     (["inspect", DIGITS, "--config", "{bad json"], "invalid JSON"),
     (["inspect", DIGITS, "--config", "missing.json"], "not a JSON object and not a readable"),
     (["inspect", DIGITS, "--config", '{"candidatez": 2}'], "unknown PerforationConfig"),
-    (["inspect", DIGITS, "--config", '{"candidates": 0}'], "candidates"),
+    (["inspect", DIGITS, "--config", '{"cascade": {"candidates": 0}}'], "candidates"),
     (["inspect", DIGITS, "--input-shape", "a,b"], "--input-shape"),
     (["inspect", DIGITS, "--input-shape", "3,3"], "forward pass"),
     (["export", "/nonexistent/dir", "out.pt"], "does not exist"),
@@ -222,7 +222,8 @@ def test_inspect_counts_match_a_real_install(capsys):
 
 def test_inspect_conv_with_input_shape_and_config(capsys):
     code, out, err = run_main(capsys, "inspect", "perforate.demo:fashion_cnn", "--input-shape",
-                              "1,28,28", "--preset", "paper", "--config", '{"candidates": 2}')
+                              "1,28,28", "--preset", "paper", "--config",
+                              '{"cascade": {"candidates": 2}}')
     assert code == 0, err
     assert "per sample" in out and "K = 2" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
@@ -424,7 +425,7 @@ def test_inspect_under_the_default_has_no_candidate_pool(capsys, factory):
     out, rows = _inspect_table(capsys, factory, shape, "default")
     assert "K =" not in out and "pool" not in out.splitlines()[1]
     assert "no candidate pool: each growth adds one untrained set " \
-           "(dendrite_learning='none')" in out.splitlines()[0]
+           "(dendrite_phase='none')" in out.splitlines()[0]
     assert {n: r for n, r in rows.items() if n != "total"} == {
         n: [e[0], *(f"{v:,}" for v in e[1:6])] for n, e in expected.items()}
     grown, _ = _measured(factory, shape, pf.PerforationConfig())

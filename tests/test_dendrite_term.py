@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 import perforate as pf
-from perforate.config import ANCHOR
 from perforate.engine.geometry import ConvGeometry, LinearGeometry
 from perforate.engine.layers.dendrite_term import (
     BACKWARD_FROM_OUTPUT,
@@ -87,7 +86,7 @@ def test_what_it_does_not_fuse() -> None:
     assert fusable("sigmoid", f32, f32) and fusable("tanh", f32)
     assert not fusable("gelu", f32)  # its derivative needs its input
     assert not fusable("sigmoid", f32, bf16)  # autocast: one dtype throughout only
-    assert ANCHOR["dendrite_activation"] == "sigmoid"  # the default is fused
+    assert pf.PerforationConfig().dendrite_activation == "sigmoid"  # the default is fused
 
 
 @pytest.mark.parametrize("activation", sorted(BACKWARD_FROM_OUTPUT))

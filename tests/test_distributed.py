@@ -42,8 +42,8 @@ def _config(kind: str) -> pf.PerforationConfig:
         return pf.PerforationConfig.paper(seed=0, candidates=4, dendrite_rank=3,
                                           train_dendrites=True)
     if kind == "correlation":  # a second reduction (the variance); a scale-dependent install
-        return pf.PerforationConfig.paper(seed=0, candidates=4, objective="correlation",
-                                          output_init="least_squares")
+        return pf.PerforationConfig.paper(seed=0, cascade=pf.CascadeCorrelation(
+            candidates=4, objective="correlation", output_init="least_squares"))
     return pf.PerforationConfig(seed=0)
 
 

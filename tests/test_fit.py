@@ -292,7 +292,8 @@ def test_fit_records_the_validation_score_right_after_each_install(output_init):
     train, val, _ = loaders()
     torch.manual_seed(0)
     m = pf.perforate(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)),
-                     pf.PerforationConfig.paper(seed=0, output_init=output_init))
+                     pf.PerforationConfig.paper(seed=0,
+                                                cascade=pf.CascadeCorrelation(output_init=output_init)))
     loss_fn = nn.CrossEntropyLoss()
     tracker = pf.fit(m, train, val, loss_fn, adam, metric=pf.metrics.neg_loss(loss_fn),
                      progress=False, schedule=schedule_with(improvement_threshold=0.0))

@@ -11,10 +11,10 @@ from conftest import train_candidates
 from perforate.engine.geometry import LinearGeometry
 
 
-def _pool(**config):
-    """A candidate pool on a Linear(6 -> 3) layer, K=2."""
-    model = pf.perforate(nn.Sequential(nn.Linear(6, 3)),
-                         pf.PerforationConfig.paper(candidates=2, seed=0, **config))
+def _pool(**cascade):
+    """A candidate pool on a Linear(6 -> 3) layer, K=2, with these `CascadeCorrelation` knobs."""
+    model = pf.perforate(nn.Sequential(nn.Linear(6, 3)), pf.PerforationConfig.paper(
+        seed=0, cascade=pf.CascadeCorrelation(candidates=2, **cascade)))
     model.begin_dendrite_phase()
     return model.dendrite_layers()["0"].candidates
 
@@ -66,9 +66,9 @@ def test_relu_candidates_stay_bounded_only_under_the_correlation_objective(objec
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
     x = torch.randn(256, 8)
     y = (x[:, :1] * x[:, 1:2]).tanh()  # a target the network below cannot fit linearly
-    model = pf.perforate(net, pf.PerforationConfig.paper(target_modules=["2"], seed=0,
-                                                   dendrite_activation="relu",
-                                                   objective=objective))
+    model = pf.perforate(net, pf.PerforationConfig.paper(
+        target_modules=["2"], seed=0, dendrite_activation="relu",
+        cascade=pf.CascadeCorrelation(objective=objective)))
     model.begin_dendrite_phase()
     pool = model.dendrite_layers()["2"].candidates
     norm0 = pool.weight.detach().norm()
@@ -108,8 +108,9 @@ def test_least_squares_output_weight_is_the_regression_of_the_residual() -> None
     net = nn.Sequential(nn.Linear(4, 2))
     x = torch.randn(64, 4)
     y = net(x).detach() + torch.tanh(2 * x[:, :1] - 1) * torch.tensor([1.0, -0.5])
-    model = pf.perforate(net, pf.PerforationConfig.paper(candidates=3, seed=0,
-                                                   output_init="least_squares"))
+    model = pf.perforate(net,
+                         pf.PerforationConfig.paper(cascade=pf.CascadeCorrelation(
+                             candidates=3, output_init="least_squares"), seed=0))
     loss_before = float(nn.functional.mse_loss(model(x), y))
     model.begin_dendrite_phase()
     pool = model.dendrite_layers()["0"].candidates
@@ -135,7 +136,7 @@ def test_least_squares_output_weight_is_the_regression_of_the_residual() -> None
 
 def test_untrained_candidates_are_installed_at_once_with_the_function_unchanged() -> None:
     net = nn.Sequential(nn.Linear(50, 20), nn.ReLU(), nn.Linear(20, 3))
-    model = pf.perforate(net, pf.PerforationConfig.anchor(seed=0))
+    model = pf.perforate(net, pf.PerforationConfig(seed=0))
     x = torch.randn(7, 50)
     before = model(x)
     stats = model.grow()
@@ -184,7 +185,7 @@ def test_trained_dendrites_learn_v_bias_and_stay_perforated_when_asked(perforate
 def test_dendrites_that_see_m_inputs_are_counted_and_stay_sparse() -> None:
     torch.manual_seed(5)
     net = nn.Sequential(nn.Linear(30, 8), nn.ReLU(), nn.Linear(8, 2))
-    model = pf.perforate(net, pf.PerforationConfig.anchor(seed=0, dendrite_inputs=5,
+    model = pf.perforate(net, pf.PerforationConfig(seed=0, dendrite_inputs=5,
                                                           target_modules=["0"]))
     base = model.count_parameters()
     model.grow()
@@ -341,18 +342,20 @@ def test_correlation_selection_needs_m_and_a_parameter_weight(tmp_path) -> None:
 
 def test_presets() -> None:
     paper = pf.PerforationConfig.paper()
-    assert (paper.dendrite_learning, paper.train_dendrites, paper.objective) == (
-        "cc", False, "covariance")
+    assert (paper.dendrite_phase, paper.train_dendrites, paper.cascade.objective) == (
+        "cascade_correlation", False, "covariance")
     literal = pf.PerforationConfig.paper(literal=True)
-    assert (literal.centering, literal.normalize_error) == ("running", False)
-    anchor = pf.PerforationConfig.anchor()
-    assert (anchor.dendrite_learning, anchor.dendrite_activation, anchor.candidate_init,
-            anchor.candidate_weight_std, anchor.train_dendrites, anchor.perforated) == (
+    assert (literal.cascade.centering, literal.cascade.normalize_error) == ("running", False)
+    default = pf.PerforationConfig()
+    assert (default.dendrite_phase, default.dendrite_activation, default.dendrite_init,
+            default.dendrite_weight_std, default.train_dendrites, default.perforated) == (
         "none", "sigmoid", "normal", 0.01, True, False)
     with pytest.raises(pf.ConfigError, match="least_squares"):
-        pf.PerforationConfig.anchor(output_init="least_squares")
+        pf.PerforationConfig(cascade=pf.CascadeCorrelation(output_init="least_squares"))
     with pytest.raises(pf.ConfigError, match="dendrite_inputs"):
         pf.PerforationConfig(dendrite_inputs=0)
-    for name, bad in (("objective", "l2"), ("sign_source", "x"), ("candidate_init", "xavier")):
+    for name, bad in (("objective", "l2"), ("sign_source", "x")):
         with pytest.raises(pf.ConfigError, match=name):
-            pf.PerforationConfig(**{name: bad})
+            pf.CascadeCorrelation(**{name: bad})
+    with pytest.raises(pf.ConfigError, match="dendrite_init"):
+        pf.PerforationConfig(dendrite_init="xavier")

@@ -93,8 +93,8 @@ def test_signed_output_init_is_minus_the_sign_of_the_correlation_times_eps() -> 
     torch.manual_seed(0)
     eps = 0.05
     model = pf.perforate(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)),
-                         pf.PerforationConfig.paper(seed=0, output_init="signed",
-                                                    output_init_eps=eps))
+                         pf.PerforationConfig.paper(seed=0, cascade=pf.CascadeCorrelation(
+                             output_init="signed", output_init_eps=eps)))
     model.begin_dendrite_phase()
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(64, 4, generator=gen), torch.randint(0, 3, (64,), generator=gen)
@@ -191,8 +191,8 @@ def test_candidate_optimizer_takes_pytorchs_fastest_step_with_the_same_trajector
     flat, chosen = {}, {}
     for extra in ({}, {"foreach": False}):
         torch.manual_seed(0)
-        model = pf.perforate(mlp(), pf.PerforationConfig(
-            seed=0, candidate_optimizer=name, candidate_optimizer_kwargs={**kwargs, **extra}))
+        model = pf.perforate(mlp(), pf.PerforationConfig(seed=0, cascade=pf.CascadeCorrelation(
+            optimizer=name, optimizer_kwargs={**kwargs, **extra})))
         model.begin_dendrite_phase()
         opt = model.candidate_optimizer()
         group = opt.param_groups[0]

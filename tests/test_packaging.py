@@ -85,7 +85,7 @@ def test_the_wheel_holds_the_library_only(tmp_path):
     assert build.returncode == 0, build.stderr
     wheel, = tmp_path.glob("perforate-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "perforate/py.typed" in names and "perforate/cli.py" in names
+    assert "perforate/py.typed" in names and "perforate/cli/main.py" in names
     assert not [n for n in names if "experiments" in n]
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_wheel.py"),
                             str(wheel)], capture_output=True, text=True)

@@ -237,12 +237,12 @@ def task(batches: int = 3) -> list[tuple[Tensor, Tensor]]:
     return data
 
 
-@pytest.mark.parametrize("learning", ["cc", "gd"])
+@pytest.mark.parametrize("learning", ["cascade_correlation", "task_loss"])
 @pytest.mark.parametrize("name", ["lstm-2l-bi-bf", "gru-2l-bi", "lstm-proj-nobias",
                                   "rnn-relu-2l-bi", "lstmcell", "grucell", "rnncell"])
 def test_dendrite_cycle_keeps_the_function_at_install(name: str, learning: str) -> None:
-    model = pf.perforate(SeqModel(ALL[name]()), pf.PerforationConfig.paper(
-        candidates=3, seed=0, dendrite_learning=learning))
+    model = pf.perforate(SeqModel(ALL[name]()), pf.PerforationConfig.paper(candidates=3, seed=0,
+                                                                           dendrite_phase=learning))
     assert set(model.dendrite_layers()) == {"rnn", "head"}  # default targets
     layer = model.dendrite_layers()["rnn"]
     data = task()
@@ -266,7 +266,7 @@ def test_dendrite_cycle_keeps_the_function_at_install(name: str, learning: str) 
     stats = model.end_dendrite_phase()
     assert stats["rnn"]["neurons"] == layer.num_neurons and layer.num_dendrites == 1
     assert (layer.dendrite_weight * (1 - layer.input_mask)).abs().max() == 0
-    if learning == "gd":  # installs the trained output weights: the function moves
+    if learning == "task_loss":  # installs the trained output weights: the function moves
         return
     torch.testing.assert_close(model(probe).detach(), before, rtol=0, atol=1e-6)
     # The installed dendrites change the function once their output weights are non-zero.

@@ -29,9 +29,8 @@ def forge_config(directory: Path, meta: dict) -> None:
 
 
 def _trained(tmp_path: Path) -> tuple[pf.PerforatedModel, torch.Tensor]:
-    model = pf.perforate(mlp(), pf.PerforationConfig.paper(candidates=2, seed=0,
-                                                     target_modules=nn.Linear,
-                                                     exclude_modules=["4"]))
+    model = pf.perforate(mlp(), pf.PerforationConfig.paper(
+        candidates=2, seed=0, target_modules=nn.Linear, exclude_modules=["4"]))
     data = [(torch.randn(8, 5), torch.randint(0, 3, (8,))) for _ in range(2)]
     grow(model, data, nn.functional.cross_entropy, 2)
     return model, torch.randn(6, 5)

@@ -224,8 +224,8 @@ def _dendrite_epoch(optimizer: str, kwargs: dict, nan_batch: bool | None):
     clean (False). Returns every candidate pool's statistics and weights, and the reports."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
-    model = pf.perforate(net, pf.PerforationConfig.paper(
-        seed=0, candidate_optimizer=optimizer, candidate_optimizer_kwargs=kwargs))
+    model = pf.perforate(net, pf.PerforationConfig.paper(seed=0, cascade=pf.CascadeCorrelation(
+        optimizer=optimizer, optimizer_kwargs=kwargs)))
     model.begin_dendrite_phase()
     opt = model.candidate_optimizer()
     g = torch.Generator().manual_seed(1)

@@ -320,7 +320,7 @@ def test_retry_drops_the_failed_set_restores_the_best_weights_and_grows_again():
 def test_untrained_dendrites_are_added_without_a_dendrite_phase():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
-    model = pf.perforate(net, pf.PerforationConfig.anchor(seed=0))
+    model = pf.perforate(net, pf.PerforationConfig(seed=0))
     tracker = pf.Tracker(model, sgd, schedule=pf.Schedule(neuron_patience=1))
     tracker.step(0.3)
     d = tracker.step(0.2)

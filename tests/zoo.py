@@ -487,11 +487,11 @@ def check_sample_mask(spec: ZooModel) -> None:
 
 
 def check_untrained_recipe(spec: ZooModel) -> None:
-    """`PerforationConfig.anchor` (untrained candidates, trained with the network): `grow`
+    """The default (untrained candidates, trained with the network): `grow`
     keeps the function, the dendrites' V gets a gradient in the neuron phase, and the export
     and a fresh model's `load_state_dict` compute the same function."""
     def anchored() -> pf.PerforatedModel:
-        return pf.perforate(spec.build(), pf.PerforationConfig.anchor(seed=0, **spec.config))
+        return pf.perforate(spec.build(), pf.PerforationConfig(seed=0, **spec.config))
 
     torch.manual_seed(0)
     model = anchored().eval()

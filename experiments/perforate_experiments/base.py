@@ -27,13 +27,21 @@ An experiment may add variants of its own (`Experiment.overrides`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from perforate.config import PAPER, PAPER_LITERAL
+from perforate.config import (
+    OLD_PHASES,
+    PAPER,
+    PAPER_LITERAL,
+    RENAMED,
+    CascadeCorrelation,
+    PerforationConfig,
+)
 
 #: Variants without dendrites (the controls and the frontier's plain network).
 PLAIN_VARIANTS = ("restart", "width", "width-cc", "width-perf", "plain")
@@ -57,6 +65,33 @@ VARIANTS: dict[str, str] = {
 }
 
 
+#: Names of `CascadeCorrelation`'s fields: a variant's flat fields with these names go there.
+CASCADE_FIELDS = frozenset(f.name for f in dataclasses.fields(CascadeCorrelation))
+
+
+def build_config(fields: dict[str, Any]) -> PerforationConfig:
+    """The `PerforationConfig` of a variant's flat `fields` (those named in `CASCADE_FIELDS`
+    go into its ``cascade``): variants stay one flat dict that can be merged with ``{**a,
+    **b}``."""
+    cascade = {k: v for k, v in fields.items() if k in CASCADE_FIELDS}
+    top = {k: v for k, v in fields.items() if k not in CASCADE_FIELDS}
+    return PerforationConfig(**top, cascade=CascadeCorrelation(**cascade))
+
+
+def flat_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """A row's recorded configuration as one flat dict of today's names (``cascade``'s fields
+    beside the others; rows of 0.1 hold the flat layout of then, renamed by
+    `perforate.config.RENAMED`): what the report reads, whichever version wrote the row."""
+    config = dict(config or {})
+    flat = {**(config.pop("cascade", None) or {}), **config}
+    for old, new in RENAMED.items():
+        if old in flat:
+            value = flat.pop(old)
+            flat[new.removeprefix("cascade.")] = (OLD_PHASES.get(value, value)
+                                                  if old == "dendrite_learning" else value)
+    return flat
+
+
 def paper_fields(**changes: Any) -> dict[str, Any]:
     """The PerforationConfig fields of the paper's algorithm (`perforate.config.PAPER`), with
     `changes`: the base of the Figure 7 variants, whatever the library's defaults."""
@@ -76,7 +111,7 @@ def config_overrides(variant: str, head: str) -> dict[str, Any]:
         "pb-head": {"target_modules": [head]},
         "pb-backbone": {"exclude_modules": [head]},
         "cc-no-perf": {"perforated": False},
-        "gd": {"dendrite_learning": "gd"},
+        "gd": {"dendrite_phase": "task_loss"},
     }[variant])
 
 

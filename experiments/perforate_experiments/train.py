@@ -16,13 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from perforate.config import PerforationConfig
 from perforate.engine.model import perforate
 from perforate.metrics import metric_name
 from perforate.training.fit import fit, predict
 from perforate.training.schedule import SETTINGS, Schedule
 
-from .base import PLAIN_VARIANTS, WIDTH_CONTROLS, Experiment, Setup
+from .base import PLAIN_VARIANTS, WIDTH_CONTROLS, Experiment, Setup, build_config
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ def run_one(experiment: Experiment, variant: str, seed: int, *, quick: bool = Fa
     seed_everything(seed)
     net = setup.make_net(width).to(device)
     config_fields, tracker_fields = experiment.variant_settings(variant, setup.head)
-    config = PerforationConfig(seed=seed, **{**setup.config, **config_fields})
+    config = build_config({"seed": seed, **setup.config, **config_fields})
     model = perforate(net, config)
     tracker_kwargs = {**setup.tracker_kwargs, **tracker_fields}
     if variant in PLAIN_VARIANTS:

@@ -283,4 +283,5 @@ def test_paper_algorithm_has_its_own_width_control(tmp_path: Path) -> None:
     assert "`pb-cc` beat the restart control" not in results
     assert "`pb-cc` did not beat the width-cc control. `pb-cc` − width-cc: +1.33" in results
     assert "PB beat the restart control. PB − restart: +2.67" in results
-    assert "(`PerforationConfig.anchor()`)" in results and "`PerforationConfig.paper()`" in results
+    assert "(the default, `PerforationConfig()`)" in results
+    assert "`PerforationConfig.paper()`" in results

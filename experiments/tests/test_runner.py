@@ -123,6 +123,25 @@ def test_worker_records_a_failure_and_clears_it_on_success(
     assert path.exists() and not failed.exists()
 
 
+def test_flat_variant_fields_build_the_nested_config_and_rows_of_either_layout_read_flat(
+        ) -> None:
+    import perforate as pf
+    from perforate_experiments.base import build_config, flat_config
+
+    fields = {"dendrite_phase": "cascade_correlation", "objective": "correlation",
+              "candidates": 2, "perforated": True, "seed": 3}
+    config = build_config(fields)
+    assert config == pf.PerforationConfig(
+        dendrite_phase="cascade_correlation", perforated=True, seed=3,
+        cascade=pf.CascadeCorrelation(objective="correlation", candidates=2))
+    flat = flat_config(config.to_dict())
+    assert {k: flat[k] for k in fields} == fields
+    legacy = {"dendrite_learning": "gd", "candidate_lr": 0.5, "candidates": 3,
+              "candidate_init": "fan_in"}  # a row of 0.1
+    assert flat_config(legacy) == {"dendrite_phase": "task_loss", "lr": 0.5, "candidates": 3,
+                                   "dendrite_init": "fan_in"}
+
+
 def test_variant_config_overrides() -> None:
     from perforate.config import PAPER, PerforationConfig
     from perforate_experiments.base import config_overrides

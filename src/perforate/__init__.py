@@ -10,7 +10,7 @@ loading, export), ``parallel`` (DDP), ``integrations`` (Lightning, Hugging Face)
 
 from . import metrics
 from ._version import __version__
-from .config import PerforationConfig
+from .config import CascadeCorrelation, PerforationConfig
 from .engine import layers
 from .engine.candidates import EpochReport
 from .engine.layers import DendriteLayer, WrapperRegistry, default_registry
@@ -34,9 +34,9 @@ from .training.schedule import Schedule
 from .training.tracker import Decision, Tracker
 
 __all__ = [
-    "ConfigError", "Decision", "DendriteLayer", "DistributedError", "EpochReport", "LoadError",
-    "NonFiniteError", "PerforateError", "PerforatedModel", "PerforationConfig", "PhaseError",
-    "RunLockedError", "Schedule", "TargetError", "Tracker", "WrapperRegistry", "__version__",
-    "default_registry", "export", "fit", "layers", "load", "metrics", "param_groups", "perforate",
-    "resume",
+    "CascadeCorrelation", "ConfigError", "Decision", "DendriteLayer", "DistributedError",
+    "EpochReport", "LoadError", "NonFiniteError", "PerforateError", "PerforatedModel",
+    "PerforationConfig", "PhaseError", "RunLockedError", "Schedule", "TargetError", "Tracker",
+    "WrapperRegistry", "__version__", "default_registry", "export", "fit", "layers", "load",
+    "metrics", "param_groups", "perforate", "resume",
 ]

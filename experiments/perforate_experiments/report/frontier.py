@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..base import flat_config
 from .figures import _pyplot, _save
 from .markdown import fmt_mean_std, fmt_p, md_table, plural
 from .rows import CONTROL, Group, Row
@@ -132,7 +133,7 @@ def plot_frontier(table: Table, path: Path) -> Path:
 
 def describe(row: Row) -> str:
     """How a row's dendrites learned, from its recorded config and tracker arguments."""
-    c, t = row.get("config") or {}, row.get("tracker") or {}
+    c, t = flat_config(row.get("config")), row.get("tracker") or {}
     if row.get("variant") == PLAIN:
         return "the plain network, one cycle"
     if row.get("variant") == ANCHOR:
@@ -140,8 +141,8 @@ def describe(row: Row) -> str:
     if t.get("add_dendrites") is False:
         text = "no dendrites (restart control)"
     else:
-        learn = {"cc": "Cascade-Correlation", "gd": "gradient-descent",
-                 "none": "untrained"}.get(c.get("dendrite_learning"), "?")
+        learn = {"cascade_correlation": "Cascade-Correlation", "task_loss": "gradient-descent",
+                 "none": "untrained"}.get(c.get("dendrite_phase"), "?")
         after = "trained with the network" if c.get("train_dendrites") else "frozen"
         text = (f"{learn} {c.get('dendrite_activation', '?')} candidates, then {after}"
                 f"{'' if c.get('perforated', True) else ', not perforated'}")
@@ -162,12 +163,12 @@ def is_default(row: Row) -> bool:
     controller's default options."""
     from perforate.config import PerforationConfig
 
-    config, tracker = row.get("config") or {}, row.get("tracker") or {}
+    config, tracker = flat_config(row.get("config")), row.get("tracker") or {}
     if not config or tracker.get("add_dendrites") is False or set(tracker) - {
             "neuron_patience", "dendrite_patience", "max_dendrite_epochs", "max_dendrites",
             "min_dendrites", "max_epochs"}:
         return False
-    default = PerforationConfig().to_dict()
+    default = flat_config(PerforationConfig().to_dict())
     return all(config.get(k, v) == v for k, v in default.items() if k != "seed")
 
 

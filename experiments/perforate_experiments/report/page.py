@@ -13,7 +13,7 @@ from typing import Any
 
 from perforate.io.atomic import atomic_write_text
 
-from ..base import WIDTH_CONTROLS
+from ..base import WIDTH_CONTROLS, flat_config
 from .figures import plot_error_reduction_boxes, plot_first_vs_final, plot_params_vs_score
 from .frontier import by_width, frontier_section, plot_frontier
 from .lm import lm_section
@@ -350,15 +350,17 @@ def _timing_table(by_variant: Mapping[str, list[Row]]) -> list[str]:
 
 def _config_kind(config: Mapping[str, Any]) -> str:
     """A row's PerforationConfig in words: one of the presets, or its two telling fields."""
-    if config.get("dendrite_learning") == "cc" and not config.get("train_dendrites"):
+    config = flat_config(dict(config))
+    phase = config.get("dendrite_phase")
+    if phase == "cascade_correlation" and not config.get("train_dendrites"):
         return ("the paper's algorithm (Cascade-Correlation, frozen dendrites: "
                 "`PerforationConfig.paper()`)")
-    if config.get("dendrite_learning") == "none" and config.get("train_dendrites"):
+    if phase == "none" and config.get("train_dendrites"):
         if config.get("perforated", True):
             return "small random dendrites trained with the network, perforated"
         return ("small random dendrites trained with the network, not perforated "
-                "(`PerforationConfig.anchor()`)")
-    return (f"dendrite_learning={config.get('dendrite_learning')!r}, "
+                "(the default, `PerforationConfig()`)")
+    return (f"dendrite_phase={phase!r}, "
             f"train_dendrites={bool(config.get('train_dendrites'))}")
 
 

@@ -39,10 +39,11 @@ LR = 1e-3
 
 #: PB variants: PerforationConfig fields ("config") and Tracker arguments ("tracker"). The
 #: cc-* variants build on the paper's algorithm (`PerforationConfig.paper()`), ANCHOR on the
-#: official open package's recipe (`PerforationConfig.anchor()`), whatever the defaults are.
+#: official open package's recipe (perforated here; the default since is its unperforated
+#: form), whatever the defaults are. Flat fields (`base.build_config`).
 PAPER = paper_fields()
-ANCHOR = {"dendrite_learning": "none", "dendrite_activation": "sigmoid",
-          "candidate_init": "normal", "candidate_weight_std": 0.01, "candidate_bias_std": 0.01,
+ANCHOR = {"dendrite_phase": "none", "dendrite_activation": "sigmoid",
+          "dendrite_init": "normal", "dendrite_weight_std": 0.01, "dendrite_bias_std": 0.01,
           "train_dendrites": True, "perforated": True}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "cc": {"config": PAPER},
@@ -58,7 +59,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "cc-relu-corr": {"config": {**PAPER, "objective": "correlation",
                                 "dendrite_activation": "relu"}},
     "cc-mean-plateau": {"config": PAPER, "tracker": {"plateau": "mean"}},
-    "gd": {"config": {**PAPER, "dendrite_learning": "gd"}},
+    "gd": {"config": {**PAPER, "dendrite_phase": "task_loss"}},
     "anchor-sparse32": {"config": {**ANCHOR, "dendrite_inputs": 32}},
     "anchor-top32": {"config": {**ANCHOR, "dendrite_inputs": 32,
                                 "dendrite_input_selection": "correlation"}},

@@ -90,7 +90,8 @@ def _build_net(spec: str) -> nn.Module:
 
 
 def _parse_config(text: str | None, preset: str = "default") -> Any:
-    """The `preset`'s config (`demo.PRESETS`), with the fields of the JSON `text` changed."""
+    """The `preset`'s config (`demo.PRESETS`), with the fields of the JSON `text` changed (those
+    of ``"cascade"`` one by one)."""
     if text is None:
         return PRESETS[preset]()
     source = text
@@ -106,7 +107,10 @@ def _parse_config(text: str | None, preset: str = "default") -> Any:
         raise CLIError(f"--config: invalid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise CLIError("--config must be a JSON object of PerforationConfig fields")
-    return PerforationConfig.from_dict({**PRESETS[preset]().to_dict(), **data})
+    base = PRESETS[preset]().to_dict()
+    if isinstance(data.get("cascade"), dict):  # change only the knobs it names
+        data = {**data, "cascade": {**base["cascade"], **data["cascade"]}}
+    return PerforationConfig.from_dict({**base, **data})
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -172,7 +176,7 @@ def inspect_model(net: nn.Module, config: Any, input_shape: tuple[int, ...] | No
     """Dry run: per targeted layer, the costs it answers (`DendriteLayer.costs`): neurons,
     fan-in, parameters and multiply-adds of the layer, of one dendrite set (the first: set j
     adds ``(j - 1) * neurons`` cascade weights and as many multiply-adds per position) and of
-    a dendrite phase's candidate pool (none with ``dendrite_learning="none"``). With
+    a dendrite phase's candidate pool (none with ``dendrite_phase="none"``). With
     `input_shape`, multiply-adds are per sample, else per output position."""
     model = perforate(net, config)
     positions = None if input_shape is None else _positions_per_sample(model, input_shape)
@@ -186,10 +190,10 @@ def inspect_model(net: nn.Module, config: Any, input_shape: tuple[int, ...] | No
             "set_macs": c.per_sample(c.set_macs), "pool_params": c.pool_params,
             "pool_macs": c.per_sample(c.pool_macs), "base_macs": c.per_sample(c.base_macs),
             "projection_macs": c.per_sample(c.projection_macs), "costs": c})
-    trains = config.dendrite_learning != "none"
+    trains = config.dendrite_phase != "none"
     return {"layers": rows, "model_params": model.count_parameters(),
-            "candidates": config.candidates if trains else 0, "trains_candidates": trains,
-            "dendrite_learning": config.dendrite_learning, "per_sample": input_shape is not None}
+            "candidates": config.cascade.candidates if trains else 0, "trains_candidates": trains,
+            "dendrite_phase": config.dendrite_phase, "per_sample": input_shape is not None}
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -200,7 +204,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     unit = "per sample" if info["per_sample"] else "per output position"
     growth = (f"K = {info['candidates']} candidate sets per layer" if pool else
               "no candidate pool: each growth adds one untrained set "
-              f"(dendrite_learning={info['dendrite_learning']!r})")
+              f"(dendrite_phase={info['dendrite_phase']!r})")
     print(f"{args.factory}: {len(rows)} layer(s) would get dendrites; {growth}; "
           f"multiply-adds {unit}")
     head = (f"{'layer':<24} {'type':<8} {'neurons':>7} {'fan_in':>6} {'params':>10} "

@@ -33,8 +33,7 @@ from .data import load_digits_split, load_fashion_mnist
 DATASETS = ("digits", "fashion-mnist")
 #: Configurations the demo can train PB with (``perforate demo --preset``).
 PRESETS: dict[str, Callable[[], PerforationConfig]] = {
-    "default": PerforationConfig, "paper": PerforationConfig.paper,
-    "anchor": PerforationConfig.anchor}
+    "default": PerforationConfig, "paper": PerforationConfig.paper}
 
 
 def digits_mlp() -> nn.Module:
@@ -164,8 +163,9 @@ def run_demo(dataset: str = "digits", *, out: str | Path | None = "runs/demo", s
 
 def describe(config: PerforationConfig) -> str:
     """One line: how this configuration's dendrites learn."""
-    learn = {"cc": "Cascade-Correlation candidates", "gd": "candidates trained on the loss",
-             "none": "untrained candidates"}[config.dendrite_learning]
+    learn = {"cascade_correlation": "Cascade-Correlation candidates",
+             "task_loss": "candidates trained on the loss",
+             "none": "untrained candidates"}[config.dendrite_phase]
     after = "trained with the network" if config.train_dendrites else "frozen"
     return (f"{learn}, then {after} ({config.dendrite_activation}, "
             f"{'perforated' if config.perforated else 'not perforated'})")

@@ -72,15 +72,15 @@ class CandidatePool(nn.Module):
         self._activation_ = INPLACE.get(config.dendrite_activation)
         self._activation_fn = FUNCTIONS.get(config.dendrite_activation)  # faster than the module
         ref = geometry.weight
-        self.learning = config.dendrite_learning
+        self.learning = config.dendrite_phase
         # With no candidate training ("none") one candidate per neuron is installed as drawn.
-        k = 1 if self.learning == "none" else config.candidates
+        k = 1 if self.learning == "none" else config.cascade.candidates
         n, d = geometry.num_neurons, num_dendrites
         w_shape = geometry.neuron_weight_shape
         fan_in = geometry.fan_in if config.dendrite_inputs is None \
             else min(config.dendrite_inputs, geometry.fan_in)
-        w_std = config.candidate_weight_std
-        if config.candidate_init == "fan_in":
+        w_std = config.dendrite_weight_std
+        if config.dendrite_init == "fan_in":
             w_std /= fan_in ** 0.5
 
         def normal(*shape: int, std: float) -> Tensor:
@@ -103,11 +103,11 @@ class CandidatePool(nn.Module):
         self.mask: Tensor | None
         self.register_buffer("mask", mask)
         self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(normal(k, n, std=config.candidate_bias_std))
+        self.bias = nn.Parameter(normal(k, n, std=config.dendrite_bias_std))
         self.cascade = nn.Parameter(torch.zeros(k, d, n, device=ref.device, dtype=ref.dtype))
-        self.gd = self.learning == "gd"
+        self.gd = self.learning == "task_loss"
         if self.gd:
-            self.output = nn.Parameter(normal(k, n, std=config.gd_output_init_std))
+            self.output = nn.Parameter(normal(k, n, std=config.cascade.task_loss_output_std))
 
         dev = ref.device
         acc = accumulator_dtype(dev)
@@ -162,7 +162,7 @@ class CandidatePool(nn.Module):
 
     def attach(self, z: Tensor, c: Tensor) -> Tensor:
         """Return the layer output to use downstream: z itself (plus the candidates' output
-        term for dendrite_learning="gd"), routed through `ErrorTap` to observe its error."""
+        term for dendrite_phase="task_loss"), routed through `ErrorTap` to observe its error."""
         if self.gd:
             z = z + self.geometry.combine(c, self.output)
             c = c.detach()
@@ -223,8 +223,8 @@ class CandidatePool(nn.Module):
         mean_e_b = se / p
         var_e_b = (se2 / p - mean_e_b * mean_e_b).clamp_min(0)
         mean_c_b = sc / p
-        w = torch.where(self.seen == 0, 1.0, 1.0 - cfg.running_momentum) * valid
-        if cfg.centering == "running":  # the paper: centre with means of previous batches
+        w = torch.where(self.seen == 0, 1.0, 1.0 - cfg.cascade.running_momentum) * valid
+        if cfg.cascade.centering == "running":  # the paper: centre with means of previous batches
             e_bar = torch.where(self.seen == 0, mean_e_b, self.mean_e)
             c_bar = torch.where(self.seen == 0, mean_c_b, self.mean_c)
         self.error_var.lerp_(var_e_b, w)
@@ -236,14 +236,14 @@ class CandidatePool(nn.Module):
             return None
 
         # S[k, n] * s_n = sum_p (c - c̄)(e - ē)  (eq. 3.3)
-        if cfg.centering == "batch" or cfg.objective == "correlation":
+        if cfg.cascade.centering == "batch" or cfg.cascade.objective == "correlation":
             e_bar = mean_e_b
             s_raw = sce - sc * se / p
         else:
             s_raw = sce - c_bar * se - e_bar * sc + p * c_bar * e_bar
         self.cov.lerp_(s_raw / p, w)
-        sign = torch.sign(self.cov if cfg.sign_source == "running" else s_raw)
-        if cfg.objective == "correlation":
+        sign = torch.sign(self.cov if cfg.cascade.sign_source == "running" else s_raw)
+        if cfg.cascade.objective == "correlation":
             centred_e = geo.unsqueeze_set(batch.centred_error(geo.expand(e_bar)))
             centred_c = c - geo.expand(mean_c_b.to(c.dtype))
             if batch.keep is not None:
@@ -253,7 +253,7 @@ class CandidatePool(nn.Module):
             sq = geo.sum_sq_stacked(centred_c).float()
             self._reduce([sq])
             var_c = (sq / p).clamp_min(
-                cfg.min_candidate_variance)
+                cfg.cascade.min_variance)
             inv_e = torch.where(var_e_b > 0, var_e_b.rsqrt(), 0.0)
             a = -sign * var_c.rsqrt() * inv_e  # on the centred error
             b = sign * (s_raw / p) * var_c.pow(-1.5) * inv_e  # on the centred candidate
@@ -263,7 +263,7 @@ class CandidatePool(nn.Module):
                                  geo.expand(b.to(c.dtype)), centred_c)
             return grad.to(batch.dtype)
         scale = sign.neg_() if factor is None else sign.neg_() * factor
-        if cfg.normalize_error:
+        if cfg.cascade.normalize_error:
             scale *= torch.where(self.error_var > 0, self.error_var.rsqrt(), 0.0)
         return batch.scaled_centred_error(geo, scale, e_bar).to(batch.dtype)
 
@@ -282,7 +282,7 @@ class CandidatePool(nn.Module):
     @torch.no_grad()
     def correlations(self) -> Tensor:
         """Signed Pearson correlation ``[K, N]`` over the epoch so far."""
-        return self.sums.pearson(self.config.min_candidate_variance)
+        return self.sums.pearson(self.config.cascade.min_variance)
 
     @torch.no_grad()
     def close_epoch(self, layer_name: str) -> EpochReport:
@@ -302,11 +302,11 @@ class CandidatePool(nn.Module):
                 "cascade": self.cascade[k, :, idx].T}
         if self.gd:
             rows["output"] = self.output[k, idx]
-        elif self.config.output_init == "least_squares":
+        elif self.config.cascade.output_init == "least_squares":
             # The a that best fits the negative per-sample error -P e (P positions per batch:
             # dLoss/dz of a mean-reduced loss is the residual / P) with a * c: -P cov / var.
             per_batch = self.sums.count / self.batches.clamp_min(1)
-            slope = cov[k, idx] / var_c[k, idx].clamp_min(self.config.min_candidate_variance)
+            slope = cov[k, idx] / var_c[k, idx].clamp_min(self.config.cascade.min_variance)
             rows["output"] = (-per_batch * slope).to(self.best_output.dtype)
         if self.mask is not None:
             rows["mask"] = self.mask[k, idx]
@@ -315,7 +315,7 @@ class CandidatePool(nn.Module):
         if not bool(finite):
             raise NonFiniteError(
                 f"layer {layer_name!r}: non-finite errors or candidate activations in the "
-                "dendrite phase (check the loss for inf/nan, or lower candidate_lr)")
+                "dendrite phase (check the loss for inf/nan, or lower cascade.lr)")
         self.best_corr[idx] = epoch_best[idx]
         self.best_sign[idx] = torch.sign(corr[k, idx]).to(self.best_sign.dtype)
         self.best_weight[idx] = rows["weight"]
@@ -365,12 +365,12 @@ class CandidatePool(nn.Module):
                            sign=torch.ones_like(self.best_sign), output=None,
                            mask=None if self.mask is None else self.mask[0].clone(),
                            alive=torch.ones_like(self.best_bias))  # no correlation to judge
-        ls = self.config.output_init == "least_squares"
+        ls = self.config.cascade.output_init == "least_squares"
         output = None
         if self.gd:
             output = self.best_output.clone()
         elif ls:
-            output = self.best_output * self.config.output_init_shrink
+            output = self.best_output * self.config.cascade.output_init_shrink
         return Winners(weight=self.best_weight.clone(), bias=self.best_bias.clone(),
                        cascade=self.best_cascade.clone(), corr=self.best_corr.clone(),
                        sign=self.best_sign.clone(), output=output,

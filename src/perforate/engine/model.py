@@ -128,15 +128,15 @@ class PerforatedModel(nn.Module):
 
     @property
     def trains_candidates(self) -> bool:
-        """False when candidates are installed as drawn (``dendrite_learning="none"``): a
+        """False when candidates are installed as drawn (``dendrite_phase="none"``): a
         dendrite phase then needs no epoch (`grow` adds a set at once)."""
-        return self.config.dendrite_learning != "none"
+        return self.config.dendrite_phase != "none"
 
     def grow(self, attempt: int = 0) -> dict[str, dict[str, float]]:
-        """Add a dendrite set without a dendrite phase (``dendrite_learning="none"``)."""
+        """Add a dendrite set without a dendrite phase (``dendrite_phase="none"``)."""
         if self.trains_candidates:
-            raise PhaseError("grow() adds untrained dendrites; with dendrite_learning="
-                             f"{self.config.dendrite_learning!r} run a dendrite phase")
+            raise PhaseError("grow() adds untrained dendrites; with dendrite_phase="
+                             f"{self.config.dendrite_phase!r} run a dendrite phase")
         self.begin_dendrite_phase(attempt)
         return self.end_dendrite_phase()
 
@@ -181,7 +181,7 @@ class PerforatedModel(nn.Module):
         skip_nonfinite_steps(self._optimizer)  # a batch left out of the statistics
         self._phase = DENDRITE
         logger.info("dendrite phase %d: %d candidate(s) per layer", self.num_dendrites + 1,
-                    self.config.candidates)
+                    self.config.cascade.candidates)
 
     def _keep_norm_stats(self) -> None:
         """Copies of the normalisation layers' running statistics, put back when the dendrite
@@ -198,11 +198,11 @@ class PerforatedModel(nn.Module):
         self._sync = sync
 
     def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        cls = candidate_optimizer_class(self.config.candidate_optimizer)
-        kwargs = dict(self.config.candidate_optimizer_kwargs)
+        cls = candidate_optimizer_class(self.config.cascade.optimizer)
+        kwargs = dict(self.config.cascade.optimizer_kwargs)
         if not {"foreach", "fused"} & kwargs.keys():
             kwargs.update(fast_step(cls, params))
-        return cls(params, lr=self.config.candidate_lr, **kwargs)
+        return cls(params, lr=self.config.cascade.lr, **kwargs)
 
     def candidate_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer that trains this dendrite phase's candidates (step it per batch)."""

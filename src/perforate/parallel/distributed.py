@@ -18,7 +18,7 @@ install reads is reduced across ranks (see ``docs/distributed.md``):
   ranks exchange those instead (one all-gather per such layer, after the sum) and each
   computes the global batch's weight gradient
   (`DistributedSync.linear`). Gradients that reach the candidates through the
-  user's backward itself (dendrite_learning="gd") are summed before the optimizer step;
+  user's backward itself (dendrite_phase="task_loss") are summed before the optimizer step;
 - scores given to ``Tracker.step`` are averaged across ranks (one all-reduce per epoch), once
   the ranks have met at the end of the epoch with equal batch counts, each waiting at most
   `DistributedSync.timeout` for the others (`perforate.parallel.epoch_meeting`).

@@ -40,7 +40,7 @@ class DistributedCandidatePool(CandidatePool):
 
     def params_to_sum(self) -> list[nn.Parameter]:
         """The parameters whose gradients the optimizer step must sum across ranks: those of
-        dendrite_learning="gd", which the user's backward reaches through the layer output.
+        dendrite_phase="task_loss", which the user's backward reaches through the layer output.
         Cascade-Correlation's are summed at the end of that backward (`observe_later`)."""
         return self._summed() if self.gd else []
 

@@ -315,8 +315,8 @@ class DendriteLayer(nn.Module):
         cascade[d, :d] = winners.cascade
         if winners.output is not None:
             a_new = winners.output
-        elif self.config.output_init == "signed":
-            a_new = -winners.sign * self.config.output_init_eps
+        elif self.config.cascade.output_init == "signed":
+            a_new = -winners.sign * self.config.cascade.output_init_eps
         else:
             a_new = ref.new_zeros(n)
         self._assign(torch.cat([self.dendrite_weight, winners.weight.unsqueeze(0)]),

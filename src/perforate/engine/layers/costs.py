@@ -46,10 +46,10 @@ class LayerCosts:
     """``dendrite_rank``: P's multiply-adds per output position (once for all sets)."""
     candidates: int
     """K: candidate sets trained per dendrite phase; 0 without candidate training
-    (``dendrite_learning="none"``: a growth installs one untrained set, no pool)."""
+    (``dendrite_phase="none"``: a growth installs one untrained set, no pool)."""
     pool_params: int
     """Parameters of the first dendrite phase's pool (its trained tensors: V dense, biases,
-    with "gd" output weights); 0 without a pool."""
+    with "task_loss" output weights); 0 without a pool."""
     pool_macs: int
     """The pool's multiply-adds per output position (its V's ops); 0 without a pool."""
     positions: int | None = None
@@ -80,8 +80,8 @@ def layer_costs(layer: Any, fan_ins: Tensor, positions: int | None = None, *,
     once = 0 if proj is None else fan_in * geo.fan_in
     m = config.dendrite_inputs
     used = fan_ins if m is None else fan_ins.clamp(max=m)
-    k = 0 if config.dendrite_learning == "none" else config.candidates
-    per_candidate = n * geo.fan_in + n + (n if config.dendrite_learning == "gd" else 0)
+    k = 0 if config.dendrite_phase == "none" else config.cascade.candidates
+    per_candidate = n * geo.fan_in + n + (n if config.dendrite_phase == "task_loss" else 0)
     base = layer.base_layer
     # An attention projection is a parameter-free view: count the weights it reads.
     params = sum(p.numel() for p in base.parameters()) or (

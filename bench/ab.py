@@ -30,12 +30,10 @@ def worker() -> None:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from epoch_cost import load_data, time_phase
+    from epoch_cost import DEFAULT, load_data, time_phase
 
-    from perforate.config import ANCHOR
-
-    configs = {"neuron": {}, "dendrite": {}, "default": ANCHOR,  # the default: trained sets
-               "trained": {**ANCHOR, "perforated": True}}  # trained, perforated
+    configs = {"neuron": {}, "dendrite": {}, "default": DEFAULT,  # the default: trained sets
+               "trained": {**DEFAULT, "perforated": True}}  # trained, perforated
 
     args = argparse.Namespace(batch=int(os.environ["AB_BATCH"]), repeats=1)
     x, y, _ = load_data(int(os.environ["AB_SAMPLES"]))

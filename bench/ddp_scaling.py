@@ -40,7 +40,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import perforate as pf
 from perforate.engine.allocator import keep_cpu_memory
-from perforate.parallel.distributed import DistributedSync, rewrap
+from perforate.parallel.ddp import rewrap
+from perforate.parallel.distributed import DistributedSync
 
 
 def _epoch(module: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,

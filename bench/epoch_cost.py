@@ -32,16 +32,20 @@ from mnist_net import MnistNet, load_data, run_epoch, sync
 from torch import nn
 
 import perforate as pf
-from perforate.config import ANCHOR
+from perforate.config import PAPER
 from perforate.engine.allocator import keep_cpu_memory
 
 __all__ = ["MnistNet", "load_data", "model_with", "run_epoch", "time_phase"]
 
 
+#: The default's values of the fields `paper()` sets: `paper(**DEFAULT)` is `PerforationConfig()`
+#: (trained sets, no dendrite phase).
+DEFAULT = {k: getattr(pf.PerforationConfig(), k) for k in PAPER}
+
 def model_with(dendrites: int, device: torch.device, candidates: int = 4,
                **config: object) -> pf.PerforatedModel:
     """The network with `dendrites` random sets installed, in the paper's configuration
-    (frozen sets, Cascade-Correlation dendrite phases) changed by `config` (e.g. `ANCHOR`,
+    (frozen sets, Cascade-Correlation dendrite phases) changed by `config` (e.g. `DEFAULT`,
     the default's fields: trained sets, no dendrite phase)."""
     torch.manual_seed(0)
     model = pf.perforate(MnistNet(), pf.PerforationConfig.paper(candidates=candidates, seed=0,
@@ -146,9 +150,9 @@ def main() -> None:
     for d in (1, 2, 3):
         add("neuron", d, None, (3 + d) / 3)
     for d in (1, 2, 3):  # dendrites trained with the network, perforated (no input gradient)
-        add("neuron (trained, perf.)", d, None, (3 + 2 * d) / 3, **{**ANCHOR, "perforated": True})
+        add("neuron (trained, perf.)", d, None, (3 + 2 * d) / 3, **{**DEFAULT, "perforated": True})
     for d in (1, 2, 3):  # the default: trained, not perforated (each set: a layer's full cost)
-        add("neuron (default)", d, None, 1.0 + d, **ANCHOR)
+        add("neuron (default)", d, None, 1.0 + d, **DEFAULT)
     for k in (1, 4):
         add("dendrite", 0, k, (2 + 2 * k) / 3)
     if args.compare_optimizers:

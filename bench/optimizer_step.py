@@ -1,7 +1,7 @@
 """Seconds per candidate-optimizer step: PyTorch's per-tensor loop, its multi-tensor step and
 its fused kernel, on the candidate parameters of the MNIST-example CNN's dendrite phase (the
 model's own, drawn by `begin_dendrite_phase`), with random gradients. What
-`perforate.engine.model.fast_step` chooses between. Prints a table and writes
+`perforate.engine.candidate_optimizer.fast_step` chooses between. Prints a table and writes
 ``bench/results/optimizer_step.json``.
 
     python bench/optimizer_step.py [--candidates 4] [--steps 30] [--threads 1] [--out FILE]

@@ -67,13 +67,12 @@ class Ours:
 
     def __init__(self, samples: int, batch: int) -> None:
         import torch
-        from epoch_cost import model_with
+        from epoch_cost import DEFAULT, model_with
 
         import perforate as pf
-        from perforate.config import ANCHOR
 
         self.pf, self.torch, self.model_with = pf, torch, model_with
-        self.defaults = ANCHOR  # the fields by which PerforationConfig() differs from paper()
+        self.defaults = DEFAULT  # the fields by which PerforationConfig() differs from paper()
         self.x, self.y = random_data(samples)
         self.batch, self.d, self.calls = batch, 0, 0
         self.tmp = Path(tempfile.mkdtemp(prefix="perforate-bench-"))

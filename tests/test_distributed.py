@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import perforate as pf
-from perforate.parallel.distributed import check_not_sharded
+from perforate.parallel.ddp import check_not_sharded
 
 WORLD, LOCAL_BATCH, BATCHES, EPOCHS = 2, 8, 3, 9
 
@@ -479,7 +479,7 @@ def test_fsdp_is_refused_clearly() -> None:
 
 
 def test_unused_parameters_are_the_empty_ones_and_a_single_sets_cascade() -> None:
-    from perforate.parallel.distributed import unused_parameters
+    from perforate.parallel.ddp import unused_parameters
 
     model = pf.perforate(nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)),
                          _config("default"))

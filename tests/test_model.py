@@ -212,7 +212,7 @@ def test_candidate_optimizer_takes_pytorchs_fastest_step_with_the_same_trajector
 
 
 def test_fast_step_is_foreach_where_there_is_no_fused_kernel() -> None:
-    from perforate.engine.model import fast_step
+    from perforate.engine.candidate_optimizer import fast_step
 
     p = nn.Parameter(torch.ones(3))
     assert fast_step(torch.optim.Adam, [p]) == {"fused": True}

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import itertools
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_type_hints
 
-import torch
-from torch import nn
-
 from .engine.activations import ACTIVATIONS
+from .engine.candidate_optimizer import check_optimizer_kwargs
 from .errors import ConfigError
-
-#: A target selector: an exact qualified name, a name suffix, a regex, or a module type.
-Selector = str | type
+from .selectors import Selector, check_selectors, selectors_from_json, selectors_to_json
 
 DendritePhase = Literal["none", "cascade_correlation", "task_loss"]
 InputSelection = Literal["random", "correlation"]
@@ -120,7 +114,7 @@ class CascadeCorrelation:
         if not isinstance(self.optimizer_kwargs, dict):
             raise ConfigError("cascade.optimizer_kwargs must be a dict, "
                               f"got {type(self.optimizer_kwargs).__name__}")
-        _check_optimizer_kwargs(self.optimizer, self.lr, self.optimizer_kwargs)
+        check_optimizer_kwargs(self.optimizer, self.lr, self.optimizer_kwargs)
         object.__setattr__(self, "optimizer_kwargs", _FrozenDict(self.optimizer_kwargs))
 
     def replace(self, **changes: Any) -> CascadeCorrelation:
@@ -200,8 +194,8 @@ class PerforationConfig:
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first invalid field."""
-        _check_selectors("target_modules", self.target_modules)
-        _check_selectors("exclude_modules", self.exclude_modules)
+        check_selectors("target_modules", self.target_modules)
+        check_selectors("exclude_modules", self.exclude_modules)
         _check_literal("dendrite_activation", self.dendrite_activation, tuple(ACTIVATIONS))
         for name in ("dendrite_phase", "dendrite_init", "dendrite_input_selection"):
             _check_literal(name, getattr(self, name), _hint(type(self), name))
@@ -250,7 +244,7 @@ class PerforationConfig:
         ``"type:module.Class"`` strings."""
         out = dataclasses.asdict(self)
         for name in ("target_modules", "exclude_modules"):
-            out[name] = _selectors_to_json(getattr(self, name))
+            out[name] = selectors_to_json(getattr(self, name))
         out["cascade"]["optimizer_kwargs"] = dict(out["cascade"]["optimizer_kwargs"])
         return out
 
@@ -265,7 +259,7 @@ class PerforationConfig:
             raise ConfigError(f"unknown PerforationConfig field(s): {', '.join(unknown)}")
         for name in ("target_modules", "exclude_modules"):
             if name in data:
-                data[name] = _selectors_from_json(data[name])
+                data[name] = selectors_from_json(data[name])
         if "cascade" in data:
             cascade = dict(data["cascade"])
             known = {f.name for f in dataclasses.fields(CascadeCorrelation)}
@@ -350,37 +344,6 @@ class _FrozenDict(dict):  # type: ignore[type-arg]
         return type(self), (dict(self),)
 
 
-def candidate_optimizer_class(name: str) -> type[torch.optim.Optimizer]:
-    """The ``torch.optim`` class of a `CascadeCorrelation.optimizer` name."""
-    return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-            "rmsprop": torch.optim.RMSprop}[name]
-
-
-def _check_optimizer_kwargs(name: str, lr: float, kwargs: dict[str, Any]) -> None:
-    """Build the candidate optimizer on a dummy parameter, so that a bad keyword fails when
-    the config is made, not at the first growth. ``fused=True`` is left out of the trial: it
-    depends on the device of the parameters (`perforate.engine.model.fast_step`)."""
-    cls = candidate_optimizer_class(name)
-    taken = [k for k in kwargs if k in ("params", "lr")]
-    if taken:
-        raise ConfigError(f"cascade.optimizer_kwargs: {taken[0]!r} is set by the library "
-                          "(the candidates' parameters; cascade.lr)")
-    accepted = inspect.signature(cls).parameters
-    unknown = [k for k in kwargs if k not in accepted]
-    if unknown:
-        raise ConfigError(f"cascade.optimizer_kwargs: {cls.__name__} takes no "
-                          f"{', '.join(map(repr, unknown))}")
-    if kwargs.get("fused") and kwargs.get("foreach"):
-        raise ConfigError("cascade.optimizer_kwargs: 'fused' and 'foreach' cannot both be "
-                          "True")
-    trial = {k: v for k, v in kwargs.items() if not (k == "fused" and v)}
-    try:
-        cls([torch.zeros(1, requires_grad=True)], lr=lr, **trial)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"cascade.optimizer_kwargs {dict(kwargs)!r} are not valid for "
-                          f"{cls.__name__}: {exc}") from exc
-
-
 def _check_literal(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
@@ -391,74 +354,3 @@ def _check_number(name: str, value: Any, *, positive: bool) -> None:
     if not ok or value < 0 or (positive and value == 0):
         kind = "a positive" if positive else "a non-negative"
         raise ConfigError(f"{name} must be {kind} finite number, got {value!r}")
-
-
-def selector_list(selectors: Sequence[Selector] | Selector | None) -> list[Selector]:
-    """`selectors` as a list: None -> [], one selector -> [it]."""
-    if selectors is None:
-        return []
-    if isinstance(selectors, (str, type)):
-        return [selectors]
-    return list(selectors)
-
-
-def _check_selectors(name: str, selectors: Any) -> None:
-    if selectors is None:
-        return
-    if not isinstance(selectors, (str, type, list, tuple)):
-        raise ConfigError(f"{name} must be None, a str, a module type or a list of those; "
-                          f"got {type(selectors).__name__}")
-    items = selector_list(selectors)
-    if not items:
-        raise ConfigError(f"{name} is empty; use None to mean 'all'")
-    for item in items:
-        if isinstance(item, type):
-            if not issubclass(item, nn.Module):
-                raise ConfigError(f"{name}: {item!r} is not an nn.Module subclass")
-        elif not isinstance(item, str) or not item:
-            raise ConfigError(f"{name}: selectors must be non-empty str or module types; "
-                              f"got {item!r}")
-
-
-def _selectors_to_json(selectors: Any) -> list[str] | None:
-    if selectors is None:
-        return None
-    return [f"type:{s.__module__}.{s.__qualname__}" if isinstance(s, type) else s
-            for s in selector_list(selectors)]
-
-
-def _saved_type(path: str) -> type[nn.Module]:
-    """The class a saved ``"type:module.Class"`` selector names, looked up only among the
-    modules already imported (``sys.modules``: torch's layers, the library's, the user's).
-    Nothing is imported and no module ``__getattr__`` runs: a file must not run code."""
-    parts = path.split(".")
-    found: Any = None
-    for cut in range(len(parts) - 1, 0, -1):  # longest imported module prefix first
-        obj: Any = sys.modules.get(".".join(parts[:cut]))
-        for name in parts[cut:]:
-            obj = getattr(obj, "__dict__", {}).get(name)
-        if obj is not None:
-            found = obj
-            break
-    if found is None:
-        module = ".".join(itertools.takewhile(lambda p: not p[:1].isupper(), parts[:-1]))
-        raise ConfigError(
-            f"unknown module type {path!r} in a saved selector: perforate never imports a "
-            f"module a file names; if you trust it, import the module that defines the class "
-            f"before loading (`import {module or path}`), as you do to register a wrapper "
-            "for it")
-    if not (isinstance(found, type) and issubclass(found, nn.Module)):
-        raise ConfigError(f"saved module type {path!r} is {found!r}, not an nn.Module subclass")
-    return found
-
-
-def _selectors_from_json(items: Any) -> list[Selector] | None:
-    if items is None:
-        return None
-    out: list[Selector] = []
-    for item in selector_list(items):
-        if isinstance(item, str) and item.startswith("type:"):
-            out.append(_saved_type(item[5:]))
-        else:
-            out.append(item)
-    return out

@@ -18,8 +18,8 @@ from .. import private_api
 from ..config import PerforationConfig
 from ..errors import NonFiniteError
 from .activations import FUNCTIONS, INPLACE
+from .error_tap import ErrorTap
 from .geometry import Geometry
-from .masking import mask_for
 from .stats import CorrelationSums, ObservedBatch, accumulator_dtype
 
 logger = logging.getLogger(__name__)
@@ -376,38 +376,3 @@ class CandidatePool(nn.Module):
                        sign=self.best_sign.clone(), output=output,
                        mask=None if self.best_mask is None else self.best_mask.clone(),
                        alive=(self.best_corr > 0).to(self.best_bias.dtype))
-
-
-class ErrorTap(torch.autograd.Function):
-    """Identity on the layer output whose backward sees the neuron error dLoss/dz'.
-
-    The backward passes the error on unchanged and returns the candidates' Cascade-Correlation
-    gradient, so the user's single ``loss.backward()`` trains the candidates. In a distributed
-    run (``held``: ``(candidates' activation,)``, in a tuple so that autograd sees no edge to
-    it; ``c`` then a detached stand-in) it returns no gradient to them and hands the error to
-    `DistributedCandidatePool.observe_later` instead.
-    """
-
-    @staticmethod
-    def forward(ctx, z: Tensor, c: Tensor, pool: CandidatePool,  # type: ignore[override]
-                held: tuple[Tensor, ...]) -> Tensor:
-        ctx.pool = pool
-        ctx.mask = mask_for(pool.geometry.position_shape(z))  # read at forward time
-        ctx.held = held
-        if not held:
-            ctx.save_for_backward(c)
-        # z is a fresh output that only this layer holds: declaring it "dirty" returns it
-        # without a copy and without making it a view, so that in-place ops downstream
-        # (ReLU(inplace=True)) still work. Its values are not changed.
-        ctx.mark_dirty(z)
-        return z
-
-    @staticmethod
-    def backward(ctx, grad: Tensor  # type: ignore[override]
-                 ) -> tuple[Tensor, Tensor | None, None, None]:
-        if ctx.held:
-            (held,), ctx.held = ctx.held, ()
-            ctx.pool.observe_later(held, grad, ctx.mask)  # a DistributedCandidatePool
-            return grad, None, None, None
-        (c,) = ctx.saved_tensors
-        return grad, ctx.pool.observe(c, grad, ctx.mask), None, None

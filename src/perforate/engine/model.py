@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import logging
 import statistics
 from collections.abc import Iterator
@@ -16,12 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from .. import private_api
-from ..config import PerforationConfig, candidate_optimizer_class
+from ..config import PerforationConfig
 from ..errors import PhaseError
 from ..io.storage import check_structure, save_pretrained
 from ..parallel.distributed import DistributedSync
 from ..parallel.distributed_pool import DistributedCandidatePool
 from ..training.finite import skip_nonfinite_steps
+from .candidate_optimizer import make_optimizer
 from .candidates import CandidatePool, EpochReport
 from .layers import CompositeLayer, DendriteLayer, WrapperRegistry, default_registry
 from .layers.composite import top_wrappers
@@ -198,11 +198,8 @@ class PerforatedModel(nn.Module):
         self._sync = sync
 
     def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        cls = candidate_optimizer_class(self.config.cascade.optimizer)
-        kwargs = dict(self.config.cascade.optimizer_kwargs)
-        if not {"foreach", "fused"} & kwargs.keys():
-            kwargs.update(fast_step(cls, params))
-        return cls(params, lr=self.config.cascade.lr, **kwargs)
+        cascade = self.config.cascade
+        return make_optimizer(cascade.optimizer, cascade.lr, cascade.optimizer_kwargs, params)
 
     def candidate_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer that trains this dendrite phase's candidates (step it per batch)."""
@@ -382,20 +379,3 @@ def _warn_clamped_inputs(config: PerforationConfig, layers: dict[str, DendriteLa
     if clamped:
         logger.warning("dendrite_inputs=%d is more than the fan-in of %d layer(s): %s; their "
                        "dendrites see all of their inputs", m, len(clamped), ", ".join(clamped))
-
-
-def fast_step(cls: type[torch.optim.Optimizer], params: list[nn.Parameter]) -> dict[str, bool]:
-    """The fastest step PyTorch has for `params`, as optimizer kwargs: its fused kernel where
-    `cls` has one for their device (Adam, AdamW and SGD; on a CPU since torch 2.4), else, on
-    a CPU, its multi-tensor step (bitwise the per-tensor loop PyTorch defaults to there).
-
-    A candidate optimizer steps a few large tensors (K copies of each layer's weights): on the
-    MNIST CNN's 4.8 M candidate parameters an Adam step takes 29.0 ms per tensor, 13.0 ms
-    multi-tensor and 4.4 ms fused on one CPU thread (``bench/optimizer_step.py``). The fused
-    step rounds differently from the loop, within float32 rounding."""
-    supported = private_api.fused_kernel_devices()
-    devices = {p.device.type for p in params}
-    if ("fused" in inspect.signature(cls).parameters and devices <= set(supported)
-            and all(p.is_floating_point() for p in params)):
-        return {"fused": True}
-    return {"foreach": True} if devices == {"cpu"} else {}

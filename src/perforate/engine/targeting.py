@@ -8,8 +8,9 @@ from collections import Counter
 
 from torch import nn
 
-from ..config import PerforationConfig, Selector, selector_list
+from ..config import PerforationConfig
 from ..errors import TargetError
+from ..selectors import Selector, selector_list
 from .layers import DendriteLayer, WrapperRegistry
 from .layers.layout import layout_mismatch
 

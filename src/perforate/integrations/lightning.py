@@ -35,7 +35,7 @@ from .. import private_api
 from .._extras import require
 from ..engine.candidates import CandidatePool
 from ..engine.model import DENDRITE, PerforatedModel
-from ..parallel.distributed import retire, rewrap
+from ..parallel.ddp import retire, rewrap
 from ..training.schedule import SETTINGS, Schedule, monitored, reject_moved_settings
 from ..training.tracker import Tracker
 

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..engine.candidates import CandidatePool, ErrorTap
+from ..engine.candidates import CandidatePool
+from ..engine.error_tap import ErrorTap
 from ..engine.geometry import LinearGeometry
 from ..engine.stats import ObservedBatch
 from .distributed import DistributedSync

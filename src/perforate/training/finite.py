@@ -65,12 +65,12 @@ def check_score(name: str, value: float | None, *, context: str = "") -> None:
 def skip_nonfinite_steps(optimizer: torch.optim.Optimizer) -> None:
     """Make `optimizer` skip every step whose gradients are not all finite.
 
-    Fused optimizers (``fused=True``: what `perforate.engine.model.fast_step` chooses where PyTorch
-    has the kernel) skip on the device through their ``found_inf`` input, the one a
-    ``GradScaler`` uses: no host sync, and Adam's step count is not advanced. Others read the
-    check on the host (one sync per step) and drop the gradients of a bad step, so the step
-    leaves parameters and state alone. Under a ``GradScaler`` that already checked the
-    gradients (it sets ``found_inf`` itself), nothing is added.
+    Fused optimizers (``fused=True``: what `perforate.engine.candidate_optimizer.fast_step`
+    chooses where PyTorch has the kernel) skip on the device through their ``found_inf``
+    input, the one a ``GradScaler`` uses: no host sync, and Adam's step count is not
+    advanced. Others read the check on the host (one sync per step) and drop the gradients of a
+    bad step, so the step leaves parameters and state alone. Under a ``GradScaler`` that
+    already checked the gradients (it sets ``found_inf`` itself), nothing is added.
     """
     fused = all(group.get("fused") for group in optimizer.param_groups)
     owned = "_perforate_found_inf"

@@ -32,15 +32,8 @@ from torch import nn
 
 from ..engine.model import DENDRITE, NEURON, PerforatedModel
 from ..errors import DistributedError, PhaseError
-from ..parallel.distributed import (
-    DistributedSync,
-    Wrap,
-    check_not_sharded,
-    is_ddp,
-    retire,
-    rewrap,
-    wrap_like,
-)
+from ..parallel.ddp import Wrap, check_not_sharded, is_ddp, retire, rewrap, wrap_like
+from ..parallel.distributed import DistributedSync
 from .finite import check_parameters, check_score
 from .optimizers import Optimization, OptimizerFactory, SchedulerFactory
 from .records import RunRecords, opt_float

@@ -19,7 +19,6 @@ In the dendrite phase a `CandidatePool` is attached and the output is routed thr
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +33,7 @@ from ..candidates import CandidatePool, Winners
 from ..geometry import Geometry, LinearGeometry, ProjectedLinearGeometry
 from .costs import LayerCosts, layer_costs
 from .dendrite_term import fusable, term_function
+from .input_correlation import watch_input_correlation
 
 
 def base_view(name: str) -> property:
@@ -106,7 +106,7 @@ class DendriteLayer(nn.Module):
         self.input_score: Tensor | None
         self.register_buffer("input_score", None, persistent=False)
         if config.dendrite_input_selection == "correlation":
-            self._watch_input_correlation()
+            self.input_score = watch_input_correlation(self)
 
     # ----------------------------------------------------------------------------- structure
     @property
@@ -247,29 +247,6 @@ class DendriteLayer(nn.Module):
             g = self._activation_ if inplace else self._activation_fn or self.activation
             hs.append(g(u))  # type: ignore[misc]
         return hs
-
-    def _watch_input_correlation(self) -> None:
-        """Sum |dLoss/dW| of the layer's weight after every backward into `input_score`: for
-        neuron n and input i, |Σ_batch error_n × input_i|, the size of their correlation
-        (one abs and add per backward, on the device)."""
-        weight, geo = self.geometry.weight, self.geometry
-        rows = (self.num_neurons, *geo.neuron_weight_shape)
-        if not isinstance(weight, nn.Parameter) or geo.neuron_weights(weight).shape != rows:
-            raise ConfigError(
-                f"dendrite_input_selection='correlation' needs a layer whose weight is one "
-                f"parameter holding its neurons' inputs (Linear, ConvNd, ConvTransposeNd); "
-                f"{type(self.base_layer).__name__}'s is not: leave it out (exclude_modules) "
-                "or use 'random'")
-        self.input_score = torch.zeros(self.num_neurons, *self.geometry.neuron_weight_shape,
-                                       device=weight.device, dtype=torch.float32)
-        layer = weakref.ref(self)  # the parameter must not keep its wrapper alive
-
-        def accumulate(param: Tensor) -> None:
-            me = layer()
-            if me is not None and me.input_score is not None and param.grad is not None:
-                me.input_score.add_(me.geometry.neuron_weights(param.grad.detach()).abs())
-
-        weight.register_post_accumulate_grad_hook(accumulate)
 
     # ------------------------------------------------------------------------ dendrite phase
     def begin_candidates(self, generator: torch.Generator | None,

@@ -283,3 +283,49 @@ def test_the_distributed_lines_of_a_pool_live_in_its_distributed_subclass() -> N
     assert issubclass(DistributedCandidatePool, CandidatePool)
     with pytest.raises(RuntimeError, match="observe_later"):
         DistributedCandidatePool.observe(None, torch.zeros(1), torch.zeros(1))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "identity"])
+@pytest.mark.parametrize("layer", ["linear", "conv", "grouped_conv"])
+def test_candidates_activated_without_a_graph_get_autograds_gradients(activation: str,
+                                                                       layer: str) -> None:
+    """The pool applies g in place without a graph and g' in the error tap's backward: the
+    candidates' gradients equal those of autograd through g, with and without installed
+    sets (the cascade), and the stacked output keeps a view's backward (no zero tensor of
+    K layer outputs in the backward)."""
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        first = {"linear": nn.Linear(6, 8), "conv": nn.Conv2d(2, 8, 3, padding=1),
+                 "grouped_conv": nn.Conv2d(4, 8, 3, padding=1, groups=2)}[layer]
+        return nn.Sequential(first, nn.Tanh(), nn.Flatten(), nn.LazyLinear(3))
+
+    x = torch.randn(5, 6) if layer == "linear" else torch.randn(5, 2 if layer == "conv" else 4,
+                                                                  4, 4)
+    target = torch.randn(5, 3)
+    grads = []
+    for fused in (True, False):
+        n = net()
+        n(x)  # materialise the lazy layer
+        model = pf.perforate(n, pf.PerforationConfig.paper(
+            candidates=3, seed=0, dendrite_activation=activation, target_modules=["0"]))
+        wrapped = model.dendrite_layers()["0"]
+        wrapped.resize(1)  # one installed set: the candidates get its output as a cascade input
+        with torch.no_grad():
+            for p in (wrapped.dendrite_weight, wrapped.dendrite_bias, wrapped.output_weight):
+                p.normal_(0, 0.5)
+        model.begin_dendrite_phase()
+        pool = wrapped.candidates
+        with torch.no_grad():
+            pool.cascade.normal_()
+        assert pool._g_backward_ is not None
+        if not fused:  # autograd through the activation module
+            pool._g_ = pool._g_backward_ = None
+        for _ in range(2):
+            model.zero_grad(set_to_none=True)
+            nn.functional.mse_loss(model(x), target).backward()
+        grads.append([p.grad.clone() for p in (pool.weight, pool.bias, pool.cascade)])
+        if fused:
+            c = pool(x, [])
+            assert "AsStrided" not in type(c.grad_fn).__name__
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -252,3 +252,13 @@ def test_dendrite_inputs_above_a_layers_fan_in_is_named_in_one_warning(caplog) -
     seen = {n: int(layer.dendrite_mask[0].sum(-1).max()) for n, layer
             in model.dendrite_layers().items()}
     assert seen == {"0": 8, "2": 6, "4": 3}
+
+
+def test_differing_fields_name_nested_knobs_and_ignore_the_selectors_spelling() -> None:
+    from perforate.config import differing_fields
+
+    a = pf.PerforationConfig.paper(target_modules=["fc1", nn.Linear])
+    b = pf.PerforationConfig.from_dict(json.loads(json.dumps(a.to_dict())))
+    assert differing_fields(a, b) == []
+    c = b.replace(seed=3, cascade=b.cascade.replace(candidates=2, lr=0.5))
+    assert differing_fields(a, c) == ["seed", "cascade.candidates", "cascade.lr"]

@@ -5,13 +5,9 @@ import torch
 from torch import nn
 
 import perforate as pf
+from perforate.engine.activations import BACKWARD_FROM_OUTPUT
 from perforate.engine.geometry import ConvGeometry, LinearGeometry
-from perforate.engine.layers.dendrite_term import (
-    BACKWARD_FROM_OUTPUT,
-    DendriteTerm,
-    DendriteTermEager,
-    fusable,
-)
+from perforate.engine.layers.dendrite_term import DendriteTerm, DendriteTermEager, fusable
 
 GEOMETRIES = {
     "linear": (LinearGeometry(nn.Linear(3, 4)), (5, 3, 4), (5, 4)),

@@ -275,6 +275,19 @@ class PerforationConfig:
         return dataclasses.replace(self, **changes)
 
 
+def differing_fields(a: PerforationConfig, b: PerforationConfig) -> list[str]:
+    """The fields in which two configurations differ, ``cascade``'s as ``cascade.<name>``."""
+    out = []
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if f.name == "cascade":
+            out += [f"cascade.{g.name}" for g in dataclasses.fields(x)
+                    if getattr(x, g.name) != getattr(y, g.name)]
+        elif selectors_to_json(x) != selectors_to_json(y) if "modules" in f.name else x != y:
+            out.append(f.name)
+    return out
+
+
 _generated_init = PerforationConfig.__init__
 
 

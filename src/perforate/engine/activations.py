@@ -121,3 +121,28 @@ INPLACE: dict[str, Callable[[Tensor], Tensor]] = {
 
 #: In-place versions that record no graph (see `tanh_no_grad_`).
 INPLACE_NO_GRAD: dict[str, Callable[[Tensor], Tensor]] = {**INPLACE, "tanh": tanh_no_grad_}
+
+
+def _sigmoid_backward_(grad: Tensor, out: Tensor) -> None:
+    torch.ops.aten.sigmoid_backward.grad_input(grad, out, grad_input=grad)
+
+
+def _tanh_backward_(grad: Tensor, out: Tensor) -> None:
+    torch.ops.aten.tanh_backward.grad_input(grad, out, grad_input=grad)
+
+
+def _relu_backward_(grad: Tensor, out: Tensor) -> None:
+    torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
+
+
+def _identity_backward_(grad: Tensor, out: Tensor) -> None:
+    pass
+
+
+#: ``g'`` applied in place to a gradient, from the activation's output.
+BACKWARD_FROM_OUTPUT: dict[str, Callable[[Tensor, Tensor], None]] = {
+    "sigmoid": _sigmoid_backward_,
+    "tanh": _tanh_backward_,
+    "relu": _relu_backward_,
+    "identity": _identity_backward_,
+}

@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from .. import private_api
 from ..config import PerforationConfig
 from ..errors import NonFiniteError
-from .activations import FUNCTIONS, INPLACE
+from .activations import BACKWARD_FROM_OUTPUT, FUNCTIONS, INPLACE, INPLACE_NO_GRAD
 from .error_tap import ErrorTap
-from .geometry import Geometry
+from .geometry import Activation, Geometry
 from .stats import CorrelationSums, ObservedBatch, accumulator_dtype
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,13 @@ class CandidatePool(nn.Module):
         self.gd = self.learning == "task_loss"
         if self.gd:
             self.output = nn.Parameter(normal(k, n, std=config.cascade.task_loss_output_std))
+        # Where g' comes from g's output and nothing but the error tap reads the candidates
+        # (not "task_loss"), g is applied without a graph, in place on the pre-activation,
+        # and the tap's gradient goes through g' in place (`through_activation`): two
+        # temporaries of K layer outputs fewer per batch (`forward`).
+        self._g_ = None if self.gd else INPLACE_NO_GRAD.get(config.dendrite_activation)
+        self._g_backward_ = None if self._g_ is None else \
+            BACKWARD_FROM_OUTPUT.get(config.dendrite_activation)
 
         dev = ref.device
         acc = accumulator_dtype(dev)
@@ -134,6 +141,7 @@ class CandidatePool(nn.Module):
         # Batches left out of this epoch's statistics for a non-finite error (loss scaling).
         self.register_buffer("skipped", torch.zeros((), dtype=torch.long, device=dev))
         self._scratch: Tensor | None = None  # see `_scratch_like`; not state
+        self._grad_scratch: Tensor | None = None  # see `_grad_scratch_like`; not state
 
     @property
     def num_candidates(self) -> int:
@@ -143,6 +151,8 @@ class CandidatePool(nn.Module):
         """Candidate activations, stacked ``[K]``; x and the dendrite outputs hs detached."""
         geo = self.geometry
         weight = self.weight if self.mask is None else self.weight * self.mask
+        if self._g_backward_ is not None and not hs:  # g inside: see below
+            return self._stacked(x, weight, self._g_)
         pre = self._stacked(x, weight)
         # Cascade inputs E[k, i] * h_i, then the activation: in place where `pre` is a tensor
         # of its own (no backward reads its old values), so no extra temporary of K layer
@@ -151,14 +161,22 @@ class CandidatePool(nn.Module):
         own = not private_api.is_view(pre)
         pre = geo.cascade(pre, self.cascade.unbind(1), [geo.unsqueeze_set(h) for h in hs],
                           inplace=own)
+        if self._g_backward_ is not None:
+            # The activation's values in the pre-activation's own tensor, which the graph
+            # knows as the pre-activation: `through_activation` makes the gradient that
+            # reaches it dLoss/dpre (no activation node, no temporary for c or for g').
+            with torch.no_grad():
+                self._g_(pre)  # type: ignore[misc]
+            return pre
         if self._activation_ is not None and (own or hs):
             return self._activation_(pre)
         return (self._activation_fn or self.activation)(pre)
 
-    def _stacked(self, x: Tensor, weight: Tensor) -> Tensor:
+    def _stacked(self, x: Tensor, weight: Tensor, g_: Activation = None) -> Tensor:
         """The K candidates' pre-activation (one call of the layer's op; a distributed pool
-        may exchange a Linear layer's inputs instead, `DistributedCandidatePool`)."""
-        return self.geometry.stacked(x, weight, self.bias)
+        may exchange a Linear layer's inputs instead, `DistributedCandidatePool`), or with
+        `g_` their activation computed in the op's output (`Geometry.stacked`)."""
+        return self.geometry.stacked(x, weight, self.bias, g_)
 
     def attach(self, z: Tensor, c: Tensor) -> Tensor:
         """Return the layer output to use downstream: z itself (plus the candidates' output
@@ -167,6 +185,13 @@ class CandidatePool(nn.Module):
             z = z + self.geometry.combine(c, self.output)
             c = c.detach()
         return self._tap(z, c)
+
+    def through_activation(self, grad: Tensor | None, c: Tensor) -> Tensor | None:
+        """dLoss/dc (`observe`) as the gradient of what `forward` returned: times g'(c), in
+        place, where the forward applied g without a graph; else unchanged."""
+        if grad is not None and self._g_backward_ is not None:
+            self._g_backward_(grad, c)
+        return grad
 
     def _tap(self, z: Tensor, c: Tensor) -> Tensor:
         """`z` through an `ErrorTap` whose backward trains the candidates (`observe`)."""
@@ -265,7 +290,8 @@ class CandidatePool(nn.Module):
         scale = sign.neg_() if factor is None else sign.neg_() * factor
         if cfg.cascade.normalize_error:
             scale *= torch.where(self.error_var > 0, self.error_var.rsqrt(), 0.0)
-        return batch.scaled_centred_error(geo, scale, e_bar).to(batch.dtype)
+        return batch.scaled_centred_error(geo, scale, e_bar,
+                                          out=self._grad_scratch_like(c)).to(batch.dtype)
 
     def _scratch_like(self, t: Tensor) -> Tensor | None:
         """On a CPU, a tensor shaped like `t` for a per-batch product that is summed at once,
@@ -277,6 +303,16 @@ class CandidatePool(nn.Module):
         s = self._scratch
         if s is None or s.shape != t.shape or s.dtype != t.dtype or s.device != t.device:
             s = self._scratch = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+        return s
+
+    def _grad_scratch_like(self, c: Tensor) -> Tensor | None:
+        """Like `_scratch_like`, for the candidate gradient `observe` returns: the backward
+        consumes it (the layer op's weight gradient) before the next batch overwrites it."""
+        if c.device.type != "cpu":
+            return None
+        s = self._grad_scratch
+        if s is None or s.shape != c.shape or s.dtype != c.dtype:
+            s = self._grad_scratch = torch.empty(c.shape, dtype=c.dtype, device=c.device)
         return s
 
     @torch.no_grad()

@@ -42,4 +42,5 @@ class ErrorTap(torch.autograd.Function):
             ctx.pool.observe_later(held, grad, ctx.mask)  # a DistributedCandidatePool
             return grad, None, None, None
         (c,) = ctx.saved_tensors
-        return grad, ctx.pool.observe(c, grad, ctx.mask), None, None
+        pool = ctx.pool
+        return grad, pool.through_activation(pool.observe(c, grad, ctx.mask), c), None, None

@@ -21,6 +21,16 @@ from torch import Tensor, nn
 
 from .. import private_api
 
+#: An in-place activation, or None (`Geometry.stacked`).
+Activation = Callable[[Tensor], Tensor] | None
+
+
+def activated(out: Tensor, g_: Activation) -> Tensor:
+    """`out` with the in-place activation `g_` applied without a graph (`Geometry.stacked`)."""
+    if g_ is not None:
+        with torch.no_grad():
+            g_(out)
+    return out
 
 class Geometry:
     """Layer-type specific tensor plumbing. Subclasses fill in the abstract pieces."""
@@ -66,8 +76,12 @@ class Geometry:
         layout of Linear and ConvNd weights already)."""
         return weight
 
-    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """Apply S sets of neurons (``weight [S, N, *w]``, ``bias [S, N]``) to ``x`` in one op."""
+    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor, g_: Activation = None
+                ) -> Tensor:
+        """Apply S sets of neurons (``weight [S, N, *w]``, ``bias [S, N]``) to ``x`` in one op;
+        `g_`: an in-place activation applied without a graph to the op's own output before it
+        is viewed stacked (in place on the view, autograd would replace the view's backward
+        with one that builds a zero tensor of the whole output)."""
         raise NotImplementedError
 
     def expand(self, p: Tensor) -> Tensor:
@@ -129,17 +143,20 @@ class LinearGeometry(Geometry):
     unbatched_dim = 1
     plain_linear = True
 
-    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        return self.stacked_with(F.linear, x, weight, bias)
+    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor, g_: Activation = None
+                ) -> Tensor:
+        return self.stacked_with(F.linear, x, weight, bias, g_)
 
     @staticmethod
     def stacked_with(linear: Callable[[Tensor, Tensor, Tensor], Tensor], x: Tensor,
-                     weight: Tensor, bias: Tensor) -> Tensor:
+                     weight: Tensor, bias: Tensor, g_: Activation = None) -> Tensor:
         """`stacked` computed by ``linear(x, weight [S*N, in], bias [S*N])`` (e.g.
         `DistributedSync.linear`, whose backward returns the global batch's gradients)."""
         s, n = bias.shape
-        out = linear(x, weight.reshape(s * n, -1), bias.reshape(s * n))
-        return out.unflatten(-1, (s, n))
+        # On 2-D rows, so that the op's output is a tensor of its own (F.linear views a
+        # higher-dimensional result as one), which `g_` may change in place.
+        out = linear(x.reshape(-1, x.shape[-1]), weight.reshape(s * n, -1), bias.reshape(s * n))
+        return activated(out, g_).view(*x.shape[:-1], s, n)
 
     def expand(self, p: Tensor) -> Tensor:
         return p
@@ -186,7 +203,8 @@ class ConvGeometry(Geometry):
     def _ones(self) -> list[int]:
         return [1] * self.spatial
 
-    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor, g_: Activation = None
+                ) -> Tensor:
         s, n = bias.shape
         g = self.groups
         if g == 1:
@@ -196,7 +214,7 @@ class ConvGeometry(Geometry):
             # S sets are interleaved per group: [g, S, N/g] instead of [S, g, N/g].
             w = weight.unflatten(1, (g, n // g)).transpose(0, 1).reshape(s * n, *weight.shape[2:])
             b = bias.unflatten(1, (g, n // g)).transpose(0, 1).reshape(s * n)
-        out = private_api.conv_forward(self.layer, x, w, b)
+        out = activated(private_api.conv_forward(self.layer, x, w, b), g_)
         if g == 1:
             return out.unflatten(1, (s, n))
         return out.unflatten(1, (g, s, n // g)).transpose(1, 2).flatten(2, 3)
@@ -265,10 +283,11 @@ class ConvTransposeGeometry(ConvGeometry):
         w = w.permute(1, 3, 0, 2, *range(4, w.dim()))  # [g, in/g, S, N/g, *k]
         return w.flatten(0, 1).flatten(1, 2)
 
-    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor, g_: Activation = None
+                ) -> Tensor:
         s, n, g = bias.shape[0], bias.shape[1], self.groups
         layer = self.layer
         conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.spatial - 1]
         out = conv(x, self.op_weight(weight), self.op_bias(bias), layer.stride, layer.padding,
                    layer.output_padding, g, layer.dilation)
-        return out.unflatten(1, (g, s, n // g)).transpose(1, 2).flatten(2, 3)
+        return activated(out, g_).unflatten(1, (g, s, n // g)).transpose(1, 2).flatten(2, 3)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .geometry import LinearGeometry
+from .geometry import Activation, LinearGeometry, activated
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 _CELLS = {nn.LSTMCell: "LSTM", nn.GRUCell: "GRU"}
@@ -125,9 +125,10 @@ class RecurrentGeometry(LinearGeometry):
     def neuron_weight_shape(self) -> tuple[int, ...]:
         return (self.spec.width,)
 
-    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def stacked(self, x: Tensor, weight: Tensor, bias: Tensor, g_: Activation = None
+                ) -> Tensor:
         s, n = bias.shape
         ld = self.spec.layer_dirs
         w = weight.reshape(s, ld, n // ld, -1)
         out = torch.einsum("...lf,slnf->...sln", x, w) + bias.reshape(s, ld, n // ld)
-        return out.flatten(-2)
+        return activated(out, g_).flatten(-2)

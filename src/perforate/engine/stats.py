@@ -99,15 +99,20 @@ class ObservedBatch:
         centred = torch.add(-e_bar.to(self.e.dtype), self.e, alpha=self.error_scale)
         return centred if self.keep is None else torch.where(self.keep, centred, 0.0)
 
-    def scaled_centred_error(self, geo: Geometry, scale: Tensor, e_bar: Tensor) -> Tensor:
+    def scaled_centred_error(self, geo: Geometry, scale: Tensor, e_bar: Tensor, *,
+                             out: Tensor | None = None) -> Tensor:
         """``scale (e - e_bar)`` for per-set scales ``[S, N]``, stacked, 0 at masked positions:
-        one fused pass ``scale e - scale e_bar`` when nothing is masked."""
+        one fused pass ``scale e - scale e_bar`` when nothing is masked; into `out` (stacked,
+        of e's dtype) if given."""
+        if out is not None and out.dtype != self.e.dtype:
+            out = None
         if self.keep is not None:
-            return geo.expand(scale.to(self.e.dtype)) * geo.unsqueeze_set(
-                self.centred_error(geo.expand(e_bar)))
+            return torch.mul(geo.expand(scale.to(self.e.dtype)), geo.unsqueeze_set(
+                self.centred_error(geo.expand(e_bar))), out=out)
         scale = scale.to(self.e.dtype)
         return torch.addcmul(geo.expand(-scale * e_bar.to(scale.dtype)),
-                             geo.expand(scale * self.error_scale), geo.unsqueeze_set(self.e))
+                             geo.expand(scale * self.error_scale), geo.unsqueeze_set(self.e),
+                             out=out)
 
 
 class CorrelationSums(nn.Module):

@@ -41,9 +41,10 @@ import torch
 
 from .. import private_api
 from .._extras import require
+from ..config import differing_fields
 from ..engine.model import DENDRITE, NEURON, PerforatedModel
 from ..errors import ConfigError, LoadError, PhaseError
-from ..training.checkpoint import read_checkpoint
+from ..training.checkpoint import read_checkpoint, saved_config
 from ..training.schedule import SETTINGS, Schedule, monitored, reject_moved_settings
 from ..training.tracker import Decision, Tracker
 
@@ -165,11 +166,8 @@ class PerforateTrainerCallback(transformers.TrainerCallback):  # type: ignore[mi
         if state["schedule"]["done"]:
             raise PhaseError(f"the perforated run of {directory} is done: nothing to resume; "
                              "load its model with pf.load(checkpoint, fresh_model)")
-        saved_config = json.loads(state["config"])
-        config = json.loads(json.dumps(self.model.config.to_dict()))  # as saved: lists
-        if saved_config != config:
-            differ = sorted(k for k in set(saved_config) | set(config)
-                            if saved_config.get(k) != config.get(k))
+        differ = differing_fields(saved_config(state), self.model.config)
+        if differ:
             raise LoadError(f"{directory} was perforated with another config ({', '.join(differ)}"
                             "): perforate the fresh model with the checkpoint's config")
         mine = tracker.settings()

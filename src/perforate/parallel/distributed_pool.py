@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..engine.candidates import CandidatePool
 from ..engine.error_tap import ErrorTap
-from ..engine.geometry import LinearGeometry
+from ..engine.geometry import Activation, LinearGeometry
 from ..engine.stats import ObservedBatch
 from .distributed import DistributedSync
 
@@ -52,7 +52,7 @@ class DistributedCandidatePool(CandidatePool):
         done = {id(self.weight), id(self.bias)} if self._gathers else set()
         return [p for p in self.parameters() if id(p) not in done]
 
-    def _stacked(self, x: Tensor, weight: Tensor) -> Tensor:
+    def _stacked(self, x: Tensor, weight: Tensor, g_: Activation = None) -> Tensor:
         sync = self.sync
         if self.geometry.plain_linear and self._gathers is None:
             # Once per phase, the same on every rank: whether exchanging this layer's inputs
@@ -60,12 +60,12 @@ class DistributedCandidatePool(CandidatePool):
             rows = sync.max_rows(x.numel() // x.shape[-1]) if x.dim() > 1 else 1
             self._gathers = sync.gathers(rows, x.shape[-1], self.bias.numel())
         if not self._gathers:
-            return super()._stacked(x, weight)
+            return super()._stacked(x, weight, g_)
 
         def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # global-batch grads
             return sync.linear(x, weight, bias, rows=lambda: self.pad_rows or None)
 
-        return LinearGeometry.stacked_with(linear, x, weight, self.bias)
+        return LinearGeometry.stacked_with(linear, x, weight, self.bias, g_)
 
     def _tap(self, z: Tensor, c: Tensor) -> Tensor:
         # The candidates' backward waits for the end of the user's backward (`observe_later`),
@@ -95,7 +95,7 @@ class DistributedCandidatePool(CandidatePool):
         extra = self._rank_extra(batch, e)
 
         def then() -> tuple[Tensor, Tensor] | None:
-            grad = self._learn_global(batch, extra)
+            grad = self.through_activation(self._learn_global(batch, extra), c)
             return None if grad is None else (c, grad)
 
         self.sync.sum_after_backward([*batch.sums, extra], then,

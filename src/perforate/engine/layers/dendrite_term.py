@@ -25,35 +25,11 @@ import torch
 from torch import Tensor
 
 from ... import private_api
-from ..activations import INPLACE_NO_GRAD
+from ..activations import BACKWARD_FROM_OUTPUT, INPLACE_NO_GRAD
 
 if TYPE_CHECKING:
     from ..geometry import Geometry
 
-
-def _sigmoid_backward_(grad: Tensor, out: Tensor) -> None:
-    torch.ops.aten.sigmoid_backward.grad_input(grad, out, grad_input=grad)
-
-
-def _tanh_backward_(grad: Tensor, out: Tensor) -> None:
-    torch.ops.aten.tanh_backward.grad_input(grad, out, grad_input=grad)
-
-
-def _relu_backward_(grad: Tensor, out: Tensor) -> None:
-    torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
-
-
-def _identity_backward_(grad: Tensor, out: Tensor) -> None:
-    pass
-
-
-#: ``g'`` applied in place to a gradient, from the activation's output.
-BACKWARD_FROM_OUTPUT: dict[str, Callable[[Tensor, Tensor], None]] = {
-    "sigmoid": _sigmoid_backward_,
-    "tanh": _tanh_backward_,
-    "relu": _relu_backward_,
-    "identity": _identity_backward_,
-}
 
 #: ``g'`` from the activation's output, as differentiable ops (the graph-building backward).
 DERIVATIVE_FROM_OUTPUT: dict[str, Callable[[Tensor], Tensor | None]] = {

@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/epoch_cost.py
 	$(BIN)/python bench/epoch_cost.py --keep-memory --out bench/results/epoch_cost_kept.json
 	$(BIN)/python bench/tracker_step.py
+	$(BIN)/python bench/allocator.py
 
 # Side by side with PyPI's perforatedai 3.2.9, in a venv of its own (git-ignored): torch first
 # (the CPU build), then the package without its dependencies (it does not need torchvision).

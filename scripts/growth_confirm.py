@@ -6,12 +6,11 @@ and row format: `perforate_experiments.train.run_one`), changing only the schedu
 
 - ``retry``: ``dendrite_tries=2`` (a set that does not improve is dropped once and a fresh one
   grown from the best weights: the "unlucky initialisation" fix);
-- ``graceN``: a neuron cycle after a growth is not judged before its N-th epoch (the usual
-  patience still applies after that: the cycle ends once N epochs have passed *and*
-  ``neuron_patience`` epochs went without a new best): the "judged too early" fix. The
-  library has no such option; it is done here by setting ``schedule.neuron_patience`` after
-  every epoch (`fit`'s ``on_epoch_end``), which consumes no randomness, so a run is the
-  ``pb`` run of the same code until its first post-growth cycle would have been judged.
+- ``graceN``: ``grace_epochs=N``, a neuron cycle after a growth is not judged before its
+  N-th epoch (the usual patience still applies after that: the cycle ends once N epochs have
+  passed *and* ``neuron_patience`` epochs went without a new best): the "judged too early"
+  fix. It consumes no randomness, so a run is the ``pb`` run of the same code until its
+  first post-growth cycle would have been judged.
 
 A ``retry`` row also gives the single-try run (identical up to the first cycle that does not
 improve): ``perforate_experiments.report.growth`` derives it (``pb-retry/1try``) and compares
@@ -36,14 +35,13 @@ import functools
 import json
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import perforate_experiments.train as train
-from perforate.training.schedule import NEURON, Schedule
+from perforate.training.schedule import Schedule
 from perforate.training.tracker import Tracker
 from perforate_experiments.registry import get_experiment
 from perforate_experiments.runner import parse_seeds, write_json_atomic
@@ -52,43 +50,25 @@ EXPERIMENT = "frontier-1d"
 BASE_VARIANT = "pb"
 
 
-def grace_callback(min_epochs: int, patience: int) -> Callable[[Tracker, Any], None]:
-    """An ``on_epoch_end`` that keeps a post-growth neuron cycle going until its
-    `min_epochs`-th epoch: the cycle ends iff ``since_best >= patience`` and
-    ``cycle_epochs >= min_epochs`` (``since_best - cycle_epochs`` is constant until a new best,
-    so one patience value per epoch says exactly that)."""
-
-    def on_epoch_end(tracker: Tracker, decision: Any) -> None:
-        s = tracker.schedule
-        if s.cycle >= 1 and s.phase == NEURON:
-            s.neuron_patience = max(patience, min_epochs - (s.cycle_epochs - s.since_best))
-        else:
-            s.neuron_patience = patience
-
-    return on_epoch_end
-
-
-def arm_settings(arm: str, patience: int) -> tuple[dict[str, Any], Any]:
-    """(extra schedule settings, on_epoch_end) of an arm name (``retry`` or ``grace<N>``)."""
+def arm_settings(arm: str) -> dict[str, Any]:
+    """The extra schedule settings of an arm name (``retry`` or ``grace<N>``)."""
     if arm == "retry":
-        return {"dendrite_tries": 2}, None
+        return {"dendrite_tries": 2}
     match = re.fullmatch(r"grace(\d+)", arm)
     if match:
-        return {}, grace_callback(int(match.group(1)), patience)
+        return {"grace_epochs": int(match.group(1))}
     raise SystemExit(f"unknown arm {arm!r}: use retry or grace<N>")
 
 
 def run(arm: str, seed: int, h: int) -> dict[str, Any]:
     """One run of `arm`: `train.run_one` with `fit` wrapped to add the arm's settings."""
     exp = get_experiment(EXPERIMENT)
-    patience = int(exp.setup(seed=seed, quick=False, h=h).tracker_kwargs["neuron_patience"])
-    extra, callback = arm_settings(arm, patience)
+    extra = arm_settings(arm)
     original = train.fit
 
     @functools.wraps(original)
     def patched(*args: Any, schedule: Schedule, **kwargs: Any) -> Tracker:
-        return original(*args, schedule=dataclasses.replace(schedule, **extra),
-                        on_epoch_end=callback, **kwargs)
+        return original(*args, schedule=dataclasses.replace(schedule, **extra), **kwargs)
 
     train.fit = patched
     try:

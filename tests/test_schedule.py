@@ -132,6 +132,7 @@ def test_state_dict_roundtrip_continues_identically():
     ({"min_dendrites": 3, "max_dendrites": 2}, "below min_dendrites"),
     ({"correlation_threshold": -1.0}, "correlation_threshold"),
     ({"max_epochs": 0}, "max_epochs"), ({"add_dendrites": 1}, "add_dendrites"),
+    ({"grace_epochs": -1}, "grace_epochs"), ({"grace_epochs": 2.0}, "grace_epochs"),
 ])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -187,3 +188,27 @@ def _mean_needed() -> None:
     s = Schedule(neuron_patience=1, plateau="mean")
     run(s, neuron(0.5, 0.4))
     s.dendrite_epoch(0.1)
+
+
+@pytest.mark.parametrize("add_dendrites", [True, False])
+def test_a_cycle_after_a_growth_is_not_judged_before_its_grace_epochs(add_dendrites):
+    """The first cycle ends by patience as usual; a later one (after a growth, or a restart in
+    the restart control) not before its ``grace_epochs``-th epoch, then by patience again."""
+    s = Schedule(neuron_patience=2, max_dendrite_epochs=1, grace_epochs=6,
+                 add_dendrites=add_dendrites)
+    got = run(s, neuron(0.5, 0.4, 0.4))
+    assert got[-1][1] == (GROW if add_dendrites else RESTART)  # cycle 0: patience 2, no grace
+    if add_dendrites:
+        assert run(s, dendrite(0.1))[-1][1] == INSTALL
+    start = s.epoch
+    # best at the cycle's 1st epoch: patience alone would end it at its 3rd; grace: its 6th
+    got = run(s, neuron(0.45, 0.44, 0.44, 0.44, 0.44, 0.44))
+    assert [a for _, a, _ in got] == [CONTINUE] * 5 + [STOP]
+    assert s.epoch - start == 6 and s.cycle_results[1].epochs == 6
+    # a late new best inside the grace period: patience counts from it
+    s2 = Schedule(neuron_patience=2, max_dendrite_epochs=1, grace_epochs=3)
+    run(s2, neuron(0.5, 0.4, 0.4) + dendrite(0.1))
+    got = run(s2, neuron(0.45, 0.44, 0.6, 0.55, 0.55))
+    assert [a for _, a, _ in got] == [CONTINUE] * 4 + [GROW]
+    assert s2.cycle_results[1].best == 0.6 and s2.cycle_results[1].improved
+    assert Schedule(grace_epochs=4).fresh().grace_epochs == 4

@@ -183,29 +183,24 @@ def _grace_module() -> Any:
     return module
 
 
-@pytest.mark.parametrize(("cycle1", "min_epochs", "ends_at"), [
-    ([1.0] * 12, None, 3),       # patience 2: the best at epoch 1, judged at epoch 3
+@pytest.mark.parametrize(("cycle1", "grace", "ends_at"), [
+    ([1.0] * 12, 0, 3),          # patience 2: the best at epoch 1, judged at epoch 3
     ([1.0] * 12, 6, 6),          # grace: not before the 6th epoch after the growth
     ([1.0, 1.0, 1.0, 1.0, 1.5] + [1.0] * 7, 6, 7),  # a best at epoch 5: patience from it
 ])
-def test_grace_callback_judges_a_post_growth_cycle_late(
-        cycle1: list[float], min_epochs: int | None, ends_at: int) -> None:
-    from types import SimpleNamespace
-
+def test_a_grace_arm_judges_a_post_growth_cycle_late(cycle1: list[float], grace: int,
+                                                     ends_at: int) -> None:
     from perforate.training.schedule import GROW, STOP, Schedule
 
-    schedule = Schedule(neuron_patience=2, max_dendrites=3, max_epochs=100)
-    tracker = SimpleNamespace(schedule=schedule)
-    callback = (_grace_module().grace_callback(min_epochs, 2) if min_epochs is not None
-                else (lambda t, d: None))
+    assert _grace_module().arm_settings(f"grace{grace}") == {"grace_epochs": grace}
+    assert _grace_module().arm_settings("retry") == {"dendrite_tries": 2}
+    schedule = Schedule(neuron_patience=2, max_dendrites=3, max_epochs=100, grace_epochs=grace)
     for score in (1.0, 2.0, 2.0, 2.0):  # cycle 0: best 2.0, ends after 2 stale epochs
         decision = schedule.neuron_epoch(score)
-        callback(tracker, decision)
-    assert decision.action == GROW and schedule.neuron_patience == 2  # cycle 0 untouched
+    assert decision.action == GROW and schedule.cycle_epochs == 4  # cycle 0: no grace
     schedule.skip_dendrite_phase()
     for score in cycle1:
         decision = schedule.neuron_epoch(score)
-        callback(tracker, decision)
         if decision.cycle_ended:
             break
     assert (schedule.cycle_epochs, decision.action) == (ends_at, STOP)  # 1.5 < 2: no gain

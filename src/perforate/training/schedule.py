@@ -6,7 +6,9 @@ in the dendrite phase), it answers what the controller must do next::
     neuron cycle 0 -> dendrite phase 1 -> neuron cycle 1 -> dendrite phase 2 -> ... -> stop
 
 - A neuron cycle ends after ``neuron_patience`` epochs without a new best validation score.
-  Each cycle's best starts at "none": only epochs trained after the switch count.
+  Each cycle's best starts at "none": only epochs trained after the switch count. A cycle
+  after the first (after a growth, or a restart in the restart control) does not end before
+  its ``grace_epochs``-th epoch: a new set starts with output weight 0 and needs epochs to act.
 - A cycle that does not beat the best earlier cycle (a tie is no improvement) ends training,
   unless fewer than ``min_dendrites`` growth steps were tried. With ``min_dendrites=0`` the best
   earlier cycle is the previous one, which is the paper's rule.
@@ -100,6 +102,7 @@ class Schedule:
     max_epochs: int | None = None
     dendrite_tries: int = 1
     plateau: str = "max"
+    grace_epochs: int = 0
 
     # ------------------------------------------------------------------- state (not arguments)
     phase: str = field(default=NEURON, init=False)
@@ -136,6 +139,7 @@ class Schedule:
         _check_int("max_dendrite_epochs", self.max_dendrite_epochs, minimum=1)
         _check_int("min_dendrites", self.min_dendrites, minimum=0)
         _check_int("dendrite_tries", self.dendrite_tries, minimum=1)
+        _check_int("grace_epochs", self.grace_epochs, minimum=0)
         if self.plateau not in PLATEAUS:
             raise ValueError(f"plateau must be one of {PLATEAUS}, got {self.plateau!r}")
         if self.max_dendrites is not None:
@@ -182,7 +186,8 @@ class Schedule:
         else:
             self.since_best += 1
         capped = self.max_epochs is not None and self.epoch >= self.max_epochs
-        if self.since_best >= self.neuron_patience or capped:
+        judged = self.cycle == 0 or self.cycle_epochs >= self.grace_epochs
+        if (self.since_best >= self.neuron_patience and judged) or capped:
             action, reason = self._end_cycle(capped)
             return ScheduleDecision(action, new_best=new_best, cycle_ended=True, reason=reason)
         return ScheduleDecision(CONTINUE, new_best=new_best)

@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also run seeds N+1 .. N+K-1 and print the paired comparison")
     demo.add_argument("--quick", action="store_true", help="short schedule (CI smoke test)")
     demo.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                      help="PB's configuration: the library's defaults, the paper's algorithm "
-                      "(Cascade-Correlation, frozen dendrites) or the official package's recipe")
+                      help="PB's configuration: the library's defaults (the official package's "
+                      "recipe) or the paper's algorithm (Cascade-Correlation, frozen dendrites)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument("--data-dir", default=None, metavar="DIR",
                       help="Fashion-MNIST directory (default $PERFORATE_DATA/fashion-mnist, else "
@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="PerforationConfig fields as a JSON object, or a JSON file")
     ins.add_argument("--preset", choices=tuple(PRESETS), default="default",
                      help="the configuration --config changes: the library's defaults (no "
-                     "candidate pool), the paper's algorithm (K candidates per layer) or the "
-                     "official package's recipe")
+                     "candidate pool; the official package's recipe) or the paper's algorithm "
+                     "(K candidates per layer)")
     ins.add_argument("--input-shape", metavar="SHAPE",
                      help="one sample's shape without the batch axis (e.g. 1,28,28): count "
                      "multiply-adds per sample")

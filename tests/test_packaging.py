@@ -90,3 +90,10 @@ def test_the_wheel_holds_the_library_only(tmp_path):
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_wheel.py"),
                             str(wheel)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+
+def test_no_library_module_is_over_400_lines() -> None:
+    """Small modules with one job each: a file that grows past 400 lines is split."""
+    long = {str(f.relative_to(PACKAGE)): n for f in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(f.read_text().splitlines())) > 400}
+    assert long == {}

@@ -12,9 +12,9 @@ from . import metrics
 from ._version import __version__
 from .config import CascadeCorrelation, PerforationConfig
 from .engine import layers
-from .engine.candidates import EpochReport
 from .engine.layers import DendriteLayer, WrapperRegistry, default_registry
 from .engine.model import PerforatedModel, perforate
+from .engine.pool_results import EpochReport
 from .errors import (
     ConfigError,
     DistributedError,

@@ -22,12 +22,13 @@ from ..parallel.distributed import DistributedSync
 from ..parallel.distributed_pool import DistributedCandidatePool
 from ..training.finite import skip_nonfinite_steps
 from .candidate_optimizer import make_optimizer
-from .candidates import CandidatePool, EpochReport
+from .candidates import CandidatePool
 from .layers import CompositeLayer, DendriteLayer, WrapperRegistry, default_registry
 from .layers.composite import top_wrappers
 from .layers.fastpath import disable_fused_transformer, restore
 from .layers.recurrent import RNN, RNNCell, unrolled_cost_note
 from .masking import sample_mask
+from .pool_results import EpochReport
 from .targeting import select_targets
 from .targeting import set_submodule as _set_submodule
 

@@ -29,8 +29,9 @@ from torch import Tensor, nn
 from ...config import PerforationConfig
 from ...errors import ConfigError, PhaseError
 from ..activations import FUNCTIONS, INPLACE_NO_GRAD, make_activation
-from ..candidates import CandidatePool, Winners
+from ..candidates import CandidatePool
 from ..geometry import Geometry, LinearGeometry, ProjectedLinearGeometry
+from ..pool_results import Winners
 from .costs import LayerCosts, layer_costs
 from .dendrite_term import fusable, term_function
 from .input_correlation import watch_input_correlation

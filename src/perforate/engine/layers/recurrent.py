@@ -28,7 +28,8 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ...config import PerforationConfig
 from ...errors import TargetError
-from ..candidates import CandidatePool, Winners
+from ..candidates import CandidatePool
+from ..pool_results import Winners
 from ..recurrent_geometry import RecurrentGeometry, RecurrentSpec
 from .base import DendriteLayer
 from .costs import LayerCosts, layer_costs

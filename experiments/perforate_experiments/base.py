@@ -34,14 +34,7 @@ from typing import Any
 
 from torch import nn
 
-from perforate.config import (
-    OLD_PHASES,
-    PAPER,
-    PAPER_LITERAL,
-    RENAMED,
-    CascadeCorrelation,
-    PerforationConfig,
-)
+from perforate.config import PAPER, PAPER_LITERAL, CascadeCorrelation, PerforationConfig, migrate
 
 #: Variants without dendrites (the controls and the frontier's plain network).
 PLAIN_VARIANTS = ("restart", "width", "width-cc", "width-perf", "plain")
@@ -81,15 +74,9 @@ def build_config(fields: dict[str, Any]) -> PerforationConfig:
 def flat_config(config: dict[str, Any] | None) -> dict[str, Any]:
     """A row's recorded configuration as one flat dict of today's names (``cascade``'s fields
     beside the others; rows of 0.1 hold the flat layout of then, renamed by
-    `perforate.config.RENAMED`): what the report reads, whichever version wrote the row."""
-    config = dict(config or {})
-    flat = {**(config.pop("cascade", None) or {}), **config}
-    for old, new in RENAMED.items():
-        if old in flat:
-            value = flat.pop(old)
-            flat[new.removeprefix("cascade.")] = (OLD_PHASES.get(value, value)
-                                                  if old == "dendrite_learning" else value)
-    return flat
+    `perforate.config.migrate`): what the report reads, whichever version wrote the row."""
+    config = migrate(config or {})
+    return {**(config.pop("cascade", None) or {}), **config}
 
 
 def paper_fields(**changes: Any) -> dict[str, Any]:

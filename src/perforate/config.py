@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 from collections.abc import Sequence
@@ -252,7 +253,7 @@ class PerforationConfig:
     def from_dict(cls, data: dict[str, Any]) -> PerforationConfig:
         """Inverse of `to_dict`; also reads the flat layout of 0.1 (`RENAMED`), so saved runs
         of 0.1 load. Unknown keys raise `ConfigError`."""
-        data = _migrate(dict(data))
+        data = migrate(data)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -283,7 +284,10 @@ def differing_fields(a: PerforationConfig, b: PerforationConfig) -> list[str]:
         if f.name == "cascade":
             out += [f"cascade.{g.name}" for g in dataclasses.fields(x)
                     if getattr(x, g.name) != getattr(y, g.name)]
-        elif selectors_to_json(x) != selectors_to_json(y) if "modules" in f.name else x != y:
+            continue
+        if f.name in ("target_modules", "exclude_modules"):  # "a" and ("a",) select the same
+            x, y = selectors_to_json(x), selectors_to_json(y)
+        if x != y:
             out.append(f.name)
     return out
 
@@ -319,8 +323,10 @@ def _rename_hint(old: str) -> str:
     return f"{old} is now {new}"
 
 
-def _migrate(data: dict[str, Any]) -> dict[str, Any]:
-    """A saved config dict of 0.1 (flat, old names) in today's layout; today's unchanged."""
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict of 0.1 (flat, old names) in today's layout (``cascade`` nested; a
+    new dict); today's unchanged."""
+    data = dict(data)
     if not any(k in RENAMED for k in data):
         return data
     cascade = dict(data.pop("cascade", None) or {})
@@ -338,8 +344,10 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+@functools.cache
 def _hint(cls: type, name: str) -> tuple[str, ...]:
-    """The choices of a `Literal`-typed field of `cls`."""
+    """The choices of a `Literal`-typed field of `cls` (read once per field: evaluating the
+    annotations is the slow part of validating a config)."""
     return get_args(get_type_hints(cls)[name])
 
 

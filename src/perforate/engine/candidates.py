@@ -18,7 +18,7 @@ from ..config import PerforationConfig
 from ..errors import NonFiniteError
 from .activations import BACKWARD_FROM_OUTPUT, FUNCTIONS, INPLACE, INPLACE_NO_GRAD
 from .error_tap import ErrorTap
-from .geometry import Activation, Geometry
+from .geometry import Activation, Geometry, activated
 from .pool_results import EpochReport, Winners
 from .stats import CorrelationSums, ObservedBatch, accumulator_dtype
 
@@ -110,8 +110,7 @@ class CandidatePool(nn.Module):
         self.register_buffer("epochs", torch.zeros((), dtype=torch.long, device=dev))
         # Batches left out of this epoch's statistics for a non-finite error (loss scaling).
         self.register_buffer("skipped", torch.zeros((), dtype=torch.long, device=dev))
-        self._scratch: Tensor | None = None  # see `_scratch_like`; not state
-        self._grad_scratch: Tensor | None = None  # see `_grad_scratch_like`; not state
+        self._scratch: dict[str, Tensor] = {}  # see `_scratch_like`; not state
 
     @property
     def num_candidates(self) -> int:
@@ -135,9 +134,7 @@ class CandidatePool(nn.Module):
             # The activation's values in the pre-activation's own tensor, which the graph
             # knows as the pre-activation: `through_activation` makes the gradient that
             # reaches it dLoss/dpre (no activation node, no temporary for c or for g').
-            with torch.no_grad():
-                self._g_(pre)  # type: ignore[misc]
-            return pre
+            return activated(pre, self._g_)
         if self._activation_ is not None and (own or hs):
             return self._activation_(pre)
         return (self._activation_fn or self.activation)(pre)
@@ -261,28 +258,20 @@ class CandidatePool(nn.Module):
         if cfg.cascade.normalize_error:
             scale *= torch.where(self.error_var > 0, self.error_var.rsqrt(), 0.0)
         return batch.scaled_centred_error(geo, scale, e_bar,
-                                          out=self._grad_scratch_like(c)).to(batch.dtype)
+                                          out=self._scratch_like(c, "grad")).to(batch.dtype)
 
-    def _scratch_like(self, t: Tensor) -> Tensor | None:
-        """On a CPU, a tensor shaped like `t` for a per-batch product that is summed at once,
-        kept between batches: a fresh temporary of K layer outputs (tens of MB, so mapped
-        anew by the allocator each time) costs more than the product itself. None (a fresh
-        tensor) elsewhere: a GPU's caching allocator already reuses the memory."""
+    def _scratch_like(self, t: Tensor, use: str = "product") -> Tensor | None:
+        """On a CPU, a tensor shaped like `t`, kept between batches, one per `use`: "product",
+        a per-batch product summed at once; "grad", the candidate gradient `observe` returns
+        (the backward consumes it before the next batch overwrites it). A fresh temporary of
+        K layer outputs (tens of MB, so mapped anew by the allocator each time) costs more
+        than the work itself. None (a fresh tensor) elsewhere: a GPU's caching allocator
+        already reuses the memory."""
         if t.device.type != "cpu":
             return None
-        s = self._scratch
+        s = self._scratch.get(use)
         if s is None or s.shape != t.shape or s.dtype != t.dtype or s.device != t.device:
-            s = self._scratch = torch.empty(t.shape, dtype=t.dtype, device=t.device)
-        return s
-
-    def _grad_scratch_like(self, c: Tensor) -> Tensor | None:
-        """Like `_scratch_like`, for the candidate gradient `observe` returns: the backward
-        consumes it (the layer op's weight gradient) before the next batch overwrites it."""
-        if c.device.type != "cpu":
-            return None
-        s = self._grad_scratch
-        if s is None or s.shape != c.shape or s.dtype != c.dtype:
-            s = self._grad_scratch = torch.empty(c.shape, dtype=c.dtype, device=c.device)
+            s = self._scratch[use] = torch.empty(t.shape, dtype=t.dtype, device=t.device)
         return s
 
     @torch.no_grad()

@@ -32,6 +32,7 @@ def activated(out: Tensor, g_: Activation) -> Tensor:
             g_(out)
     return out
 
+
 class Geometry:
     """Layer-type specific tensor plumbing. Subclasses fill in the abstract pieces."""
 

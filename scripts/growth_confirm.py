@@ -1,8 +1,9 @@
 """Does a retry or a grace period after growth rescue runs that kept no dendrite set?
 
 Re-runs chosen seeds of ``frontier-1d`` (MNIST-1D, Protocol P) with the ``pb`` arm (the
-library's defaults) exactly as ``perforate experiment frontier-1d`` does (same setup, seeding
-and row format: `perforate_experiments.train.run_one`), changing only the schedule:
+library's defaults; ``--base restart`` for the restart control, the grace period's control)
+exactly as ``perforate experiment frontier-1d`` does (same setup, seeding and row format:
+`perforate_experiments.train.run_one`), changing only the schedule:
 
 - ``retry``: ``dendrite_tries=2`` (a set that does not improve is dropped once and a fresh one
   grown from the best weights: the "unlucky initialisation" fix);
@@ -22,7 +23,7 @@ Usage (2-7 CPU-minutes per run at 1 thread on a shared 2-core machine)::
     nice -n 10 .venv/bin/python scripts/growth_confirm.py --seeds 3,5,8,9 --h 8 \\
         --arms retry,grace15 --out results/growth_confirm
 
-Rows land in ``OUT/frontier-1d/pb-<arm>/seed-S__h-H.json`` (readable by
+Rows land in ``OUT/frontier-1d/<base>-<arm>/seed-S__h-H.json`` (readable by
 ``python -m perforate_experiments.report.growth OUT``), one run at a time, skipping rows
 already on disk.
 """
@@ -47,7 +48,7 @@ from perforate_experiments.registry import get_experiment
 from perforate_experiments.runner import parse_seeds, write_json_atomic
 
 EXPERIMENT = "frontier-1d"
-BASE_VARIANT = "pb"
+BASES = ("pb", "restart")
 
 
 def arm_settings(arm: str) -> dict[str, Any]:
@@ -60,8 +61,9 @@ def arm_settings(arm: str) -> dict[str, Any]:
     raise SystemExit(f"unknown arm {arm!r}: use retry or grace<N>")
 
 
-def run(arm: str, seed: int, h: int) -> dict[str, Any]:
-    """One run of `arm`: `train.run_one` with `fit` wrapped to add the arm's settings."""
+def run(arm: str, seed: int, h: int, base: str = "pb") -> dict[str, Any]:
+    """One run of `arm` on variant `base`: `train.run_one` with `fit` wrapped to add the arm's
+    settings."""
     exp = get_experiment(EXPERIMENT)
     extra = arm_settings(arm)
     original = train.fit
@@ -72,10 +74,10 @@ def run(arm: str, seed: int, h: int) -> dict[str, Any]:
 
     train.fit = patched
     try:
-        row = train.run_one(exp, BASE_VARIANT, seed, options={"h": h})
+        row = train.run_one(exp, base, seed, options={"h": h})
     finally:
         train.fit = original
-    row["variant"] = f"{BASE_VARIANT}-{arm}"
+    row["variant"] = f"{base}-{arm}"
     row["tracker"] = {**row["tracker"], **extra}
     row["growth_confirm"] = {"arm": arm, "script": "scripts/growth_confirm.py"}
     return row
@@ -86,16 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="3,5,8,9")
     parser.add_argument("--h", type=int, default=8)
     parser.add_argument("--arms", default="retry,grace15")
+    parser.add_argument("--base", choices=BASES, default="pb",
+                        help="the variant the arms change (restart: the control)")
     parser.add_argument("--out", default="results/growth_confirm")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     for seed in parse_seeds(args.seeds):
         for arm in args.arms.split(","):
-            path = (Path(args.out) / EXPERIMENT / f"{BASE_VARIANT}-{arm}"
+            path = (Path(args.out) / EXPERIMENT / f"{args.base}-{arm}"
                     / f"seed-{seed}__h-{args.h}.json")
             if path.is_file():
                 continue
-            row = run(arm, seed, args.h)
+            row = run(arm, seed, args.h, args.base)
             write_json_atomic(path, row)
             print(json.dumps({"arm": arm, "seed": seed, "final_cycle": row["final_cycle"],
                               "final_dendrites": row["final_dendrites"],

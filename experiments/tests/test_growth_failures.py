@@ -204,3 +204,25 @@ def test_a_grace_arm_judges_a_post_growth_cycle_late(cycle1: list[float], grace:
         if decision.cycle_ended:
             break
     assert (schedule.cycle_epochs, decision.action) == (ends_at, STOP)  # 1.5 < 2: no gain
+
+
+def test_the_grace_arm_of_the_restart_control_lands_under_its_own_variant(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _grace_module()
+    calls: list[tuple[str, int, int, str]] = []
+
+    def fake_run(arm: str, seed: int, h: int, base: str = "pb") -> dict[str, Any]:
+        calls.append((arm, seed, h, base))
+        return {"variant": f"{base}-{arm}", "final_cycle": 0, "final_dendrites": 0,
+                "final_test": 50.0, "architectures": [], "wall_seconds": 1.0}
+
+    monkeypatch.setattr(module, "run", fake_run)
+    assert module.main(["--seeds", "1,2", "--h", "8", "--arms", "grace15", "--base", "restart",
+                        "--out", str(tmp_path)]) == 0
+    assert calls == [("grace15", 1, 8, "restart"), ("grace15", 2, 8, "restart")]
+    row = json.loads((tmp_path / "frontier-1d" / "restart-grace15" / "seed-2__h-8.json")
+                     .read_text())
+    assert row["variant"] == "restart-grace15"
+    module.main(["--seeds", "1", "--arms", "grace15", "--base", "restart",
+                 "--out", str(tmp_path)])
+    assert len(calls) == 2  # a row on disk is not run again

@@ -226,3 +226,28 @@ def test_the_grace_arm_of_the_restart_control_lands_under_its_own_variant(
     module.main(["--seeds", "1", "--arms", "grace15", "--base", "restart",
                  "--out", str(tmp_path)])
     assert len(calls) == 2  # a row on disk is not run again
+
+
+def test_why_a_run_kept_no_set_never_grew_cut_by_the_cap_or_judged() -> None:
+    never = make_row("pb", 0, [[0.5, 0.6, 0.7]], 0.7)
+    capped = make_row("pb", 1, [[0.5, 0.6], [0.55]], 0.6)
+    judged = make_row("pb", 2, [[0.5, 0.6], [0.55, 0.58, 0.57, 0.56]], 0.6)
+    kept = make_row("pb", 3, [[0.5, 0.6], [0.65]], 0.65)
+    for row, cap in ((never, 3), (capped, 3), (judged, 10), (kept, 3)):
+        row["tracker"]["max_epochs"] = cap
+        row["epochs"] = sum(a["epochs"] for a in row["architectures"])
+    assert [growth.no_set_cause(r) for r in (never, capped, judged, kept)] == [
+        "never grew", "cut by the cap", "judged", None]
+    assert growth.analyse_group([never, capped, judged, kept], [])["causes"] == {
+        "never grew": 1, "cut by the cap": 1, "judged": 1}
+
+
+def test_a_cycle_best_within_the_improvement_threshold_still_reads_as_its_cycle() -> None:
+    # mode "min" with a threshold: 3.00 -> 2.995 is no improvement, the recorded best stays 3.00
+    row = make_row("pb", 0, [[3.1, 3.0, 2.995], [2.9, 2.8]], 2.8)
+    row["tracker"].update(mode="min", improvement_threshold=0.01)
+    row["architectures"][0]["best_val"] = 3.0
+    row["architectures"][1]["best_val"] = 2.8
+    assert growth.cycle_vals(row) == [[3.1, 3.0, 2.995], [2.9, 2.8]]
+    row["architectures"][0]["best_val"] = 3.05  # worse than the threshold allows: not its cycle
+    assert growth.cycle_vals(row) is None

@@ -7,15 +7,16 @@ the network the run started with. For the restart control the same measure count
 kept no restart. Variants that never grow (``plain``, the width controls) are left out.
 
 Per experiment, variant and options (the width ``h``) it gives the runs, the runs that kept no
-set and the rate, and for the first post-growth cycle (cycle 1) of the runs that kept no set
-and of those that kept one: its neuron epochs, the epoch of its best validation score (1-based
-within the cycle), the gap between that best and the previous best (points; > 0: it beat it),
-the score after its first epoch against the previous best (the drop a growth costs), the
-slope of the validation score over the cycle's last ``neuron_patience`` epochs (points per
-epoch; > 0: still rising when the cycle was judged) and, on the same seeds, whether the
-restart control's cycle 1 improved. Where a variant and the restart control start from the
-same cycle 0 (same seed, same cycle-0 best), it gives their mean validation difference at
-each epoch after the growth: how long the new set takes to act at all. Variants named
+set, the rate and why (`no_set_cause`: the run never grew, its post-growth cycle was cut by the
+epoch cap, or that cycle was judged and lost), and for the first post-growth cycle (cycle 1) of
+the runs that kept no set and of those that kept one: its neuron epochs, the epoch of its best
+validation score (1-based within the cycle), the gap between that best and the previous best
+(points; > 0: it beat it), the score after its first epoch against the previous best (the drop
+a growth costs), the slope of the validation score over the cycle's last ``neuron_patience``
+epochs (points per epoch; > 0: still rising when the cycle was judged) and, on the same seeds,
+whether the restart control's cycle 1 improved. Where a variant and the restart control start
+from the same cycle 0 (same seed, same cycle-0 best), it gives their mean validation difference
+at each epoch after the growth: how long the new set takes to act at all. Variants named
 ``X-retry`` / ``X-graceN`` are compared with ``X`` seed by seed (no-set counts, final test:
 mean difference in points, paired t-test); a retry arm's rows also give its single-try run
 (`single_try`, variant ``X-retry/1try``), the exact baseline of the same code.
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from collections import defaultdict
@@ -75,19 +75,21 @@ def _sign(row: Row) -> float:
 def cycle_vals(row: Row) -> list[list[float]] | None:
     """The validation scores of each neuron cycle, from the history's neuron-phase epochs cut
     by the architectures' epoch counts; None when they do not add up (the best of each piece
-    must be its cycle's ``best_val``)."""
+    must be its cycle's ``best_val``, or better by at most the tracker's
+    ``improvement_threshold``: a smaller gain does not move the recorded best)."""
     archs = row.get("architectures") or []
     vals = [float(h["val"]) for h in row.get("history") or []
             if h.get("phase", "neuron") == "neuron" and h.get("val") is not None]
     out, start = [], 0
     sign = _sign(row)
+    threshold = float((row.get("tracker") or {}).get("improvement_threshold") or 0.0)
     for arch in archs:
         n = int(arch.get("epochs") or 0)
         piece = vals[start:start + n]
         if n == 0 or len(piece) != n or arch.get("best_val") is None:
             return None
-        if not math.isclose(max(sign * v for v in piece), sign * float(arch["best_val"]),
-                            abs_tol=1e-9):
+        excess = max(sign * v for v in piece) - sign * float(arch["best_val"])
+        if not -1e-9 <= excess <= threshold + 1e-9:
             return None
         out.append(piece)
         start += n
@@ -120,6 +122,24 @@ def first_growth(row: Row) -> dict[str, Any] | None:
             "first_epoch_gap": 100.0 * sign * (vals[0] - prev),
             "tail_slope": tail, "rising": tail is not None and tail > 0,
             "improved": bool(archs[1].get("improved"))}
+
+
+def no_set_cause(row: Row) -> str | None:
+    """Why a run kept no set (None when it kept one or cannot say): ``"never grew"`` (cycle 0
+    ran to the epoch cap), ``"cut by the cap"`` (a growth came, and the run then reached
+    ``max_epochs``: the cycle after it ended there, before the patience rule judged it) or
+    ``"judged"`` (the patience rule ended the post-growth cycle and it had not improved)."""
+    if not kept_none(row):
+        return None
+    if len(row.get("architectures") or []) < 2:
+        return "never grew"
+    cap = (row.get("tracker") or {}).get("max_epochs")
+    if cap is not None and int(row.get("epochs") or 0) >= int(cap):
+        return "cut by the cap"
+    return "judged"
+
+
+CAUSES = ("never grew", "cut by the cap", "judged")
 
 
 def single_try(row: Row) -> Row | None:
@@ -214,9 +234,11 @@ def analyse_group(rows: Sequence[Row], control: Sequence[Row]) -> dict[str, Any]
                 "restart_cycle1_improved": sum(restart_ok), "restart_compared": len(restart_ok)}
 
     tries = [t for r in rows for t in retries(r)]
+    causes = [no_set_cause(r) for r in none_rows]
     return {
         "runs": len(judged), "kept_none": len(none_rows),
         "rate": len(none_rows) / len(judged) if judged else None,
+        "causes": {cause: causes.count(cause) for cause in CAUSES},
         "no_set": detail(none_rows), "kept": detail(kept_rows),
         "failed_cycles_followed": len(tries), "rescued": sum(t["rescued"] for t in tries),
         "early_effect": early_effect(rows, control) if control and grows(rows[0]) else None,
@@ -297,14 +319,15 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 
 def render(result: Mapping[str, Any]) -> str:
     """The analysis as plain-text tables."""
-    lines = ["experiment   variant                  options   runs none  rate | no set: "
-             "ep  best  gap   ep1gap slope rise rstOK | kept: ep  best  gap   ep1gap rise | "
-             "retried rescued"]
+    lines = ["experiment   variant                  options   runs none  rate nvr/cap/jdg | "
+             "no set: ep  best  gap   ep1gap slope rise rstOK | "
+             "kept: ep  best  gap   ep1gap rise | retried rescued"]
     for g in result["groups"]:
         ns, kp = g["no_set"], g["kept"]
         lines.append(
             f"{g['experiment']:<12} {g['variant']:<24} {_opts(g['options']):<9} "
-            f"{g['runs']:>4} {g['kept_none']:>4} {_fmt(g['rate'], '5.0%')} | "
+            f"{g['runs']:>4} {g['kept_none']:>4} {_fmt(g['rate'], '5.0%')} "
+            f"{'/'.join(str(g['causes'][c]) for c in CAUSES):>11} | "
             f"{_fmt(ns['epochs']['mean'], '4.1f')} {_fmt(ns['best_epoch']['mean'], '4.1f')} "
             f"{_fmt(ns['gap']['mean'], '+5.2f')} {_fmt(ns['first_epoch_gap']['mean'], '+5.2f')} "
             f"{_fmt(ns['tail_slope']['mean'], '+5.2f')} {ns['rising']:>2}/{ns['n']:<2} "

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -184,3 +185,25 @@ def test_quick_sweep_end_to_end_on_a_fake_corpus(tmp_path: Path) -> None:
     assert "| `pb` | 1 |" in section and "| `pb-m` | 1 |" in section
     assert (tmp_path / "results" / "lm-quick-bpb-vs-params.png").is_file()
     assert (tmp_path / "results" / "lm-quick-bpb-vs-cpu-seconds.png").is_file()
+
+
+def test_an_arm_is_placed_against_the_frontier_by_parameters_and_by_cpu_seconds() -> None:
+    from perforate_experiments.report.lm import net_table
+
+    def row(variant: str, seed: int, bpb: float, params: int, cpu: float) -> dict[str, Any]:
+        return {"variant": variant, "seed": seed, "final_test": 9.0, "final_params": params,
+                "final_dendrites": 0, "extra_tests": {"test_full": bpb},
+                "post": {"cpu_seconds": cpu}}
+
+    variants = {"restart": [row("restart", s, 2.7, 1000, 10.0) for s in (0, 1)],
+                "pb": [row("pb", 0, 2.6, 2000, 40.0), row("pb", 1, 2.6, 2000, 40.0)]}
+    by_params = [(1000.0, 3.0), (4000.0, 2.0)]  # 2.5 bpb at 2,000 parameters
+    by_cpu = [(10.0, 3.0), (40.0, 2.0)]          # 2.0 bpb at 40 CPU seconds
+    lines = net_table(("tf", 16), variants, by_params, by_cpu)
+    assert "| Δ frontier, params | Δ frontier, CPU s |" in lines[2]
+    (pb,) = [line for line in lines if line.startswith("| `pb`")]
+    cells = [c.strip() for c in pb.strip("|").split("|")]
+    assert cells[6] == "+0.100 ± 0.000"  # restart − pb, the test_full bpb (not final_test)
+    assert cells[-2:] == ["+0.100", "+0.600"]
+    (restart,) = [line for line in lines if line.startswith("| `restart`")]
+    assert restart.rstrip(" |").endswith("| -0.300 | -0.300")  # at the frontier's first point

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..base import flat_config
@@ -54,12 +54,14 @@ def frontier_points(table: Table) -> list[tuple[float, float]]:
     return sorted(points)
 
 
-def interpolate(points: Sequence[tuple[float, float]], params: float) -> float | None:
-    """The frontier's accuracy at `params` (linear in log parameters); None outside it."""
+def interpolate(points: Sequence[tuple[float, float]], params: float,
+                best: Callable[[float, float], float] = max) -> float | None:
+    """The frontier's score at `params` (linear in log parameters; where two points share
+    `params`, the `best` of them); None outside it."""
     for (p0, a0), (p1, a1) in itertools.pairwise(points):
         if p0 <= params <= p1:
             if p1 == p0:
-                return max(a0, a1)
+                return best(a0, a1)
             t = (math.log(params) - math.log(p0)) / (math.log(p1) - math.log(p0))
             return a0 + t * (a1 - a0)
     return None

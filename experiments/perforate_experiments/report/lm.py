@@ -5,21 +5,21 @@ bpb of a row is its full pass over the test split (``extra_tests["test_full"]``;
 test sample's ``final_test`` only for rows without it). Per network (``net`` = tf<d> or lstm<h>):
 every arm's test bpb, parameters, sets, CPU seconds, its paired difference with the restart
 control (restart − arm: positive means the arm's bpb is lower) and its distance to the plain
-width frontier of its family (arm − frontier interpolated in log parameters: negative means
-below the frontier, i.e. better than any plain width of that size). Two figures: test bpb
+width frontier of its family (arm − frontier interpolated in log parameters, and in log CPU
+seconds: negative means below the frontier, i.e. better than any plain width of that size or
+cost). Two figures: test bpb
 against parameters and against measured CPU seconds (log x), the frontier and every arm.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .figures import _pyplot, _save
+from .frontier import interpolate
 from .markdown import NA, fmt_p, md_table, plural
 from .rows import CONTROL, Group, Row, variant_sort_key
 from .stats import finite, mean_std, paired
@@ -96,25 +96,16 @@ def frontier(table: Table, family: str,
     return sorted(points)
 
 
-def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
-    """The frontier's bpb at `x` (linear in log x); None outside its range."""
-    for (x0, y0), (x1, y1) in itertools.pairwise(points):
-        if x0 <= x <= x1:
-            if x1 == x0:
-                return min(y0, y1)
-            t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
-            return y0 + t * (y1 - y0)
-    return None
-
-
 def _order(variants: Sequence[str]) -> list[str]:
     first = [v for v in (PLAIN, CONTROL) if v in variants]
     return first + sorted((v for v in variants if v not in first), key=variant_sort_key)
 
 
 def net_table(net: tuple[str, int], variants: dict[str, list[Row]],
-              points: Sequence[tuple[float, float]]) -> list[str]:
-    """One network's table: every arm against the restart control and the frontier."""
+              points: Sequence[tuple[float, float]],
+              cpu_points: Sequence[tuple[float, float]] = ()) -> list[str]:
+    """One network's table: every arm against the restart control and the frontier, at equal
+    parameters (`points`) and at equal CPU seconds (`cpu_points`)."""
     control = variants.get(CONTROL, [])
     body = []
     for variant in _order(list(variants)):
@@ -136,14 +127,16 @@ def net_table(net: tuple[str, int], variants: dict[str, list[Row]],
             cells += [fmt_bpb(None if p.mean is None else p.mean / 100,
                               None if p.std is None else p.std / 100, signed=True),
                       f"{p.better}/{p.n}", f"{fmt_p(p.sign_p)} / {fmt_p(p.t_p)}"]
-        gap = interpolate(points, params) if params is not None else None
-        cells.append(f"{sum(tests) / len(tests) - gap:+.3f}" if gap is not None and tests
-                     else NA)
+        for at, where in ((params, points), (secs, cpu_points)):
+            gap = interpolate(where, at, min) if at is not None else None
+            cells.append(f"{sum(tests) / len(tests) - gap:+.3f}" if gap is not None and tests
+                         else NA)
         body.append(cells)
     family, width = net
     return [f"#### {FAMILIES[family]} {family}{width}", "",
             *md_table(["arm", "n", "test bpb", "params", "sets", "CPU s",
-                       "restart − arm (bpb)", "lower", "p sign / t", "Δ vs frontier"], body), ""]
+                       "restart − arm (bpb)", "lower", "p sign / t", "Δ frontier, params",
+                       "Δ frontier, CPU s"], body), ""]
 
 
 def frontier_table(table: Table, family: str) -> list[str]:
@@ -209,14 +202,15 @@ def lm_section(group: Group, figures_dir: Path, page_dir: Path) -> list[str]:
         lines += frontier_table(table, family)
     lines += ["### Arms per network", "",
               "restart − arm: paired by seed, in bpb (positive: the arm's bpb is lower), with "
-              "how many seeds were lower and the sign-test / paired t-test p; Δ vs frontier: "
+              "how many seeds were lower and the sign-test / paired t-test p; Δ frontier: "
               "the arm's mean test bpb minus the plain frontier of its family interpolated "
-              "(log parameters) at the arm's mean parameter count (negative: below the "
-              "frontier; n/a outside its range).", ""]
+              "at the arm's mean parameter count (log parameters) or at its mean measured "
+              "CPU seconds (log seconds): negative is below the frontier, better than a plain "
+              "network of that size or cost; n/a outside the frontier's range.", ""]
     for net, variants in sorted(table.items()):
         if set(variants) - {PLAIN}:
             points = frontier(table, net[0], lambda r: r.get("final_params"))
-            lines += net_table(net, variants, points)
+            lines += net_table(net, variants, points, frontier(table, net[0], cpu_seconds))
     if table:
         slug = group.slug
         for x, xlabel, name, what in (

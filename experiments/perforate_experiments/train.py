@@ -147,7 +147,10 @@ def run_one(experiment: Experiment, variant: str, seed: int, *, quick: bool = Fa
         "dendrite_phases": summary["dendrite_phases"],
         "history": [{k: r.get(k) for k in ("epoch", "phase", "dendrites", "val", "test",
                                            "seconds")} for r in tracker.records.history],
-        "config": config.to_dict(), "tracker": tracker_kwargs, "protocol": setup.protocol,
+        "config": config.to_dict(), "tracker": tracker_kwargs,
+        # a variant's own schedule (e.g. a longer budget) is the protocol its row ran
+        "protocol": {**setup.protocol, **{k: v for k, v in tracker_fields.items()
+                                          if k in setup.protocol}},
         "git_commit": git_commit(), "hardware": hardware(), "wall_seconds": wall,
         **({"post": post} if post is not None else {}),
     }

@@ -174,6 +174,11 @@ def test_quick_sweep_end_to_end_on_a_fake_corpus(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PERFORATE_DATA", str(tmp_path / "data"))
         lstm = run_one(get_experiment("lm"), "pb-m", 0, quick=True, options={"net": "lstm32"})
+        long = run_one(get_experiment("lm"), "restart-e150", 0, quick=True,
+                       options={"net": "lstm32"})
+    # a variant's own budget is what its row records as the protocol (the others keep theirs)
+    assert long["tracker"]["max_epochs"] == long["protocol"]["max_epochs"] == 150
+    assert long["final_dendrites"] == 0 and lstm["protocol"]["max_epochs"] == 4
     assert [a["dendrites"] for a in lstm["architectures"]] == [0, 1]
     assert lstm["first_params"] == 256 * 32 + 4 * (64 * 32 + 2 * 32) + 32 * 256 + 256
     assert lstm["config"]["dendrite_inputs"] == 8
@@ -207,3 +212,28 @@ def test_an_arm_is_placed_against_the_frontier_by_parameters_and_by_cpu_seconds(
     assert cells[-2:] == ["+0.100", "+0.600"]
     (restart,) = [line for line in lines if line.startswith("| `restart`")]
     assert restart.rstrip(" |").endswith("| -0.300 | -0.300")  # at the frontier's first point
+
+
+def test_the_long_budget_arms_are_paired_with_the_control_of_their_budget() -> None:
+    from perforate_experiments.report.lm import control_of, net_table
+
+    exp = get_experiment("lm")
+    assert exp.variant_settings("pb-e150", "head") == ({}, {"max_epochs": 150})
+    assert exp.variant_settings("restart-e150", "head") == (
+        {}, {"add_dendrites": False, "max_epochs": 150})
+    assert exp.option_grid("pb-e150") == [{"net": "tf16"}, {"net": "lstm32"}]
+    assert [control_of(v) for v in ("pb", "pb-cc", "pb-e150", "restart-e150")] == [
+        "restart", "restart", "restart-e150", "restart-e150"]
+
+    def row(variant: str, seed: int, bpb: float) -> dict[str, Any]:
+        return {"variant": variant, "seed": seed, "final_params": 1000, "final_dendrites": 0,
+                "extra_tests": {"test_full": bpb}, "post": {"cpu_seconds": 1.0}}
+
+    variants = {"restart": [row("restart", s, 3.0) for s in (0, 1)],
+                "restart-e150": [row("restart-e150", s, 2.5) for s in (0, 1)],
+                "pb-e150": [row("pb-e150", s, 2.4) for s in (0, 1)]}
+    lines = net_table(("tf", 16), variants, [])
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in lines if line.startswith("| `")}
+    assert cells["`pb-e150`"][6] == "+0.100 ± 0.000"  # against restart-e150, not restart
+    assert cells["`restart-e150`"][6] == "—"

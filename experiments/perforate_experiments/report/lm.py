@@ -96,6 +96,13 @@ def frontier(table: Table, family: str,
     return sorted(points)
 
 
+def control_of(variant: str) -> str:
+    """The restart control an arm is paired with: the one of its budget (``pb-e150`` ->
+    ``restart-e150``), else ``restart``."""
+    budget = re.search(r"-e\d+$", variant)
+    return CONTROL + (budget.group(0) if budget else "")
+
+
 def _order(variants: Sequence[str]) -> list[str]:
     first = [v for v in (PLAIN, CONTROL) if v in variants]
     return first + sorted((v for v in variants if v not in first), key=variant_sort_key)
@@ -106,10 +113,10 @@ def net_table(net: tuple[str, int], variants: dict[str, list[Row]],
               cpu_points: Sequence[tuple[float, float]] = ()) -> list[str]:
     """One network's table: every arm against the restart control and the frontier, at equal
     parameters (`points`) and at equal CPU seconds (`cpu_points`)."""
-    control = variants.get(CONTROL, [])
     body = []
     for variant in _order(list(variants)):
         rows = variants[variant]
+        control = variants.get(control_of(variant), [])
         tests = finite(test_bpb(r) for r in rows)
         params = _mean(finite(r.get("final_params") for r in rows))
         sets = _mean(finite(r.get("final_dendrites") for r in rows))
@@ -118,7 +125,7 @@ def net_table(net: tuple[str, int], variants: dict[str, list[Row]],
                  f"{params:,.0f}" if params is not None else NA,
                  f"{sets:.1f}" if sets is not None else NA,
                  f"{secs:,.0f}" if secs is not None else NA]
-        if variant == CONTROL or not control:
+        if variant == control_of(variant) or not control:
             cells += ["—", "—", "—"]
         else:
             # restart − arm on the same seeds (`paired` works in points: / 100 for bpb)
@@ -177,8 +184,9 @@ def plot_lm(table: Table, x: Callable[[Row], float | None], xlabel: str, path: P
                     series[variant].append((width, sum(xs) / len(xs), sum(ys) / len(ys)))
         for variant in _order(list(series)):
             pts = [(a, b) for _, a, b in sorted(series[variant])]
-            style = {"marker": "s", "ls": ":", "color": "grey"} if variant == CONTROL else \
-                {"marker": "o", "ls": "-", "alpha": 0.8}
+            control = variant == control_of(variant)
+            style = ({"marker": "s", "ls": ":", "color": "grey"} if control
+                     else {"marker": "o", "ls": "-", "alpha": 0.8})
             ax.plot([a for a, _ in pts], [b for _, b in pts], label=variant, **style)
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
@@ -201,12 +209,13 @@ def lm_section(group: Group, figures_dir: Path, page_dir: Path) -> list[str]:
     for family in FAMILIES:
         lines += frontier_table(table, family)
     lines += ["### Arms per network", "",
-              "restart − arm: paired by seed, in bpb (positive: the arm's bpb is lower), with "
-              "how many seeds were lower and the sign-test / paired t-test p; Δ frontier: "
-              "the arm's mean test bpb minus the plain frontier of its family interpolated "
-              "at the arm's mean parameter count (log parameters) or at its mean measured "
-              "CPU seconds (log seconds): negative is below the frontier, better than a plain "
-              "network of that size or cost; n/a outside the frontier's range.", ""]
+              "restart − arm: paired by seed with the restart control of the arm's budget "
+              "(`restart`; `restart-e150` for `pb-e150`), in bpb (positive: the arm's bpb is "
+              "lower), with how many seeds were lower and the sign-test / paired t-test p; Δ "
+              "frontier: the arm's mean test bpb minus the plain frontier of its family "
+              "interpolated at the arm's mean parameter count (log parameters) or at its mean "
+              "measured CPU seconds (log seconds): negative is below the frontier, better than "
+              "a plain network of that size or cost; n/a outside the frontier's range.", ""]
     for net, variants in sorted(table.items()):
         if set(variants) - {PLAIN}:
             points = frontier(table, net[0], lambda r: r.get("final_params"))

@@ -39,6 +39,10 @@ narrowest PB width (fan_in 16) and 1/16 at d = 128 (1/64 in the MLP's second lay
 these arms ask whether dendrites pay at a small fraction of the default's growth, and the two
 arms spend the same per neuron (r weights plus a shared P, against m masked weights).
 ``dendrite_rank`` applies to Linear layers only, so ``pb-rank`` runs on the transformers only.
+``restart-e150`` / ``pb-e150``: the restart control and the default with 150 epochs a run
+instead of 50 (paired with each other): at 50 epochs most runs reach the cap before their
+first plateau or one to three epochs after a growth, so these ask whether the budget, not the
+dendrites, is what the 50-epoch arms measure.
 ``plain``: the plain network, one cycle, at every width of the frontier (`TF_FRONTIER`,
 `LSTM_FRONTIER`), drawn against parameters and against measured CPU seconds (the process's
 CPU time from set-up to the end of the final test pass, ``post["cpu_seconds"]``, 1 thread).
@@ -86,9 +90,13 @@ LSTM_FRONTIER = (16, 24, 32, 48, 64, 96, 128, 192)
 NETWORKS = ("tf<d>: pre-LN causal transformer, 2 blocks, d/16 heads, MLP 4d, learned positions; "
             "lstm<h>: 1-layer LSTM, embedding width h; both: byte embedding, untied head")
 
+#: The long budget of the ``-e150`` arms: epochs a run.
+LONG_EPOCHS = 150
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "pb-rank": {"config": {"dendrite_rank": BUDGET}},
     "pb-m": {"config": {"dendrite_inputs": BUDGET}},
+    f"restart-e{LONG_EPOCHS}": {"tracker": {"add_dendrites": False, "max_epochs": LONG_EPOCHS}},
+    f"pb-e{LONG_EPOCHS}": {"tracker": {"max_epochs": LONG_EPOCHS}},
 }
 
 
@@ -191,11 +199,14 @@ ARM_NETS = (*nets("tf", TF_WIDTHS), *nets("lstm", LSTM_WIDTHS))
 EXPERIMENT = Experiment(
     name="lm",
     description="Protocol L: byte-level LMs (transformer, LSTM) on Debian's fortunes, bpb",
-    variants=("plain", "restart", "pb", "pb-cc", "pb-rank", "pb-m"),
+    variants=("plain", "restart", "pb", "pb-cc", "pb-rank", "pb-m", *(
+        f"{v}-e{LONG_EPOCHS}" for v in ("restart", "pb"))),
     setup=lm_setup,
     default_seeds=tuple(range(5)),
     options={"net": ARM_NETS},
     variant_options={"plain": {"net": (*nets("tf", TF_FRONTIER), *nets("lstm", LSTM_FRONTIER))},
-                     "pb-rank": {"net": nets("tf", TF_WIDTHS)}},
+                     "pb-rank": {"net": nets("tf", TF_WIDTHS)},
+                     **{f"{v}-e{LONG_EPOCHS}": {"net": ("tf16", "lstm32")}
+                        for v in ("restart", "pb")}},
     overrides=VARIANTS,
 )

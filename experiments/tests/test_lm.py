@@ -214,7 +214,7 @@ def test_an_arm_is_placed_against_the_frontier_by_parameters_and_by_cpu_seconds(
     assert restart.rstrip(" |").endswith("| -0.300 | -0.300")  # at the frontier's first point
 
 
-def test_the_long_budget_arms_are_paired_with_the_control_of_their_budget() -> None:
+def test_long_budget_arms_pair_with_their_budgets_control_and_ablations_target_one_part() -> None:
     from perforate_experiments.report.lm import control_of, net_table
 
     exp = get_experiment("lm")
@@ -222,6 +222,17 @@ def test_the_long_budget_arms_are_paired_with_the_control_of_their_budget() -> N
     assert exp.variant_settings("restart-e150", "head") == (
         {}, {"add_dendrites": False, "max_epochs": 150})
     assert exp.option_grid("pb-e150") == [{"net": "tf16"}, {"net": "lstm32"}]
+    assert exp.variant_settings("pb-mlp", "head") == (
+        {"target_modules": ["linear1", "linear2"]}, {})
+    assert exp.option_grid("pb-attn") == [{"net": "tf16"}, {"net": "tf32"}]
+    from perforate_experiments.base import build_config
+
+    for part, wrapped in (("attn", {"q_proj", "k_proj", "v_proj", "out_proj", "self_attn"}),
+                          ("mlp", {"linear1", "linear2"}), ("head", {"head"})):
+        config = build_config(exp.variant_settings(f"pb-{part}", "head")[0])
+        model = pf.perforate(CausalTransformerLM(16, context=8), config)
+        assert {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                if hasattr(m, "base_layer")} == wrapped
     assert [control_of(v) for v in ("pb", "pb-cc", "pb-e150", "restart-e150")] == [
         "restart", "restart", "restart-e150", "restart-e150"]
 

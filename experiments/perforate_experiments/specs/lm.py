@@ -43,6 +43,9 @@ arms spend the same per neuron (r weights plus a shared P, against m masked weig
 instead of 50 (paired with each other): at 50 epochs most runs reach the cap before their
 first plateau or one to three epochs after a growth, so these ask whether the budget, not the
 dendrites, is what the 50-epoch arms measure.
+``pb-attn`` / ``pb-mlp`` / ``pb-head`` (transformers tf16 and tf32): the default with
+dendrites on one part of the network only (the attention's projections, the MLP's two layers,
+the output head): which layers' dendrites carry a gain, if any.
 ``plain``: the plain network, one cycle, at every width of the frontier (`TF_FRONTIER`,
 `LSTM_FRONTIER`), drawn against parameters and against measured CPU seconds (the process's
 CPU time from set-up to the end of the final test pass, ``post["cpu_seconds"]``, 1 thread).
@@ -90,6 +93,8 @@ LSTM_FRONTIER = (16, 24, 32, 48, 64, 96, 128, 192)
 NETWORKS = ("tf<d>: pre-LN causal transformer, 2 blocks, d/16 heads, MLP 4d, learned positions; "
             "lstm<h>: 1-layer LSTM, embedding width h; both: byte embedding, untied head")
 
+#: The target ablation of the transformer: the default's dendrites on one part only.
+TARGET_SETS = {"attn": ["self_attn"], "mlp": ["linear1", "linear2"], "head": ["head"]}
 #: The long budget of the ``-e150`` arms: epochs a run.
 LONG_EPOCHS = 150
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -97,6 +102,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "pb-m": {"config": {"dendrite_inputs": BUDGET}},
     f"restart-e{LONG_EPOCHS}": {"tracker": {"add_dendrites": False, "max_epochs": LONG_EPOCHS}},
     f"pb-e{LONG_EPOCHS}": {"tracker": {"max_epochs": LONG_EPOCHS}},
+    **{f"pb-{part}": {"config": {"target_modules": targets}}
+       for part, targets in TARGET_SETS.items()},
 }
 
 
@@ -200,13 +207,14 @@ EXPERIMENT = Experiment(
     name="lm",
     description="Protocol L: byte-level LMs (transformer, LSTM) on Debian's fortunes, bpb",
     variants=("plain", "restart", "pb", "pb-cc", "pb-rank", "pb-m", *(
-        f"{v}-e{LONG_EPOCHS}" for v in ("restart", "pb"))),
+        f"{v}-e{LONG_EPOCHS}" for v in ("restart", "pb")), *(f"pb-{p}" for p in TARGET_SETS)),
     setup=lm_setup,
     default_seeds=tuple(range(5)),
     options={"net": ARM_NETS},
     variant_options={"plain": {"net": (*nets("tf", TF_FRONTIER), *nets("lstm", LSTM_FRONTIER))},
                      "pb-rank": {"net": nets("tf", TF_WIDTHS)},
                      **{f"{v}-e{LONG_EPOCHS}": {"net": ("tf16", "lstm32")}
-                        for v in ("restart", "pb")}},
+                        for v in ("restart", "pb")},
+                     **{f"pb-{part}": {"net": ("tf16", "tf32")} for part in TARGET_SETS}},
     overrides=VARIANTS,
 )

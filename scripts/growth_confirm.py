@@ -1,8 +1,9 @@
 """Does a retry or a grace period after growth rescue runs that kept no dendrite set?
 
-Re-runs chosen seeds of ``frontier-1d`` (MNIST-1D, Protocol P) with the ``pb`` arm (the
-library's defaults; ``--base restart`` for the restart control, the grace period's control)
-exactly as ``perforate experiment frontier-1d`` does (same setup, seeding and row format:
+Re-runs chosen seeds of ``frontier-1d`` (MNIST-1D; ``--experiment frontier`` for Protocol P)
+with the variant of the library's defaults (``pb`` on MNIST-1D, ``anchor-unperf`` on Protocol
+P; ``--base restart`` for the restart control, the grace period's control) exactly as
+``perforate experiment <experiment>`` does (same setup, seeding and row format:
 `perforate_experiments.train.run_one`), changing only the schedule:
 
 - ``retry``: ``dendrite_tries=2`` (a set that does not improve is dropped once and a fresh one
@@ -23,7 +24,7 @@ Usage (2-7 CPU-minutes per run at 1 thread on a shared 2-core machine)::
     nice -n 10 .venv/bin/python scripts/growth_confirm.py --seeds 3,5,8,9 --h 8 \\
         --arms retry,grace15 --out results/growth_confirm
 
-Rows land in ``OUT/frontier-1d/<base>-<arm>/seed-S__h-H.json`` (readable by
+Rows land in ``OUT/<experiment>/<base>-<arm>/seed-S__h-H.json`` (readable by
 ``python -m perforate_experiments.report.growth OUT``), one run at a time, skipping rows
 already on disk.
 """
@@ -45,10 +46,10 @@ import perforate_experiments.train as train
 from perforate.training.schedule import Schedule
 from perforate.training.tracker import Tracker
 from perforate_experiments.registry import get_experiment
-from perforate_experiments.runner import parse_seeds, write_json_atomic
+from perforate_experiments.runner import parse_seeds, result_path, write_json_atomic
 
-EXPERIMENT = "frontier-1d"
-BASES = ("pb", "restart")
+#: The experiments it re-runs and the variant of the library's defaults in each.
+DEFAULT_VARIANT = {"frontier-1d": "pb", "frontier": "anchor-unperf"}
 
 
 def arm_settings(arm: str) -> dict[str, Any]:
@@ -61,10 +62,11 @@ def arm_settings(arm: str) -> dict[str, Any]:
     raise SystemExit(f"unknown arm {arm!r}: use retry or grace<N>")
 
 
-def run(arm: str, seed: int, h: int, base: str = "pb") -> dict[str, Any]:
-    """One run of `arm` on variant `base`: `train.run_one` with `fit` wrapped to add the arm's
-    settings."""
-    exp = get_experiment(EXPERIMENT)
+def run(arm: str, seed: int, h: int, base: str = "pb",
+        experiment: str = "frontier-1d") -> dict[str, Any]:
+    """One run of `arm` on variant `base` of `experiment`: `train.run_one` with `fit` wrapped
+    to add the arm's settings."""
+    exp = get_experiment(experiment)
     extra = arm_settings(arm)
     original = train.fit
 
@@ -88,18 +90,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="3,5,8,9")
     parser.add_argument("--h", type=int, default=8)
     parser.add_argument("--arms", default="retry,grace15")
-    parser.add_argument("--base", choices=BASES, default="pb",
-                        help="the variant the arms change (restart: the control)")
+    parser.add_argument("--experiment", choices=sorted(DEFAULT_VARIANT), default="frontier-1d")
+    parser.add_argument("--base", default=None,
+                        help="the variant the arms change (default: the experiment's defaults; "
+                             "restart: the control)")
     parser.add_argument("--out", default="results/growth_confirm")
     args = parser.parse_args(argv)
+    base = args.base or DEFAULT_VARIANT[args.experiment]
+    if base not in get_experiment(args.experiment).variants:
+        parser.error(f"{args.experiment} has no variant {base!r}")
     torch.set_num_threads(1)
     for seed in parse_seeds(args.seeds):
         for arm in args.arms.split(","):
-            path = (Path(args.out) / EXPERIMENT / f"{args.base}-{arm}"
-                    / f"seed-{seed}__h-{args.h}.json")
+            arm_settings(arm)  # an unknown arm fails before any run
+            path = result_path(Path(args.out), args.experiment, f"{base}-{arm}", seed,
+                               {"h": args.h}, False)
             if path.is_file():
                 continue
-            row = run(arm, seed, args.h, args.base)
+            row = run(arm, seed, args.h, base, args.experiment)
             write_json_atomic(path, row)
             print(json.dumps({"arm": arm, "seed": seed, "final_cycle": row["final_cycle"],
                               "final_dendrites": row["final_dendrites"],

@@ -209,23 +209,31 @@ def test_a_grace_arm_judges_a_post_growth_cycle_late(cycle1: list[float], grace:
 def test_the_grace_arm_of_the_restart_control_lands_under_its_own_variant(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     module = _grace_module()
-    calls: list[tuple[str, int, int, str]] = []
+    calls: list[tuple[str, int, int, str, str]] = []
 
-    def fake_run(arm: str, seed: int, h: int, base: str = "pb") -> dict[str, Any]:
-        calls.append((arm, seed, h, base))
+    def fake_run(arm: str, seed: int, h: int, base: str = "pb",
+                 experiment: str = "frontier-1d") -> dict[str, Any]:
+        calls.append((arm, seed, h, base, experiment))
         return {"variant": f"{base}-{arm}", "final_cycle": 0, "final_dendrites": 0,
                 "final_test": 50.0, "architectures": [], "wall_seconds": 1.0}
 
     monkeypatch.setattr(module, "run", fake_run)
     assert module.main(["--seeds", "1,2", "--h", "8", "--arms", "grace15", "--base", "restart",
                         "--out", str(tmp_path)]) == 0
-    assert calls == [("grace15", 1, 8, "restart"), ("grace15", 2, 8, "restart")]
+    assert calls == [("grace15", 1, 8, "restart", "frontier-1d"),
+                     ("grace15", 2, 8, "restart", "frontier-1d")]
     row = json.loads((tmp_path / "frontier-1d" / "restart-grace15" / "seed-2__h-8.json")
                      .read_text())
     assert row["variant"] == "restart-grace15"
     module.main(["--seeds", "1", "--arms", "grace15", "--base", "restart",
                  "--out", str(tmp_path)])
     assert len(calls) == 2  # a row on disk is not run again
+    module.main(["--seeds", "0", "--h", "4", "--arms", "grace15", "--experiment", "frontier",
+                 "--out", str(tmp_path)])  # Protocol P: the defaults are anchor-unperf
+    assert calls[-1] == ("grace15", 0, 4, "anchor-unperf", "frontier")
+    assert (tmp_path / "frontier" / "anchor-unperf-grace15" / "seed-0__h-4.json").is_file()
+    with pytest.raises(SystemExit):
+        module.main(["--base", "no-such-variant", "--out", str(tmp_path)])
 
 
 def test_why_a_run_kept_no_set_never_grew_cut_by_the_cap_or_judged() -> None:

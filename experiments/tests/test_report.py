@@ -285,3 +285,17 @@ def test_paper_algorithm_has_its_own_width_control(tmp_path: Path) -> None:
     assert "PB beat the restart control. PB − restart: +2.67" in results
     assert "(the default, `PerforationConfig()`)" in results
     assert "`PerforationConfig.paper()`" in results
+
+
+def test_at_a_glance_points_to_the_lm_section_it_leaves_out(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    for seed in range(2):
+        put(out, row("fashion-mnist", "restart", seed, 0.8, 0.8))
+        put(out, row("fashion-mnist", "pb", seed, 0.8, 0.81, dendrites=1))
+    text = build_report(out, tmp_path / "results.md").read_text()
+    assert "section [lm](#lm)" not in text  # no Protocol L rows: nothing to point to
+    put(out, row("lm", "restart", 0, 3.5, 3.4, options={"net": "tf16"}, metric="bpb"))
+    glance = section(build_report(out, tmp_path / "results.md").read_text(), "At a glance")
+    assert "| lm" not in glance  # bpb (lower is better) is not a % of this table
+    assert "Protocol L (language models, in bits per byte" in glance
+    assert "section [lm](#lm)" in glance

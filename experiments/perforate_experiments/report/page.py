@@ -274,6 +274,10 @@ def _at_a_glance(groups: Sequence[Group]) -> list[str]:
     if not body:
         return []
     compression = _compression_lines(groups)
+    if any(g.experiment == "lm" and not g.quick for g in groups):
+        compression += ["", "Protocol L (language models, in bits per byte: lower is better) "
+                        "is not in this table; its arms against the restart control and the "
+                        "width frontier are in section [lm](#lm)."]
     return ["## At a glance", "",
             "PB against the two controls the paper lacks, per experiment: `pb` is the "
             "library's defaults, `pb-perf` the same perforated (the default before the "

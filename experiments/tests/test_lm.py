@@ -221,7 +221,7 @@ def test_long_budget_arms_pair_with_their_budgets_control_and_ablations_target_o
     assert exp.variant_settings("pb-e150", "head") == ({}, {"max_epochs": 150})
     assert exp.variant_settings("restart-e150", "head") == (
         {}, {"add_dendrites": False, "max_epochs": 150})
-    assert exp.option_grid("pb-e150") == [{"net": "tf16"}, {"net": "lstm32"}]
+    assert exp.option_grid("pb-e150") == [{"net": n} for n in ("tf16", "tf32", "lstm32", "lstm64")]
     assert exp.variant_settings("pb-mlp", "head") == (
         {"target_modules": ["linear1", "linear2"]}, {})
     assert exp.option_grid("pb-attn") == [{"net": "tf16"}, {"net": "tf32"}]

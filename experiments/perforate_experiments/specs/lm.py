@@ -39,10 +39,10 @@ narrowest PB width (fan_in 16) and 1/16 at d = 128 (1/64 in the MLP's second lay
 these arms ask whether dendrites pay at a small fraction of the default's growth, and the two
 arms spend the same per neuron (r weights plus a shared P, against m masked weights).
 ``dendrite_rank`` applies to Linear layers only, so ``pb-rank`` runs on the transformers only.
-``restart-e150`` / ``pb-e150``: the restart control and the default with 150 epochs a run
-instead of 50 (paired with each other): at 50 epochs most runs reach the cap before their
-first plateau or one to three epochs after a growth, so these ask whether the budget, not the
-dendrites, is what the 50-epoch arms measure.
+``restart-e150`` / ``pb-e150`` (tf16, tf32, lstm32, lstm64): the restart control and the
+default with 150 epochs a run instead of 50 (paired with each other): at 50 epochs most runs
+reach the cap before their first plateau or one to three epochs after a growth, so these ask
+whether the budget, not the dendrites, is what the 50-epoch arms measure.
 ``pb-attn`` / ``pb-mlp`` / ``pb-head`` (transformers tf16 and tf32): the default with
 dendrites on one part of the network only (the attention's projections, the MLP's two layers,
 the output head): which layers' dendrites carry a gain, if any.
@@ -213,7 +213,7 @@ EXPERIMENT = Experiment(
     options={"net": ARM_NETS},
     variant_options={"plain": {"net": (*nets("tf", TF_FRONTIER), *nets("lstm", LSTM_FRONTIER))},
                      "pb-rank": {"net": nets("tf", TF_WIDTHS)},
-                     **{f"{v}-e{LONG_EPOCHS}": {"net": ("tf16", "lstm32")}
+                     **{f"{v}-e{LONG_EPOCHS}": {"net": ("tf16", "tf32", "lstm32", "lstm64")}
                         for v in ("restart", "pb")},
                      **{f"pb-{part}": {"net": ("tf16", "tf32")} for part in TARGET_SETS}},
     overrides=VARIANTS,

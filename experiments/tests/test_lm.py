@@ -248,3 +248,4 @@ def test_long_budget_arms_pair_with_their_budgets_control_and_ablations_target_o
              for line in lines if line.startswith("| `")}
     assert cells["`pb-e150`"][6] == "+0.100 ± 0.000"  # against restart-e150, not restart
     assert cells["`restart-e150`"][6] == "—"
+    assert list(cells) == ["`restart`", "`restart-e150`", "`pb-e150`"]  # controls first

@@ -104,7 +104,9 @@ def control_of(variant: str) -> str:
 
 
 def _order(variants: Sequence[str]) -> list[str]:
-    first = [v for v in (PLAIN, CONTROL) if v in variants]
+    """The plain network, then every restart control (shortest budget first), then the arms."""
+    controls = sorted((v for v in variants if v == control_of(v)), key=lambda v: (len(v), v))
+    first = [v for v in (PLAIN, *controls) if v in variants]
     return first + sorted((v for v in variants if v not in first), key=variant_sort_key)
 
 

@@ -187,8 +187,10 @@ def plot_lm(table: Table, x: Callable[[Row], float | None], xlabel: str, path: P
         for variant in _order(list(series)):
             pts = [(a, b) for _, a, b in sorted(series[variant])]
             control = variant == control_of(variant)
-            style = ({"marker": "s", "ls": ":", "color": "grey"} if control
-                     else {"marker": "o", "ls": "-", "alpha": 0.8})
+            # controls grey; a longer budget's control is a diamond, its arms dashed
+            style = ({"marker": "s" if variant == CONTROL else "D", "ls": ":", "color": "grey"}
+                     if control else {"marker": "o", "alpha": 0.8,
+                                      "ls": "--" if control_of(variant) != CONTROL else "-"})
             ax.plot([a for a, _ in pts], [b for _, b in pts], label=variant, **style)
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)

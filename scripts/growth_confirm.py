@@ -99,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     base = args.base or DEFAULT_VARIANT[args.experiment]
     if base not in get_experiment(args.experiment).variants:
         parser.error(f"{args.experiment} has no variant {base!r}")
+    arms = args.arms.split(",")
+    for arm in arms:
+        arm_settings(arm)  # an unknown arm fails before any run
     torch.set_num_threads(1)
     for seed in parse_seeds(args.seeds):
-        for arm in args.arms.split(","):
-            arm_settings(arm)  # an unknown arm fails before any run
+        for arm in arms:
             path = result_path(Path(args.out), args.experiment, f"{base}-{arm}", seed,
                                {"h": args.h}, False)
             if path.is_file():

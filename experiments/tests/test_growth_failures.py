@@ -234,6 +234,9 @@ def test_the_grace_arm_of_the_restart_control_lands_under_its_own_variant(
     assert (tmp_path / "frontier" / "anchor-unperf-grace15" / "seed-0__h-4.json").is_file()
     with pytest.raises(SystemExit):
         module.main(["--base", "no-such-variant", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):  # a bad arm anywhere in the list: nothing runs
+        module.main(["--seeds", "7", "--arms", "grace15,bogus", "--out", str(tmp_path)])
+    assert calls[-1][1] != 7
 
 
 def test_why_a_run_kept_no_set_never_grew_cut_by_the_cap_or_judged() -> None:

@@ -7,8 +7,8 @@ every arm's test bpb, parameters, sets, CPU seconds, its paired difference with 
 control (restart − arm: positive means the arm's bpb is lower) and its distance to the plain
 width frontier of its family (arm − frontier interpolated in log parameters, and in log CPU
 seconds: negative means below the frontier, i.e. better than any plain width of that size or
-cost). Two figures: test bpb
-against parameters and against measured CPU seconds (log x), the frontier and every arm.
+cost). Two figures: test bpb against parameters and against measured CPU seconds (log x), the
+frontier and every arm.
 """
 
 from __future__ import annotations
@@ -186,11 +186,11 @@ def plot_lm(table: Table, x: Callable[[Row], float | None], xlabel: str, path: P
                     series[variant].append((width, sum(xs) / len(xs), sum(ys) / len(ys)))
         for variant in _order(list(series)):
             pts = [(a, b) for _, a, b in sorted(series[variant])]
-            control = variant == control_of(variant)
             # controls grey; a longer budget's control is a diamond, its arms dashed
-            style = ({"marker": "s" if variant == CONTROL else "D", "ls": ":", "color": "grey"}
-                     if control else {"marker": "o", "alpha": 0.8,
-                                      "ls": "--" if control_of(variant) != CONTROL else "-"})
+            longer = control_of(variant) != CONTROL
+            style = ({"marker": "D" if longer else "s", "ls": ":", "color": "grey"}
+                     if variant == control_of(variant)
+                     else {"marker": "o", "ls": "--" if longer else "-", "alpha": 0.8})
             ax.plot([a for a, _ in pts], [b for _, b in pts], label=variant, **style)
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)

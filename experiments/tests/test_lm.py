@@ -221,7 +221,16 @@ def test_long_budget_arms_pair_with_their_budgets_control_and_ablations_target_o
     assert exp.variant_settings("pb-e150", "head") == ({}, {"max_epochs": 150})
     assert exp.variant_settings("restart-e150", "head") == (
         {}, {"add_dendrites": False, "max_epochs": 150})
-    assert exp.option_grid("pb-e150") == [{"net": n} for n in ("tf16", "tf32", "lstm32", "lstm64")]
+    assert [g["net"] for g in exp.option_grid("pb-e150")] == [
+        "tf16", "tf32", "tf64", "tf128", "lstm32", "lstm64", "lstm128"]
+    # every arm runs at the long budget with its own settings, the epochs changed only
+    from perforate_experiments.base import paper_fields
+
+    assert exp.variant_settings("pb-cc-e150", "head") == (paper_fields(), {"max_epochs": 150})
+    assert exp.variant_settings("pb-m-e150", "head") == (
+        exp.variant_settings("pb-m", "head")[0], {"max_epochs": 150})
+    assert exp.variant_settings("pb-cc", "head")[0] == paper_fields()
+    assert [g["net"] for g in exp.option_grid("pb-rank-e150")] == ["tf16", "tf32", "tf64", "tf128"]
     assert exp.variant_settings("pb-mlp", "head") == (
         {"target_modules": ["linear1", "linear2"]}, {})
     assert exp.option_grid("pb-attn") == [{"net": "tf16"}, {"net": "tf32"}]

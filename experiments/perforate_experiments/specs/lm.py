@@ -39,10 +39,10 @@ narrowest PB width (fan_in 16) and 1/16 at d = 128 (1/64 in the MLP's second lay
 these arms ask whether dendrites pay at a small fraction of the default's growth, and the two
 arms spend the same per neuron (r weights plus a shared P, against m masked weights).
 ``dendrite_rank`` applies to Linear layers only, so ``pb-rank`` runs on the transformers only.
-``restart-e150`` / ``pb-e150`` (tf16, tf32, lstm32, lstm64): the restart control and the
-default with 150 epochs a run instead of 50 (paired with each other): at 50 epochs most runs
-reach the cap before their first plateau or one to three epochs after a growth, so these ask
-whether the budget, not the dendrites, is what the 50-epoch arms measure.
+Every arm at 150 epochs a run instead of 50 (``restart-e150``, ``pb-e150``, ``pb-cc-e150``,
+``pb-rank-e150``, ``pb-m-e150``; `LONG_ARMS`, paired with ``restart-e150``): at 50 epochs most
+runs reach the cap before their first plateau or one to three epochs after a growth, so the
+50-epoch arms measure the budget, not the dendrites.
 ``pb-attn`` / ``pb-mlp`` / ``pb-head`` (transformers tf16 and tf32): the default with
 dendrites on one part of the network only (the attention's projections, the MLP's two layers,
 the output head): which layers' dendrites carry a gain, if any.
@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import Experiment, Setup
+from ..base import Experiment, Setup, paper_fields
 from ..data.fortunes import RandomWindows, StridedWindows, load_fortunes
 from ..models.lm import LSTMLM, CausalTransformerLM
 
@@ -97,11 +97,28 @@ NETWORKS = ("tf<d>: pre-LN causal transformer, 2 blocks, d/16 heads, MLP 4d, lea
 TARGET_SETS = {"attn": ["self_attn"], "mlp": ["linear1", "linear2"], "head": ["head"]}
 #: The long budget of the ``-e150`` arms: epochs a run.
 LONG_EPOCHS = 150
-VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+#: The arms that also run at the long budget, and what each changes (the restart control
+#: is a plain variant: it adds no dendrites).
+ARMS: dict[str, dict[str, dict[str, Any]]] = {
+    "restart": {"tracker": {"add_dendrites": False}},
+    "pb": {},
+    "pb-cc": {"config": paper_fields()},
     "pb-rank": {"config": {"dendrite_rank": BUDGET}},
     "pb-m": {"config": {"dendrite_inputs": BUDGET}},
-    f"restart-e{LONG_EPOCHS}": {"tracker": {"add_dendrites": False, "max_epochs": LONG_EPOCHS}},
-    f"pb-e{LONG_EPOCHS}": {"tracker": {"max_epochs": LONG_EPOCHS}},
+}
+
+
+def long_budget(arm: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`arm` at `LONG_EPOCHS` epochs a run."""
+    return {"config": dict(arm.get("config", {})),
+            "tracker": {**arm.get("tracker", {}), "max_epochs": LONG_EPOCHS}}
+
+
+LONG_ARMS = tuple(f"{arm}-e{LONG_EPOCHS}" for arm in ARMS)
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "pb-rank": ARMS["pb-rank"],
+    "pb-m": ARMS["pb-m"],
+    **{f"{arm}-e{LONG_EPOCHS}": long_budget(own) for arm, own in ARMS.items()},
     **{f"pb-{part}": {"config": {"target_modules": targets}}
        for part, targets in TARGET_SETS.items()},
 }
@@ -203,18 +220,17 @@ def lm_setup(seed: int, quick: bool, *, net: str = "tf16", root: str | None = No
 
 
 ARM_NETS = (*nets("tf", TF_WIDTHS), *nets("lstm", LSTM_WIDTHS))
+TF_NETS = nets("tf", TF_WIDTHS)
 EXPERIMENT = Experiment(
     name="lm",
     description="Protocol L: byte-level LMs (transformer, LSTM) on Debian's fortunes, bpb",
-    variants=("plain", "restart", "pb", "pb-cc", "pb-rank", "pb-m", *(
-        f"{v}-e{LONG_EPOCHS}" for v in ("restart", "pb")), *(f"pb-{p}" for p in TARGET_SETS)),
+    variants=("plain", *ARMS, *LONG_ARMS, *(f"pb-{p}" for p in TARGET_SETS)),
     setup=lm_setup,
     default_seeds=tuple(range(5)),
     options={"net": ARM_NETS},
     variant_options={"plain": {"net": (*nets("tf", TF_FRONTIER), *nets("lstm", LSTM_FRONTIER))},
-                     "pb-rank": {"net": nets("tf", TF_WIDTHS)},
-                     **{f"{v}-e{LONG_EPOCHS}": {"net": ("tf16", "tf32", "lstm32", "lstm64")}
-                        for v in ("restart", "pb")},
+                     "pb-rank": {"net": TF_NETS},
+                     f"pb-rank-e{LONG_EPOCHS}": {"net": TF_NETS},
                      **{f"pb-{part}": {"net": ("tf16", "tf32")} for part in TARGET_SETS}},
     overrides=VARIANTS,
 )

@@ -208,7 +208,7 @@ def test_an_arm_is_placed_against_the_frontier_by_parameters_and_by_cpu_seconds(
     assert "| Δ frontier, params | Δ frontier, CPU s |" in lines[2]
     (pb,) = [line for line in lines if line.startswith("| `pb`")]
     cells = [c.strip() for c in pb.strip("|").split("|")]
-    assert cells[6] == "+0.100 ± 0.000"  # restart − pb, the test_full bpb (not final_test)
+    assert cells[7] == "+0.100 ± 0.000"  # restart − pb, the test_full bpb (not final_test)
     assert cells[-2:] == ["+0.100", "+0.600"]
     (restart,) = [line for line in lines if line.startswith("| `restart`")]
     assert restart.rstrip(" |").endswith("| -0.300 | -0.300")  # at the frontier's first point
@@ -247,6 +247,7 @@ def test_long_budget_arms_pair_with_their_budgets_control_and_ablations_target_o
 
     def row(variant: str, seed: int, bpb: float) -> dict[str, Any]:
         return {"variant": variant, "seed": seed, "final_params": 1000, "final_dendrites": 0,
+                "epochs": 50 + 100 * variant.endswith("e150") + seed,
                 "extra_tests": {"test_full": bpb}, "post": {"cpu_seconds": 1.0}}
 
     variants = {"restart": [row("restart", s, 3.0) for s in (0, 1)],
@@ -255,6 +256,8 @@ def test_long_budget_arms_pair_with_their_budgets_control_and_ablations_target_o
     lines = net_table(("tf", 16), variants, [])
     cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
              for line in lines if line.startswith("| `")}
-    assert cells["`pb-e150`"][6] == "+0.100 ± 0.000"  # against restart-e150, not restart
-    assert cells["`restart-e150`"][6] == "—"
+    assert cells["`pb-e150`"][7] == "+0.100 ± 0.000"  # against restart-e150, not restart
+    assert cells["`restart-e150`"][7] == "+0.500 ± 0.000"  # the longer budget alone: vs restart
+    assert cells["`restart`"][7] == "—"
     assert list(cells) == ["`restart`", "`restart-e150`", "`pb-e150`"]  # controls first
+    assert [cells[v][5] for v in cells] == ["50", "150", "150"]  # mean epochs (50.5 rounds to 50)

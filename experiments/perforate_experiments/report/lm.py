@@ -3,8 +3,9 @@
 Scores are bits per byte (bpb), lower is better, shown as numbers (not percentages). The test
 bpb of a row is its full pass over the test split (``extra_tests["test_full"]``; the per-epoch
 test sample's ``final_test`` only for rows without it). Per network (``net`` = tf<d> or lstm<h>):
-every arm's test bpb, parameters, sets, CPU seconds, its paired difference with the restart
-control (restart − arm: positive means the arm's bpb is lower) and its distance to the plain
+every arm's test bpb, parameters, sets, epochs run, CPU seconds, its paired difference with
+the restart control (restart − arm: positive means the arm's bpb is lower; a longer budget's
+control against ``restart``) and its distance to the plain
 width frontier of its family (arm − frontier interpolated in log parameters, and in log CPU
 seconds: negative means below the frontier, i.e. better than any plain width of that size or
 cost). Two figures: test bpb against parameters and against measured CPU seconds (log x), the
@@ -103,6 +104,16 @@ def control_of(variant: str) -> str:
     return CONTROL + (budget.group(0) if budget else "")
 
 
+def paired_with(variant: str) -> str | None:
+    """What a row's "restart − arm" compares it with: an arm, the restart control of its
+    budget; a longer budget's control, ``restart`` (what the extra epochs alone buy); ``restart``
+    itself, nothing."""
+    control = control_of(variant)
+    if variant != control:
+        return control
+    return CONTROL if variant != CONTROL else None
+
+
 def _order(variants: Sequence[str]) -> list[str]:
     """The plain network, then every restart control (shortest budget first), then the arms."""
     controls = sorted((v for v in variants if v == control_of(v)), key=lambda v: (len(v), v))
@@ -118,16 +129,19 @@ def net_table(net: tuple[str, int], variants: dict[str, list[Row]],
     body = []
     for variant in _order(list(variants)):
         rows = variants[variant]
-        control = variants.get(control_of(variant), [])
+        against = paired_with(variant)
+        control = variants.get(against, []) if against else []
         tests = finite(test_bpb(r) for r in rows)
         params = _mean(finite(r.get("final_params") for r in rows))
         sets = _mean(finite(r.get("final_dendrites") for r in rows))
+        epochs = _mean(finite(r.get("epochs") for r in rows))
         secs = _mean(finite(cpu_seconds(r) for r in rows))
         cells = [f"`{variant}`", len(rows), fmt_bpb(*mean_std(tests)),
                  f"{params:,.0f}" if params is not None else NA,
                  f"{sets:.1f}" if sets is not None else NA,
+                 f"{epochs:.0f}" if epochs is not None else NA,
                  f"{secs:,.0f}" if secs is not None else NA]
-        if variant == control_of(variant) or not control:
+        if not control:
             cells += ["—", "—", "—"]
         else:
             # restart − arm on the same seeds (`paired` works in points: / 100 for bpb)
@@ -143,7 +157,7 @@ def net_table(net: tuple[str, int], variants: dict[str, list[Row]],
         body.append(cells)
     family, width = net
     return [f"#### {FAMILIES[family]} {family}{width}", "",
-            *md_table(["arm", "n", "test bpb", "params", "sets", "CPU s",
+            *md_table(["arm", "n", "test bpb", "params", "sets", "epochs", "CPU s",
                        "restart − arm (bpb)", "lower", "p sign / t", "Δ frontier, params",
                        "Δ frontier, CPU s"], body), ""]
 
@@ -214,7 +228,8 @@ def lm_section(group: Group, figures_dir: Path, page_dir: Path) -> list[str]:
         lines += frontier_table(table, family)
     lines += ["### Arms per network", "",
               "restart − arm: paired by seed with the restart control of the arm's budget "
-              "(`restart`; `restart-e150` for `pb-e150`), in bpb (positive: the arm's bpb is "
+              "(`restart`; `restart-e150` for the `-e150` arms; `restart-e150` itself against "
+              "`restart`: what the extra epochs alone buy), in bpb (positive: the arm's bpb is "
               "lower), with how many seeds were lower and the sign-test / paired t-test p; Δ "
               "frontier: the arm's mean test bpb minus the plain frontier of its family "
               "interpolated at the arm's mean parameter count (log parameters) or at its mean "

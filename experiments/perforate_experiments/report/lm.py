@@ -5,11 +5,10 @@ bpb of a row is its full pass over the test split (``extra_tests["test_full"]``;
 test sample's ``final_test`` only for rows without it). Per network (``net`` = tf<d> or lstm<h>):
 every arm's test bpb, parameters, sets, epochs run, CPU seconds, its paired difference with
 the restart control (restart − arm: positive means the arm's bpb is lower; a longer budget's
-control against ``restart``) and its distance to the plain
-width frontier of its family (arm − frontier interpolated in log parameters, and in log CPU
-seconds: negative means below the frontier, i.e. better than any plain width of that size or
-cost). Two figures: test bpb against parameters and against measured CPU seconds (log x), the
-frontier and every arm.
+control against ``restart``) and its distance to the plain width frontier of its family
+(arm − frontier interpolated in log parameters, and in log CPU seconds: negative means below
+the frontier, i.e. better than any plain width of that size or cost). Two figures: test bpb
+against parameters and against measured CPU seconds (log x), the frontier and every arm.
 """
 
 from __future__ import annotations

@@ -204,14 +204,17 @@ def test_an_arm_is_placed_against_the_frontier_by_parameters_and_by_cpu_seconds(
                 "pb": [row("pb", 0, 2.6, 2000, 40.0), row("pb", 1, 2.6, 2000, 40.0)]}
     by_params = [(1000.0, 3.0), (4000.0, 2.0)]  # 2.5 bpb at 2,000 parameters
     by_cpu = [(10.0, 3.0), (40.0, 2.0)]          # 2.0 bpb at 40 CPU seconds
-    lines = net_table(("tf", 16), variants, by_params, by_cpu)
-    assert "| Δ frontier, params | Δ frontier, CPU s |" in lines[2]
+    # the restart control's own curve over widths: 2.7 bpb at 1,000, 2.3 at 4,000 parameters
+    curves = {"restart": [(1000.0, 2.7), (4000.0, 2.3)]}
+    lines = net_table(("tf", 16), variants, by_params, by_cpu, curves)
+    assert "| Δ frontier, params | Δ frontier, CPU s | Δ restart curve, params |" in lines[2]
     (pb,) = [line for line in lines if line.startswith("| `pb`")]
     cells = [c.strip() for c in pb.strip("|").split("|")]
     assert cells[7] == "+0.100 ± 0.000"  # restart − pb, the test_full bpb (not final_test)
-    assert cells[-2:] == ["+0.100", "+0.600"]
+    assert cells[-3:] == ["+0.100", "+0.600", "+0.100"]  # the curve gives 2.5 at 2,000
     (restart,) = [line for line in lines if line.startswith("| `restart`")]
-    assert restart.rstrip(" |").endswith("| -0.300 | -0.300")  # at the frontier's first point
+    # at the frontier's first point; a control is not placed against its own curve
+    assert restart.rstrip(" |").endswith("| -0.300 | -0.300 | —")
 
 
 def test_long_budget_arms_pair_with_their_budgets_control_and_ablations_target_one_part() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .figures import _pyplot, _save
@@ -84,12 +84,17 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def frontier(table: Table, family: str,
-             x: Callable[[Row], float | None]) -> list[tuple[float, float]]:
-    """(mean x, mean test bpb) of the plain network at each width of `family`, by x."""
+def param_count(row: Row) -> float | None:
+    return row.get("final_params")
+
+
+def frontier(table: Table, family: str, x: Callable[[Row], float | None],
+             variant: str = PLAIN) -> list[tuple[float, float]]:
+    """(mean x, mean test bpb) of `variant` (the plain network: the frontier) at each width of
+    `family`, by x."""
     points = []
     for (fam, _), variants in table.items():
-        rows = variants.get(PLAIN, [])
+        rows = variants.get(variant, [])
         xs, ys = finite(x(r) for r in rows), finite(test_bpb(r) for r in rows)
         if fam == family and xs and ys:
             points.append((sum(xs) / len(xs), sum(ys) / len(ys)))
@@ -122,9 +127,13 @@ def _order(variants: Sequence[str]) -> list[str]:
 
 def net_table(net: tuple[str, int], variants: dict[str, list[Row]],
               points: Sequence[tuple[float, float]],
-              cpu_points: Sequence[tuple[float, float]] = ()) -> list[str]:
+              cpu_points: Sequence[tuple[float, float]] = (),
+              control_curves: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+              ) -> list[str]:
     """One network's table: every arm against the restart control and the frontier, at equal
-    parameters (`points`) and at equal CPU seconds (`cpu_points`)."""
+    parameters (`points`) and at equal CPU seconds (`cpu_points`), and against its restart
+    control's curve over widths (`control_curves[control]`, by parameters): the network made
+    wider instead, trained with the same schedule and budget."""
     body = []
     for variant in _order(list(variants)):
         rows = variants[variant]
@@ -149,16 +158,20 @@ def net_table(net: tuple[str, int], variants: dict[str, list[Row]],
             cells += [fmt_bpb(None if p.mean is None else p.mean / 100,
                               None if p.std is None else p.std / 100, signed=True),
                       f"{p.better}/{p.n}", f"{fmt_p(p.sign_p)} / {fmt_p(p.t_p)}"]
-        for at, where in ((params, points), (secs, cpu_points)):
+        own_curve = variant in (PLAIN, control_of(variant))  # a control lies on its curve
+        curve = (control_curves or {}).get(control_of(variant), ())
+        for at, where in ((params, points), (secs, cpu_points), (params, curve)):
             gap = interpolate(where, at, min) if at is not None else None
             cells.append(f"{sum(tests) / len(tests) - gap:+.3f}" if gap is not None and tests
                          else NA)
+        if own_curve:
+            cells[-1] = "—"
         body.append(cells)
     family, width = net
     return [f"#### {FAMILIES[family]} {family}{width}", "",
             *md_table(["arm", "n", "test bpb", "params", "sets", "epochs", "CPU s",
                        "restart − arm (bpb)", "lower", "p sign / t", "Δ frontier, params",
-                       "Δ frontier, CPU s"], body), ""]
+                       "Δ frontier, CPU s", "Δ restart curve, params"], body), ""]
 
 
 def frontier_table(table: Table, family: str) -> list[str]:
@@ -233,15 +246,22 @@ def lm_section(group: Group, figures_dir: Path, page_dir: Path) -> list[str]:
               "frontier: the arm's mean test bpb minus the plain frontier of its family "
               "interpolated at the arm's mean parameter count (log parameters) or at its mean "
               "measured CPU seconds (log seconds): negative is below the frontier, better than "
-              "a plain network of that size or cost; n/a outside the frontier's range.", ""]
+              "a plain network of that size or cost; n/a outside the frontier's range. Δ "
+              "restart curve: the arm's mean test bpb minus its restart control's curve over "
+              "the family's widths at the arm's parameter count: against a wider network "
+              "trained with the same schedule and budget (the one-cycle frontier stops at the "
+              "first plateau, so a longer budget's arms are better judged here).", ""]
     for net, variants in sorted(table.items()):
         if set(variants) - {PLAIN}:
-            points = frontier(table, net[0], lambda r: r.get("final_params"))
-            lines += net_table(net, variants, points, frontier(table, net[0], cpu_seconds))
+            family = net[0]
+            curves = {c: frontier(table, family, param_count, c)
+                      for c in {control_of(v) for v in variants}}
+            lines += net_table(net, variants, frontier(table, family, param_count),
+                               frontier(table, family, cpu_seconds), curves)
     if table:
         slug = group.slug
         for x, xlabel, name, what in (
-                (lambda r: r.get("final_params"), "parameters (log scale)", "params",
+                (param_count, "parameters (log scale)", "params",
                  "parameters"),
                 (cpu_seconds, "measured CPU seconds per run (log scale)", "cpu-seconds",
                  "measured CPU seconds per run")):

@@ -234,14 +234,14 @@ def test_long_budget_arms_pair_with_their_budgets_control_and_ablations_target_o
         exp.variant_settings("pb-m", "head")[0], {"max_epochs": 150})
     assert exp.variant_settings("pb-cc", "head")[0] == paper_fields()
     assert [g["net"] for g in exp.option_grid("pb-rank-e150")] == ["tf16", "tf32", "tf64", "tf128"]
-    assert exp.variant_settings("pb-mlp", "head") == (
-        {"target_modules": ["linear1", "linear2"]}, {})
-    assert exp.option_grid("pb-attn") == [{"net": "tf16"}, {"net": "tf32"}]
+    assert exp.variant_settings("pb-mlp-e150", "head") == (
+        {"target_modules": ["linear1", "linear2"]}, {"max_epochs": 150})
+    assert exp.option_grid("pb-attn-e150") == [{"net": "tf16"}, {"net": "tf32"}]
     from perforate_experiments.base import build_config
 
     for part, wrapped in (("attn", {"q_proj", "k_proj", "v_proj", "out_proj", "self_attn"}),
                           ("mlp", {"linear1", "linear2"}), ("head", {"head"})):
-        config = build_config(exp.variant_settings(f"pb-{part}", "head")[0])
+        config = build_config(exp.variant_settings(f"pb-{part}-e150", "head")[0])
         model = pf.perforate(CausalTransformerLM(16, context=8), config)
         assert {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                 if hasattr(m, "base_layer")} == wrapped

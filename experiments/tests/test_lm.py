@@ -234,6 +234,10 @@ def test_long_budget_arms_pair_with_their_budgets_control_and_ablations_target_o
         exp.variant_settings("pb-m", "head")[0], {"max_epochs": 150})
     assert exp.variant_settings("pb-cc", "head")[0] == paper_fields()
     assert [g["net"] for g in exp.option_grid("pb-rank-e150")] == ["tf16", "tf32", "tf64", "tf128"]
+    # the default with the paper's initialisation of new dendrites, nothing else changed
+    assert exp.variant_settings("pb-init-e150", "head") == (
+        {"dendrite_init": "fan_in", "dendrite_weight_std": 1.0, "dendrite_bias_std": 1.0},
+        {"max_epochs": 150})
     assert exp.variant_settings("pb-mlp-e150", "head") == (
         {"target_modules": ["linear1", "linear2"]}, {"max_epochs": 150})
     assert exp.option_grid("pb-attn-e150") == [{"net": "tf16"}, {"net": "tf32"}]

@@ -47,6 +47,8 @@ runs reach the cap before their first plateau or one to three epochs after a gro
 default at 150 epochs with dendrites on one part of the network only (the attention's
 projections, the MLP's two layers, the output head): which layers' dendrites carry a gain, if
 any (at 50 epochs the default's sets barely act, so the ablation runs at the long budget).
+``pb-init-e150``: the default at 150 epochs whose new dendrites are drawn as `paper()` draws
+them (`ACTIVE_INIT`): whether the default's sets pay once they act from their first step.
 ``plain``: the plain network, one cycle, at every width of the frontier (`TF_FRONTIER`,
 `LSTM_FRONTIER`), drawn against parameters and against measured CPU seconds (the process's
 CPU time from set-up to the end of the final test pass, ``post["cpu_seconds"]``, 1 thread).
@@ -117,12 +119,20 @@ def long_budget(arm: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 LONG_ARMS = tuple(f"{arm}-e{LONG_EPOCHS}" for arm in ARMS)
 TARGET_ARMS = tuple(f"pb-{part}-e{LONG_EPOCHS}" for part in TARGET_SETS)
+#: The default with `paper()`'s initialisation of new dendrites (N(0, 1/fan_in) weights, N(0, 1)
+#: biases): sigmoid features that vary with the input from the first step, where the
+#: default's (std 0.01) start as a near-constant 0.5, a term the neuron's own weights already
+#: give; its output weights still start at 0, so growth leaves the function unchanged.
+INIT_ARM = f"pb-init-e{LONG_EPOCHS}"
+ACTIVE_INIT = {k: paper_fields()[k]
+               for k in ("dendrite_init", "dendrite_weight_std", "dendrite_bias_std")}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "pb-rank": ARMS["pb-rank"],
     "pb-m": ARMS["pb-m"],
     **{f"{arm}-e{LONG_EPOCHS}": long_budget(own) for arm, own in ARMS.items()},
     **{f"pb-{part}-e{LONG_EPOCHS}": long_budget({"config": {"target_modules": targets}})
        for part, targets in TARGET_SETS.items()},
+    INIT_ARM: long_budget({"config": ACTIVE_INIT}),
 }
 
 
@@ -226,7 +236,7 @@ TF_NETS = nets("tf", TF_WIDTHS)
 EXPERIMENT = Experiment(
     name="lm",
     description="Protocol L: byte-level LMs (transformer, LSTM) on Debian's fortunes, bpb",
-    variants=("plain", *ARMS, *LONG_ARMS, *TARGET_ARMS),
+    variants=("plain", *ARMS, *LONG_ARMS, *TARGET_ARMS, INIT_ARM),
     setup=lm_setup,
     default_seeds=tuple(range(5)),
     options={"net": ARM_NETS},

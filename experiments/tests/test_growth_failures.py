@@ -262,3 +262,19 @@ def test_a_cycle_best_within_the_improvement_threshold_still_reads_as_its_cycle(
     assert growth.cycle_vals(row) == [[3.1, 3.0, 2.995], [2.9, 2.8]]
     row["architectures"][0]["best_val"] = 3.05  # worse than the threshold allows: not its cycle
     assert growth.cycle_vals(row) is None
+
+
+def test_a_longer_budgets_arm_is_compared_with_the_restart_control_of_its_budget(
+        tmp_path: Path) -> None:
+    rows = [make_row("restart", 0, [C0, [0.50, 0.50]], 0.6),
+            make_row("restart-e150", 0, [C0, [0.56, 0.58]], 0.6,
+                     tracker={"neuron_patience": 3, "add_dendrites": False}),
+            make_row("pb-e150", 0, [C0, [0.57, 0.60]], 0.6)]
+    for r in rows:
+        write_json_atomic(result_path(tmp_path, r["experiment"], r["variant"], r["seed"],
+                                      r["options"], False), r)
+    analysed = growth.analyse(growth.load_rows(tmp_path)[0])
+    early = group(analysed, "pb-e150")["early_effect"]
+    # against restart-e150 (+1, +2 points), not against restart (+7, +10)
+    assert early["mean"][:2] == pytest.approx([1.0, 2.0])
+    assert group(analysed, "restart-e150")["early_effect"] is None

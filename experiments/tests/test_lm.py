@@ -218,7 +218,8 @@ def test_an_arm_is_placed_against_the_frontier_by_parameters_and_by_cpu_seconds(
 
 
 def test_long_budget_arms_pair_with_their_budgets_control_and_ablations_target_one_part() -> None:
-    from perforate_experiments.report.lm import control_of, net_table
+    from perforate_experiments.report.lm import net_table
+    from perforate_experiments.report.rows import control_of
 
     exp = get_experiment("lm")
     assert exp.variant_settings("pb-e150", "head") == ({}, {"max_epochs": 150})

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .rows import CONTROL, PLAIN_VARIANTS, Row, load_rows, options_id, variant_sort_key
+from .rows import CONTROL, PLAIN_VARIANTS, Row, control_of, load_rows, options_id, variant_sort_key
 from .stats import mean_std, paired
 
 #: Variants that never grow: no growth to keep.
@@ -287,8 +287,8 @@ def analyse(rows: Iterable[Row]) -> dict[str, Any]:
     pooled: dict[tuple[str, str, str], tuple[list[Row], list[Row]]] = {}
     for (experiment, opts) in sorted(groups):
         variants = groups[(experiment, opts)]
-        control = variants.get(CONTROL, [])
         for variant in sorted(variants, key=variant_sort_key):
+            control = variants.get(control_of(variant), [])
             out_groups.append({"experiment": experiment, "variant": variant,
                                "options": json.loads(opts),
                                **analyse_group(variants[variant], control)})

@@ -21,7 +21,7 @@ from pathlib import Path
 from .figures import _pyplot, _save
 from .frontier import interpolate
 from .markdown import NA, fmt_p, md_table, plural
-from .rows import CONTROL, Group, Row, variant_sort_key
+from .rows import CONTROL, Group, Row, control_of, variant_sort_key
 from .stats import finite, mean_std, paired
 
 PLAIN = "plain"
@@ -99,13 +99,6 @@ def frontier(table: Table, family: str, x: Callable[[Row], float | None],
         if fam == family and xs and ys:
             points.append((sum(xs) / len(xs), sum(ys) / len(ys)))
     return sorted(points)
-
-
-def control_of(variant: str) -> str:
-    """The restart control an arm is paired with: the one of its budget (``pb-e150`` ->
-    ``restart-e150``), else ``restart``."""
-    budget = re.search(r"-e\d+$", variant)
-    return CONTROL + (budget.group(0) if budget else "")
 
 
 def paired_with(variant: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,13 @@ CONTROL = "restart"
 PB = "pb"
 
 Row = dict[str, Any]
+
+
+def control_of(variant: str) -> str:
+    """The restart control a variant is paired with: the one of its epoch budget
+    (``pb-e150`` -> ``restart-e150``), else ``restart``."""
+    budget = re.search(r"-e\d+$", variant)
+    return CONTROL + (budget.group(0) if budget else "")
 
 
 def load_rows(results_dir: str | Path, include_quick: bool = False) -> tuple[list[Row], int]:

@@ -269,3 +269,29 @@ def test_long_budget_arms_pair_with_their_budgets_control_and_ablations_target_o
     assert cells["`restart`"][7] == "—"
     assert list(cells) == ["`restart`", "`restart-e150`", "`pb-e150`"]  # controls first
     assert [cells[v][5] for v in cells] == ["50", "150", "150"]  # mean epochs (50.5 rounds to 50)
+
+
+def test_gains_are_split_by_whether_the_arm_trained_as_many_epochs_as_its_control() -> None:
+    import numpy as np
+
+    from perforate_experiments.report.lm import epochs_table
+
+    def row(variant: str, seed: int, bpb: float, epochs: int, **post: Any) -> dict[str, Any]:
+        return {"variant": variant, "seed": seed, "epochs": epochs, "post": post,
+                "extra_tests": {"test_full": bpb}}
+
+    gains, extra = [0.0, 0.1, -0.05, 0.01], [0, 10, -10, 0]
+    table = {("tf", 16): {
+        "restart-e150": [row("restart-e150", s, 3.0, 70) for s in range(4)],
+        "pb-e150": [row("pb-e150", s, 3.0 - g, 70 + e)
+                    for s, (g, e) in enumerate(zip(gains, extra, strict=True))],
+        # 10 of its 80 epochs were dendrite phases: it trained the network as long as restart
+        "pb-cc-e150": [row("pb-cc-e150", 0, 2.9, 80, neuron_epochs=70)],
+        "plain": [row("plain", 0, 3.5, 40)]}}
+    lines = epochs_table(table)
+    cells = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in lines if line.startswith("| tf16")}
+    assert list(cells) == ["`pb-cc-e150`", "`pb-e150`"]  # controls and plain are not arms
+    corr = f"{np.corrcoef(gains, extra)[0, 1]:+.2f}"
+    assert cells["`pb-e150`"][2:] == ["4", "+0.0", corr, "+0.005 (2)", "+0.100 (1)", "-0.050 (1)"]
+    assert cells["`pb-cc-e150`"][2:] == ["1", "+0.0", "n/a", "+0.100 (1)", "n/a", "n/a"]

@@ -7,8 +7,10 @@ every arm's test bpb, parameters, sets, epochs run, CPU seconds, its paired diff
 the restart control (restart − arm: positive means the arm's bpb is lower; a longer budget's
 control against ``restart``) and its distance to the plain width frontier of its family
 (arm − frontier interpolated in log parameters, and in log CPU seconds: negative means below
-the frontier, i.e. better than any plain width of that size or cost). Two figures: test bpb
-against parameters and against measured CPU seconds (log x), the frontier and every arm.
+the frontier, i.e. better than any plain width of that size or cost). A table splits each
+arm's gain by whether it trained as many epochs as its control (`epochs_table`). Two figures:
+test bpb against parameters and against measured CPU seconds (log x), the frontier and every
+arm.
 """
 
 from __future__ import annotations
@@ -167,6 +169,61 @@ def net_table(net: tuple[str, int], variants: dict[str, list[Row]],
                        "Δ frontier, CPU s", "Δ restart curve, params"], body), ""]
 
 
+def trained_epochs(row: Row) -> float | None:
+    """Epochs the network itself trained (``post["neuron_epochs"]``: dendrite phases, where
+    it is frozen, left out), else the row's epochs."""
+    value = (row.get("post") or {}).get("neuron_epochs", row.get("epochs"))
+    return float(value) if finite([value]) else None
+
+
+def _fmt_gain(values: Sequence[float]) -> str:
+    return f"{sum(values) / len(values):+.3f} ({len(values)})" if values else NA
+
+
+def epochs_table(table: Table) -> list[str]:
+    """Whether an arm's gain is its dendrites' or its extra epochs': per arm and network, on
+    the seeds it shares with its restart control, the mean difference in epochs trained (arm −
+    control), the correlation of restart − arm (bpb) with it, and restart − arm on the seeds
+    where the arm trained as many epochs as the control, more, or fewer (seeds in brackets).
+    A patience rule ends a cycle at a different epoch once a set perturbs the run, and a run
+    that trains longer scores better with or without dendrites."""
+    import numpy as np
+
+    body = []
+    for (family, width), variants in sorted(table.items()):
+        for variant in _order(list(variants)):
+            if variant in (PLAIN, control_of(variant)):
+                continue
+            control = {r.get("seed"): r for r in variants.get(control_of(variant), [])}
+            gains, extra = [], []
+            for row in variants[variant]:
+                other = control.get(row.get("seed"))
+                values = (test_bpb(other), test_bpb(row), trained_epochs(other),
+                          trained_epochs(row)) if other else (None,)
+                if all(v is not None for v in values):
+                    gains.append(values[0] - values[1])
+                    extra.append(values[3] - values[2])
+            if not gains:
+                continue
+            corr = (float(np.corrcoef(gains, extra)[0, 1])
+                    if len(set(gains)) > 1 and len(set(extra)) > 1 else None)
+            body.append([f"{family}{width}", f"`{variant}`", len(gains),
+                         f"{sum(extra) / len(extra):+.1f}", NA if corr is None else f"{corr:+.2f}",
+                         *(_fmt_gain([g for g, e in zip(gains, extra, strict=True) if test(e)])
+                           for test in (lambda e: e == 0, lambda e: e > 0, lambda e: e < 0))])
+    if not body:
+        return []
+    return ["### Gains and epochs trained", "",
+            "Per arm, on the seeds it shares with its restart control: Δ epochs = the arm's "
+            "epochs of network training (dendrite phases left out) minus the control's, mean; "
+            "corr = the correlation over seeds of restart − arm (bpb) with Δ epochs; then "
+            "restart − arm (bpb, mean, seeds in brackets) on the seeds where the arm trained "
+            "as many epochs as the control, more, or fewer. A gain that appears only where the "
+            "arm trained longer is the epochs', not the dendrites'.", "",
+            *md_table(["net", "arm", "n", "Δ epochs", "corr", "restart − arm, same epochs",
+                       "arm trained longer", "arm trained less"], body), ""]
+
+
 def frontier_table(table: Table, family: str) -> list[str]:
     body = []
     for (fam, width), variants in sorted(table.items()):
@@ -251,6 +308,7 @@ def lm_section(group: Group, figures_dir: Path, page_dir: Path) -> list[str]:
                       for c in {control_of(v) for v in variants}}
             lines += net_table(net, variants, frontier(table, family, param_count),
                                frontier(table, family, cpu_seconds), curves)
+    lines += epochs_table(table)
     if table:
         slug = group.slug
         for x, xlabel, name, what in (

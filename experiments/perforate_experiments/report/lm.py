@@ -20,6 +20,8 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from .figures import _pyplot, _save
 from .frontier import interpolate
 from .markdown import NA, fmt_p, md_table, plural
@@ -187,8 +189,6 @@ def epochs_table(table: Table) -> list[str]:
     where the arm trained as many epochs as the control, more, or fewer (seeds in brackets).
     A patience rule ends a cycle at a different epoch once a set perturbs the run, and a run
     that trains longer scores better with or without dendrites."""
-    import numpy as np
-
     body = []
     for (family, width), variants in sorted(table.items()):
         for variant in _order(list(variants)):
@@ -198,9 +198,11 @@ def epochs_table(table: Table) -> list[str]:
             gains, extra = [], []
             for row in variants[variant]:
                 other = control.get(row.get("seed"))
+                if other is None:
+                    continue
                 values = (test_bpb(other), test_bpb(row), trained_epochs(other),
-                          trained_epochs(row)) if other else (None,)
-                if all(v is not None for v in values):
+                          trained_epochs(row))
+                if None not in values:
                     gains.append(values[0] - values[1])
                     extra.append(values[3] - values[2])
             if not gains:
@@ -301,13 +303,15 @@ def lm_section(group: Group, figures_dir: Path, page_dir: Path) -> list[str]:
               "the family's widths at the arm's parameter count: against a wider network "
               "trained with the same schedule and budget (the one-cycle frontier stops at the "
               "first plateau, so a longer budget's arms are better judged here).", ""]
+    # per family, once: the frontier by parameters and by CPU seconds, and every restart
+    # control's curve over widths
+    controls = {control_of(v) for variants in table.values() for v in variants}
+    fronts = {family: (frontier(table, family, param_count), frontier(table, family, cpu_seconds),
+                       {c: frontier(table, family, param_count, c) for c in controls})
+              for family in FAMILIES}
     for net, variants in sorted(table.items()):
         if set(variants) - {PLAIN}:
-            family = net[0]
-            curves = {c: frontier(table, family, param_count, c)
-                      for c in {control_of(v) for v in variants}}
-            lines += net_table(net, variants, frontier(table, family, param_count),
-                               frontier(table, family, cpu_seconds), curves)
+            lines += net_table(net, variants, *fronts[net[0]])
     lines += epochs_table(table)
     if table:
         slug = group.slug

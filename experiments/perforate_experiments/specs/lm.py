@@ -124,8 +124,8 @@ TARGET_ARMS = tuple(f"pb-{part}-e{LONG_EPOCHS}" for part in TARGET_SETS)
 #: default's (std 0.01) start as a near-constant 0.5, a term the neuron's own weights already
 #: give; its output weights still start at 0, so growth leaves the function unchanged.
 INIT_ARM = f"pb-init-e{LONG_EPOCHS}"
-ACTIVE_INIT = {k: paper_fields()[k]
-               for k in ("dendrite_init", "dendrite_weight_std", "dendrite_bias_std")}
+ACTIVE_INIT = {k: v for k, v in paper_fields().items()
+               if k in ("dendrite_init", "dendrite_weight_std", "dendrite_bias_std")}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "pb-rank": ARMS["pb-rank"],
     "pb-m": ARMS["pb-m"],

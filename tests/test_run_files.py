@@ -301,6 +301,35 @@ def test_two_writers_of_one_model_directory_never_collide(tmp_path, monkeypatch,
                                                         "perforate_config.json"]
 
 
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
+def test_a_model_directory_moved_aside_mid_save_is_replaced_whole(tmp_path, monkeypatch,
+                                                                   exchange):
+    """The races that once failed the stress test above, made certain: another writer moves
+    the directory aside just as this one looks into it (rename-aside), or just before this
+    one swaps it (renameat2). The save neither raises nor writes into the moved directory;
+    the new model is there whole."""
+    models = [pf.perforate(make_net(), pf.PerforationConfig.paper(seed=s)) for s in (0, 1)]
+    target, aside = tmp_path / "model", tmp_path / "aside"
+    models[0].save_pretrained(target)
+    real_cwd, real_exchange = Path.cwd, atomic._exchange
+
+    def rival() -> None:  # the other writer's "rename aside", once
+        if target.exists() and not aside.exists():
+            os.rename(target, aside)
+
+    if exchange:
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: (rival(), real_exchange(a, b))[1])
+    else:  # Path.cwd is asked just before the save looks into the directory
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(Path, "cwd", staticmethod(lambda: (rival(), real_cwd())[1]))
+    models[1].save_pretrained(target)
+    assert sorted(p.name for p in aside.iterdir()) == sorted(
+        p.name for p in target.iterdir())  # the moved one was left as it was, not written into
+    assert torch.equal(model_output(aside), models[0](X).detach())
+    assert torch.equal(model_output(target), models[1](X).detach())
+
+
+
 # ------------------------------------------------------------------- item 5 (full disk)
 def fake_torch_save_on_full_disk(obj, f):
     """What torch.save does on a full disk: the file's OSError becomes the context of a vague

@@ -262,8 +262,11 @@ def _swap(new: Path, target: Path) -> Path | None:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
                 continue
-        if _exchange(new, target):
-            return new
+        try:
+            if _exchange(new, target):
+                return new
+        except FileNotFoundError:  # another writer moved it aside meanwhile
+            continue
         # No atomic exchange here: the old one aside, the new one in (a moment with none).
         old = _temp_path(target, ".old")
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,14 +58,20 @@ def _dedupe(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]
 
 def _swappable(out: Path) -> bool:
     """`out` may be replaced whole: absent, or a directory of nothing but a saved model's
-    files (not a symlink, not the working directory)."""
-    if not os.path.lexists(out):
+    files (not a symlink, not the working directory). A directory that another writer moves
+    aside while this looks at it counts as absent: it is being replaced whole."""
+    try:
+        st = os.lstat(out)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            return False
+        if out.resolve() == Path.cwd().resolve():
+            return False
+        with os.scandir(out) as entries:  # a killed writer's temp files go with the old one
+            return all(e.is_file() and (e.name in MODEL_FILES or (e.name.startswith(".") and
+                                                                  e.name.endswith(".tmp")))
+                       for e in entries)
+    except FileNotFoundError:
         return True
-    if out.is_symlink() or not out.is_dir() or out.resolve() == Path.cwd().resolve():
-        return False
-    return all(p.is_file() and (p.name in MODEL_FILES or (p.name.startswith(".") and
-                                                          p.name.endswith(".tmp")))
-               for p in out.iterdir())  # a killed writer's temp files go with the old one
 
 
 def save_pretrained(model: Any, directory: str | Path, *,

@@ -28,6 +28,7 @@ An experiment may add variants of its own (`Experiment.overrides`).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,8 +39,24 @@ from perforate.config import PAPER, PAPER_LITERAL, CascadeCorrelation, Perforati
 
 #: Variants without dendrites (the controls and the frontier's plain network).
 PLAIN_VARIANTS = ("restart", "width", "width-cc", "width-perf", "plain")
+#: The restart control.
+CONTROL = "restart"
 #: Width controls and the PB variant whose final parameter count each one matches.
 WIDTH_CONTROLS = {"width": "pb", "width-cc": "pb-cc", "width-perf": "pb-perf"}
+
+
+def control_of(variant: str) -> str:
+    """The restart control a variant is paired with: the one of its epoch budget
+    (``pb-e150`` -> ``restart-e150``), else ``restart``."""
+    budget = re.search(r"-e\d+$", variant)
+    return CONTROL + (budget.group(0) if budget else "")
+
+
+def is_plain(variant: str) -> bool:
+    """True for a variant without dendrites: the plain ones, and a restart control at any
+    epoch budget (``restart-e150`` is its own control)."""
+    return variant in PLAIN_VARIANTS or control_of(variant) == variant
+
 
 VARIANTS: dict[str, str] = {
     "pb": "PB (library defaults)",

@@ -21,7 +21,7 @@ from perforate.metrics import metric_name
 from perforate.training.fit import fit, predict
 from perforate.training.schedule import SETTINGS, Schedule
 
-from .base import PLAIN_VARIANTS, WIDTH_CONTROLS, Experiment, Setup, build_config
+from .base import WIDTH_CONTROLS, Experiment, Setup, build_config, is_plain
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def run_one(experiment: Experiment, variant: str, seed: int, *, quick: bool = Fa
     config = build_config({"seed": seed, **setup.config, **config_fields})
     model = perforate(net, config)
     tracker_kwargs = {**setup.tracker_kwargs, **tracker_fields}
-    if variant in PLAIN_VARIANTS:
+    if is_plain(variant):
         tracker_kwargs["add_dendrites"] = False
     if variant == "plain":  # one cycle
         tracker_kwargs.update(max_dendrites=0, min_dendrites=0)

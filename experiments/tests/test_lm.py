@@ -179,6 +179,7 @@ def test_quick_sweep_end_to_end_on_a_fake_corpus(tmp_path: Path) -> None:
     # a variant's own budget is what its row records as the protocol (the others keep theirs)
     assert long["tracker"]["max_epochs"] == long["protocol"]["max_epochs"] == 150
     assert long["final_dendrites"] == 0 and lstm["protocol"]["max_epochs"] == 4
+    assert long["tracker"]["add_dendrites"] is False
     assert [a["dendrites"] for a in lstm["architectures"]] == [0, 1]
     assert lstm["first_params"] == 256 * 32 + 4 * (64 * 32 + 2 * 32) + 32 * 256 + 256
     assert lstm["config"]["dendrite_inputs"] == 8
@@ -223,8 +224,13 @@ def test_long_budget_arms_pair_with_their_budgets_control_and_ablations_target_o
 
     exp = get_experiment("lm")
     assert exp.variant_settings("pb-e150", "head") == ({}, {"max_epochs": 150})
-    assert exp.variant_settings("restart-e150", "head") == (
-        {}, {"add_dendrites": False, "max_epochs": 150})
+    # a restart control at any budget is run without dendrites by run_one, not by its settings
+    assert exp.variant_settings("restart-e150", "head") == ({}, {"max_epochs": 150})
+    from perforate_experiments.base import is_plain
+
+    assert [v for v in exp.variants if is_plain(v)] == [
+        v for v in exp.variants if v.startswith(("restart", "width", "plain"))]
+    assert is_plain("restart-e150") and not is_plain("pb-e150")
     assert [g["net"] for g in exp.option_grid("pb-e150")] == [
         "tf16", "tf32", "tf64", "tf128", "lstm32", "lstm64", "lstm128"]
     # every arm runs at the long budget with its own settings, the epochs changed only

@@ -12,7 +12,7 @@ from typing import Any
 from perforate.io.atomic import atomic_write
 
 from .markdown import plural
-from .rows import CONTROL, PB, PLAIN_VARIANTS, Row, variant_sort_key
+from .rows import CONTROL, PB, Row, is_plain, variant_sort_key
 from .stats import error_reduction, finite, mean_std
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def plot_params_vs_score(by_combo: Sequence[tuple[dict[str, Any], dict[str, list
              for _, v in by_combo if "width" in v]
     line(width, color="tab:green", marker="s", ls=":", label="width control")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    pb_variants = sorted({v for _, combo in by_combo for v in combo if v not in PLAIN_VARIANTS},
+    pb_variants = sorted({v for _, combo in by_combo for v in combo if not is_plain(v)},
                          key=variant_sort_key)
     for i, variant in enumerate(pb_variants):
         color = colors[i % len(colors)]

@@ -38,7 +38,16 @@ from typing import Any
 
 import numpy as np
 
-from .rows import CONTROL, PLAIN_VARIANTS, Row, control_of, load_rows, options_id, variant_sort_key
+from .rows import (
+    CONTROL,
+    PLAIN_VARIANTS,
+    Row,
+    control_of,
+    is_plain,
+    load_rows,
+    options_id,
+    variant_sort_key,
+)
 from .stats import mean_std, paired
 
 #: Variants that never grow: no growth to keep.
@@ -64,7 +73,8 @@ def kept_none(row: Row) -> bool | None:
 
 def grows(row: Row) -> bool:
     """True unless the row is a restart control (``add_dendrites=False``)."""
-    return row.get("variant") != CONTROL and (row.get("tracker") or {}).get("add_dendrites", True)
+    return not is_plain(str(row.get("variant"))) and \
+        (row.get("tracker") or {}).get("add_dendrites", True)
 
 
 def _sign(row: Row) -> float:

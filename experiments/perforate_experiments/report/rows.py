@@ -5,31 +5,22 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..base import PLAIN_VARIANTS  # noqa: F401  (re-exported: no PB points for these)
+from ..base import CONTROL, PLAIN_VARIANTS, control_of, is_plain  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 #: Display order of variants (unknown ones follow, sorted by name).
 VARIANT_ORDER = ("pb", "pb-cc", "pb-perf", "pb-paper", "pb-head", "pb-backbone",
                  "cc-no-perf", "gd", "restart", "width", "width-cc", "width-perf")
-CONTROL = "restart"
 PB = "pb"
 
 Row = dict[str, Any]
-
-
-def control_of(variant: str) -> str:
-    """The restart control a variant is paired with: the one of its epoch budget
-    (``pb-e150`` -> ``restart-e150``), else ``restart``."""
-    budget = re.search(r"-e\d+$", variant)
-    return CONTROL + (budget.group(0) if budget else "")
 
 
 def load_rows(results_dir: str | Path, include_quick: bool = False) -> tuple[list[Row], int]:

@@ -101,9 +101,10 @@ TARGET_SETS = {"attn": ["self_attn"], "mlp": ["linear1", "linear2"], "head": ["h
 #: The long budget of the ``-e150`` arms: epochs a run.
 LONG_EPOCHS = 150
 #: The arms that also run at the long budget, and what each changes (the restart control
-#: is a plain variant: it adds no dendrites).
+#: changes nothing: `train.run_one` runs every restart control, at any budget, without
+#: dendrites).
 ARMS: dict[str, dict[str, dict[str, Any]]] = {
-    "restart": {"tracker": {"add_dendrites": False}},
+    "restart": {},
     "pb": {},
     "pb-cc": {"config": paper_fields()},
     "pb-rank": {"config": {"dendrite_rank": BUDGET}},

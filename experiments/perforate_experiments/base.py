@@ -45,11 +45,16 @@ CONTROL = "restart"
 WIDTH_CONTROLS = {"width": "pb", "width-cc": "pb-cc", "width-perf": "pb-perf"}
 
 
+def budget_of(variant: str) -> str:
+    """A variant's epoch-budget suffix (``pb-cc-e150`` -> ``-e150``), or "" (the spec's own)."""
+    budget = re.search(r"-e\d+$", variant)
+    return budget.group(0) if budget else ""
+
+
 def control_of(variant: str) -> str:
     """The restart control a variant is paired with: the one of its epoch budget
     (``pb-e150`` -> ``restart-e150``), else ``restart``."""
-    budget = re.search(r"-e\d+$", variant)
-    return CONTROL + (budget.group(0) if budget else "")
+    return CONTROL + budget_of(variant)
 
 
 def is_plain(variant: str) -> bool:

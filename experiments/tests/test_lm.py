@@ -301,3 +301,24 @@ def test_gains_are_split_by_whether_the_arm_trained_as_many_epochs_as_its_contro
     corr = f"{np.corrcoef(gains, extra)[0, 1]:+.2f}"
     assert cells["`pb-e150`"][2:] == ["4", "+0.0", corr, "+0.005 (2)", "+0.100 (1)", "-0.050 (1)"]
     assert cells["`pb-cc-e150`"][2:] == ["1", "+0.0", "n/a", "+0.100 (1)", "n/a", "n/a"]
+
+
+def test_arms_are_paired_with_the_default_of_their_budget() -> None:
+    from perforate_experiments.report.lm import default_table
+
+    def row(variant: str, seed: int, bpb: float) -> dict[str, Any]:
+        return {"variant": variant, "seed": seed, "extra_tests": {"test_full": bpb}}
+
+    table = {("tf", 16): {
+        "restart-e150": [row("restart-e150", s, 3.0) for s in range(3)],
+        "pb-e150": [row("pb-e150", s, 3.0) for s in range(3)],
+        "pb-init-e150": [row("pb-init-e150", s, 3.0 - d)
+                         for s, d in enumerate([0.01, 0.03, -0.01])],
+        "pb-cc": [row("pb-cc", 0, 2.0)],  # its default (`pb`) was not run: no row
+        "plain": [row("plain", 0, 3.5)]}}
+    lines = default_table(table)
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines
+            if line.startswith("| tf16")]
+    assert len(body) == 1
+    assert body[0][:6] == ["tf16", "`pb-init-e150`", "`pb-e150`", "3", "+0.010 ± 0.020", "2/3"]
+    assert default_table({("tf", 16): {"pb": table[("tf", 16)]["pb-e150"]}}) == []

@@ -25,7 +25,7 @@ import numpy as np
 from .figures import _pyplot, _save
 from .frontier import interpolate
 from .markdown import NA, fmt_p, md_table, plural
-from .rows import CONTROL, Group, Row, control_of, variant_sort_key
+from .rows import CONTROL, PB, Group, Row, budget_of, control_of, variant_sort_key
 from .stats import finite, mean_std, paired
 
 PLAIN = "plain"
@@ -226,6 +226,33 @@ def epochs_table(table: Table) -> list[str]:
                        "arm trained longer", "arm trained less"], body), ""]
 
 
+def default_table(table: Table) -> list[str]:
+    """Every arm with dendrites against the library default of its budget (``pb``,
+    ``pb-e150``), paired by seed: what a change to the default would buy."""
+    body = []
+    for (family, width), variants in sorted(table.items()):
+        for variant in _order(list(variants)):
+            default = PB + budget_of(variant)
+            if variant in (PLAIN, control_of(variant), default) or default not in variants:
+                continue
+            p = paired([{**r, "final_test": test_bpb(r)} for r in variants[default]],
+                       [{**r, "final_test": test_bpb(r)} for r in variants[variant]])
+            if p.n:
+                body.append([f"{family}{width}", f"`{variant}`", f"`{default}`", p.n,
+                             fmt_bpb(p.mean / 100, None if p.std is None else p.std / 100,
+                                     signed=True),
+                             f"{p.better}/{p.n}", f"{fmt_p(p.sign_p)} / {fmt_p(p.t_p)}"])
+    if not body:
+        return []
+    return ["### Arms against the default", "",
+            "default − arm: paired by seed with the library default of the arm's budget, in "
+            "bpb (positive: the arm's bpb is lower), with how many seeds were lower and the "
+            "sign-test / paired t-test p. The restart control says whether an arm's dendrites "
+            "pay; this says whether it should replace the default.", "",
+            *md_table(["net", "arm", "default", "n", "default − arm (bpb)", "lower",
+                       "p sign / t"], body), ""]
+
+
 def frontier_table(table: Table, family: str) -> list[str]:
     body = []
     for (fam, width), variants in sorted(table.items()):
@@ -313,6 +340,7 @@ def lm_section(group: Group, figures_dir: Path, page_dir: Path) -> list[str]:
         if set(variants) - {PLAIN}:
             lines += net_table(net, variants, *fronts[net[0]])
     lines += epochs_table(table)
+    lines += default_table(table)
     if table:
         slug = group.slug
         for x, xlabel, name, what in (

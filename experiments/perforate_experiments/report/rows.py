@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..base import CONTROL, PLAIN_VARIANTS, control_of, is_plain  # noqa: F401  (re-exported)
+from ..base import CONTROL, PLAIN_VARIANTS, budget_of, control_of, is_plain  # noqa: F401
 
 logger = logging.getLogger(__name__)
 

@@ -72,7 +72,8 @@ def kept_none(row: Row) -> bool | None:
 
 
 def grows(row: Row) -> bool:
-    """True unless the row is a restart control (``add_dendrites=False``)."""
+    """True unless the row is a variant without dendrites (a restart control at any budget, a
+    width control, the plain network) or ran with ``add_dendrites=False``."""
     return not is_plain(str(row.get("variant"))) and \
         (row.get("tracker") or {}).get("add_dendrites", True)
 

@@ -478,3 +478,15 @@ def test_a_checkpoint_read_while_it_is_rewritten_is_always_whole(tmp_path):
     for t in threads:
         t.join()
     assert not errors, errors[:3]
+
+
+def test_a_symlinked_model_directory_is_updated_through_the_link_not_replaced(tmp_path):
+    """Saving to a symlink of a model directory writes the files into the directory it points
+    at; the link stays a link (replacing it whole would swap out the link itself)."""
+    models = [pf.perforate(make_net(), pf.PerforationConfig.paper(seed=s)) for s in (0, 1)]
+    real, link = tmp_path / "real", tmp_path / "link"
+    models[0].save_pretrained(real)
+    link.symlink_to(real, target_is_directory=True)
+    models[1].save_pretrained(link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert torch.equal(model_output(real), models[1](X).detach())

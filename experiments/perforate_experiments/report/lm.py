@@ -115,6 +115,16 @@ def paired_with(variant: str) -> str | None:
     return CONTROL if variant != CONTROL else None
 
 
+def paired_cells(base: Sequence[Row], arm: Sequence[Row]) -> tuple[int, list[str]]:
+    """Seeds paired and the cells base − arm (bpb, mean ± std), seeds lower, sign-test / t-test
+    p: positive when the arm's bpb is lower (`paired` works in points: / 100 for bpb)."""
+    p = paired([{**r, "final_test": test_bpb(r)} for r in base],
+               [{**r, "final_test": test_bpb(r)} for r in arm])
+    return p.n, [fmt_bpb(None if p.mean is None else p.mean / 100,
+                         None if p.std is None else p.std / 100, signed=True),
+                 f"{p.better}/{p.n}", f"{fmt_p(p.sign_p)} / {fmt_p(p.t_p)}"]
+
+
 def _order(variants: Sequence[str]) -> list[str]:
     """The plain network, then every restart control (shortest budget first), then the arms."""
     controls = sorted((v for v in variants if v == control_of(v)), key=lambda v: (len(v), v))
@@ -146,15 +156,7 @@ def net_table(net: tuple[str, int], variants: dict[str, list[Row]],
                  f"{sets:.1f}" if sets is not None else NA,
                  f"{epochs:.0f}" if epochs is not None else NA,
                  f"{secs:,.0f}" if secs is not None else NA]
-        if not control:
-            cells += ["—", "—", "—"]
-        else:
-            # restart − arm on the same seeds (`paired` works in points: / 100 for bpb)
-            p = paired([{**r, "final_test": test_bpb(r)} for r in control],
-                       [{**r, "final_test": test_bpb(r)} for r in rows])
-            cells += [fmt_bpb(None if p.mean is None else p.mean / 100,
-                              None if p.std is None else p.std / 100, signed=True),
-                      f"{p.better}/{p.n}", f"{fmt_p(p.sign_p)} / {fmt_p(p.t_p)}"]
+        cells += paired_cells(control, rows)[1] if control else ["—", "—", "—"]
         own_curve = variant in (PLAIN, control_of(variant))  # a control lies on its curve
         curve = (control_curves or {}).get(control_of(variant), ())
         for at, where in ((params, points), (secs, cpu_points), (params, curve)):
@@ -235,13 +237,9 @@ def default_table(table: Table) -> list[str]:
             default = PB + budget_of(variant)
             if variant in (PLAIN, control_of(variant), default) or default not in variants:
                 continue
-            p = paired([{**r, "final_test": test_bpb(r)} for r in variants[default]],
-                       [{**r, "final_test": test_bpb(r)} for r in variants[variant]])
-            if p.n:
-                body.append([f"{family}{width}", f"`{variant}`", f"`{default}`", p.n,
-                             fmt_bpb(p.mean / 100, None if p.std is None else p.std / 100,
-                                     signed=True),
-                             f"{p.better}/{p.n}", f"{fmt_p(p.sign_p)} / {fmt_p(p.t_p)}"])
+            n, cells = paired_cells(variants[default], variants[variant])
+            if n:
+                body.append([f"{family}{width}", f"`{variant}`", f"`{default}`", n, *cells])
     if not body:
         return []
     return ["### Arms against the default", "",

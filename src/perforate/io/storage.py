@@ -62,7 +62,7 @@ def _swappable(out: Path) -> bool:
     aside while this looks at it counts as absent: it is being replaced whole."""
     try:
         st = os.lstat(out)
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        if not stat.S_ISDIR(st.st_mode):  # lstat: a symlink is not a directory
             return False
         if out.resolve() == Path.cwd().resolve():
             return False

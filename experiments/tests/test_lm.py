@@ -233,6 +233,10 @@ def test_long_budget_arms_pair_with_their_budgets_control_and_ablations_target_o
     assert is_plain("restart-e150") and not is_plain("pb-e150")
     assert [g["net"] for g in exp.option_grid("pb-e150")] == [
         "tf16", "tf32", "tf64", "tf128", "lstm32", "lstm64", "lstm128"]
+    # the long budget's control also runs wider, so that its curve over widths reaches the arms
+    assert [g["net"] for g in exp.option_grid("restart-e150")] == [
+        "tf16", "tf32", "tf64", "tf128", "lstm32", "lstm64", "lstm128", "tf96", "lstm192"]
+    assert [g["net"] for g in exp.option_grid("plain")][-2:] == ["lstm192", "lstm288"]
     # every arm runs at the long budget with its own settings, the epochs changed only
     from perforate_experiments.base import paper_fields
 

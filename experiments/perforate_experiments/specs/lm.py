@@ -91,7 +91,10 @@ LSTM_WIDTHS = (32, 64, 128)
 #: Widths of the plain frontier (one cycle): the arms' widths, between them, and above 128 so
 #: that a grown network's parameter count lies inside the frontier.
 TF_FRONTIER = (8, 16, 24, 32, 48, 64, 96, 128, 192)
-LSTM_FRONTIER = (16, 24, 32, 48, 64, 96, 128, 192)
+LSTM_FRONTIER = (16, 24, 32, 48, 64, 96, 128, 192, 288)
+#: Widths of the 150-epoch restart control beyond the arms' own: its curve over widths must
+#: reach the parameter count of the arms that grow on tf32, tf64 and lstm128.
+RESTART_CURVE = ("tf96", "lstm192")
 #: How rows describe the networks (the option ``net`` names one).
 NETWORKS = ("tf<d>: pre-LN causal transformer, 2 blocks, d/16 heads, MLP 4d, learned positions; "
             "lstm<h>: 1-layer LSTM, embedding width h; both: byte embedding, untied head")
@@ -242,6 +245,7 @@ EXPERIMENT = Experiment(
     default_seeds=tuple(range(5)),
     options={"net": ARM_NETS},
     variant_options={"plain": {"net": (*nets("tf", TF_FRONTIER), *nets("lstm", LSTM_FRONTIER))},
+                     f"restart-e{LONG_EPOCHS}": {"net": (*ARM_NETS, *RESTART_CURVE)},
                      "pb-rank": {"net": TF_NETS},
                      f"pb-rank-e{LONG_EPOCHS}": {"net": TF_NETS},
                      **{arm: {"net": ("tf16", "tf32")} for arm in TARGET_ARMS}},
